@@ -1,0 +1,51 @@
+# vptq-rs developer entry points. `make test` is what CI runs (.ci/run calls it).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= $(abspath ../shared/data)
+export VPTQ_RS_DATA_DIR ?= $(DATA)
+
+.PHONY: test venv build rust-test lint pytest pytest-slow wheel-check demo bench clean
+
+## test: venv + build + cargo test + clippy + fmt + ruff + pytest + release-wheel check
+test: venv build rust-test lint pytest wheel-check
+
+venv: $(VENV)/.deps-installed
+$(VENV)/.deps-installed: requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+## build: compile the Rust extension into the venv (release: tests time real code)
+build: venv
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --skip-install -q
+
+rust-test:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace -q
+
+lint: venv
+	$(VENV)/bin/ruff check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks
+
+pytest: build
+	$(PY) -m pytest -q -m "not slow and not gpu" tests
+
+pytest-slow: build
+	$(PY) -m pytest -q -m "slow and not gpu" tests
+
+## wheel-check: the release abi3 wheel installs into a clean venv and imports
+wheel-check: venv
+	rm -rf dist .venv-wheel
+	$(VENV)/bin/maturin build --release -q -o dist
+	python3 -m venv .venv-wheel
+	.venv-wheel/bin/pip install -q dist/vptq_rs-*.whl
+	.venv-wheel/bin/python -c "import vptq_rs, numpy as np; \
+		p = vptq_rs.pack_indices(np.arange(8).reshape(1, 8), 3); \
+		assert (vptq_rs.unpack_indices(p, 3, 8)[0] == np.arange(8)).all(); \
+		print('wheel ok:', vptq_rs.__version__, 'abi3' in '$$(ls dist)')"
+
+clean:
+	rm -rf target dist .venv-wheel

@@ -1,0 +1,26 @@
+"""Options and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from vptq_rs.data import DATA_ENV
+
+data_dir_option = click.option(
+    "--data-dir",
+    "--data_dir",
+    "data_dir",
+    type=click.Path(file_okay=False),
+    envvar=DATA_ENV,
+    show_envvar=True,
+    help="Folder holding the corpora (wikitext-2-raw/, c4/, ptb/).",
+)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))

@@ -1,0 +1,1 @@
+//! Packed VPTQ checkpoint layout (work in progress).
