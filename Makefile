@@ -19,7 +19,7 @@ $(VENV)/.deps-installed: requirements-dev.txt
 
 ## build: compile the Rust extension into the venv (release: tests time real code)
 build: venv
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --skip-install -q
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release -q
 
 rust-test:
 	cargo fmt --all -- --check

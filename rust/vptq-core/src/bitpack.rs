@@ -43,10 +43,14 @@ pub fn words_per_row(n: usize, total_bits: u32) -> usize {
 /// Check `index_bits` (1-16) and `res_bits` (0-16).
 pub fn check_widths(index_bits: u32, res_bits: u32) -> Result<()> {
     if !(1..=MAX_INDEX_BITS).contains(&index_bits) {
-        return Err(invalid!("index_bits must be in 1..={MAX_INDEX_BITS}, got {index_bits}"));
+        return Err(invalid!(
+            "index_bits must be in 1..={MAX_INDEX_BITS}, got {index_bits}"
+        ));
     }
     if res_bits > MAX_RES_BITS {
-        return Err(invalid!("res_bits must be in 0..={MAX_RES_BITS}, got {res_bits}"));
+        return Err(invalid!(
+            "res_bits must be in 0..={MAX_RES_BITS}, got {res_bits}"
+        ));
     }
     Ok(())
 }
@@ -67,11 +71,19 @@ pub fn pack<M: Code, R: Code>(
 ) -> Result<Vec<u32>> {
     check_widths(index_bits, res_bits)?;
     if main.len() != rows * n {
-        return Err(invalid!("main has {} elements, expected rows*n = {}", main.len(), rows * n));
+        return Err(invalid!(
+            "main has {} elements, expected rows*n = {}",
+            main.len(),
+            rows * n
+        ));
     }
     match (res, res_bits) {
         (Some(r), b) if b > 0 && r.len() != rows * n => {
-            return Err(invalid!("res has {} elements, expected {}", r.len(), rows * n));
+            return Err(invalid!(
+                "res has {} elements, expected {}",
+                r.len(),
+                rows * n
+            ));
         }
         (Some(_), 0) => return Err(invalid!("res given but res_bits is 0")),
         (None, b) if b > 0 => return Err(invalid!("res_bits is {b} but no res indices given")),
@@ -85,41 +97,48 @@ pub fn pack<M: Code, R: Code>(
     }
     let main_lim = 1u64 << index_bits;
     let res_lim = 1u64 << res_bits;
-    out.par_chunks_mut(words).enumerate().try_for_each(|(row, dst)| -> Result<()> {
-        let m = &main[row * n..(row + 1) * n];
-        let mut acc: u64 = 0;
-        let mut nbits: u32 = 0;
-        let mut w = 0usize;
-        for j in 0..n {
-            let mi = m[j].to_u64().filter(|&x| x < main_lim).ok_or_else(|| {
-                invalid!("main index at row {row}, position {j} does not fit in {index_bits} bits")
-            })?;
-            let code = match res {
-                Some(r) => {
-                    let ri = r[row * n + j].to_u64().filter(|&x| x < res_lim).ok_or_else(|| {
-                        invalid!(
+    out.par_chunks_mut(words)
+        .enumerate()
+        .try_for_each(|(row, dst)| -> Result<()> {
+            let m = &main[row * n..(row + 1) * n];
+            let mut acc: u64 = 0;
+            let mut nbits: u32 = 0;
+            let mut w = 0usize;
+            for j in 0..n {
+                let mi = m[j].to_u64().filter(|&x| x < main_lim).ok_or_else(|| {
+                    invalid!(
+                        "main index at row {row}, position {j} does not fit in {index_bits} bits"
+                    )
+                })?;
+                let code = match res {
+                    Some(r) => {
+                        let ri = r[row * n + j]
+                            .to_u64()
+                            .filter(|&x| x < res_lim)
+                            .ok_or_else(|| {
+                                invalid!(
                             "res index at row {row}, position {j} does not fit in {res_bits} bits"
                         )
-                    })?;
-                    (ri << index_bits) | mi
+                            })?;
+                        (ri << index_bits) | mi
+                    }
+                    None => mi,
+                };
+                // nbits < 32 before the add and total <= 32, so acc never overflows 64 bits
+                acc |= code << nbits;
+                nbits += total;
+                if nbits >= 32 {
+                    dst[w] = acc as u32;
+                    w += 1;
+                    acc >>= 32;
+                    nbits -= 32;
                 }
-                None => mi,
-            };
-            // nbits < 32 before the add and total <= 32, so acc never overflows 64 bits
-            acc |= code << nbits;
-            nbits += total;
-            if nbits >= 32 {
-                dst[w] = acc as u32;
-                w += 1;
-                acc >>= 32;
-                nbits -= 32;
             }
-        }
-        if nbits > 0 {
-            dst[w] = acc as u32;
-        }
-        Ok(())
-    })?;
+            if nbits > 0 {
+                dst[w] = acc as u32;
+            }
+            Ok(())
+        })?;
     Ok(out)
 }
 
@@ -144,14 +163,22 @@ pub fn unpack(
         ));
     }
     if packed.len() != rows * words {
-        return Err(invalid!("packed has {} words, expected {}", packed.len(), rows * words));
+        return Err(invalid!(
+            "packed has {} words, expected {}",
+            packed.len(),
+            rows * words
+        ));
     }
     let mut main = vec![0i32; rows * n];
     let mut res = (res_bits > 0).then(|| vec![0i32; rows * n]);
     if rows == 0 || n == 0 {
         return Ok((main, res));
     }
-    let code_mask = if total == 32 { u64::from(u32::MAX) } else { (1u64 << total) - 1 };
+    let code_mask = if total == 32 {
+        u64::from(u32::MAX)
+    } else {
+        (1u64 << total) - 1
+    };
     let main_mask = (1u64 << index_bits) - 1;
     let decode_row = |src: &[u32], m: &mut [i32], mut r: Option<&mut [i32]>| {
         let mut acc: u64 = 0;

@@ -35,6 +35,9 @@ pub(crate) use invalid;
 impl CoreError {
     /// Attach a path to an I/O error.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CoreError::Io { path: path.into(), source }
+        CoreError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -1,0 +1,288 @@
+//! PyO3 bindings of `vptq-core` (the module `vptq_rs._core`): conversion only.
+//!
+//! Long calls release the interpreter through [`detached`]; errors map to the Python
+//! classes of `vptq_rs.errors` in one place ([`to_py`]).
+
+use numpy::ndarray::{Array2, ArrayView1, ArrayView2};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use vptq_core::bitpack::{self, Code};
+use vptq_core::kmeans::{self as core_kmeans, KMeansOptions};
+use vptq_core::CoreError;
+
+mod checkpoint;
+
+pyo3::import_exception!(vptq_rs.errors, InvalidValueError);
+pyo3::import_exception!(vptq_rs.errors, CheckpointError);
+pyo3::import_exception!(vptq_rs.errors, VptqIOError);
+
+/// The one mapping from core errors to Python exceptions.
+pub(crate) fn to_py(err: CoreError) -> PyErr {
+    match err {
+        CoreError::InvalidArgument(msg) => InvalidValueError::new_err(msg),
+        CoreError::Checkpoint(msg) => CheckpointError::new_err(msg),
+        e @ CoreError::Io { .. } => VptqIOError::new_err(e.to_string()),
+    }
+}
+
+/// Run `f` with the interpreter released (long numeric work must not hold it).
+pub(crate) fn detached<T: Send, F: FnOnce() -> T + Send>(py: Python<'_>, f: F) -> T {
+    py.detach(f)
+}
+
+/// An integer index array of any supported dtype, borrowed read-only.
+enum Codes<'py> {
+    I8(PyReadonlyArray2<'py, i8>),
+    I16(PyReadonlyArray2<'py, i16>),
+    I32(PyReadonlyArray2<'py, i32>),
+    I64(PyReadonlyArray2<'py, i64>),
+    U8(PyReadonlyArray2<'py, u8>),
+    U16(PyReadonlyArray2<'py, u16>),
+    U32(PyReadonlyArray2<'py, u32>),
+    U64(PyReadonlyArray2<'py, u64>),
+}
+
+macro_rules! each_codes {
+    ($c:expr, $a:ident => $body:expr) => {
+        match $c {
+            Codes::I8($a) => $body,
+            Codes::I16($a) => $body,
+            Codes::I32($a) => $body,
+            Codes::I64($a) => $body,
+            Codes::U8($a) => $body,
+            Codes::U16($a) => $body,
+            Codes::U32($a) => $body,
+            Codes::U64($a) => $body,
+        }
+    };
+}
+
+impl<'py> Codes<'py> {
+    fn extract(obj: &Bound<'py, PyAny>, name: &str) -> PyResult<Self> {
+        let arr = obj.cast::<PyUntypedArray>().map_err(|_| {
+            InvalidValueError::new_err(format!("{name} must be a numpy integer array"))
+        })?;
+        if arr.ndim() != 2 {
+            return Err(InvalidValueError::new_err(format!(
+                "{name} must be 2-D (rows, n), got {} dimensions",
+                arr.ndim()
+            )));
+        }
+        macro_rules! try_as {
+            ($t:ty, $v:ident) => {
+                if let Ok(a) = obj.cast::<PyArray2<$t>>() {
+                    return Ok(Codes::$v(a.readonly()));
+                }
+            };
+        }
+        try_as!(i64, I64);
+        try_as!(i32, I32);
+        try_as!(i16, I16);
+        try_as!(u16, U16);
+        try_as!(u8, U8);
+        try_as!(i8, I8);
+        try_as!(u32, U32);
+        try_as!(u64, U64);
+        Err(InvalidValueError::new_err(format!(
+            "{name} must have an integer dtype, got {}",
+            arr.dtype()
+        )))
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        each_codes!(self, a => { let s = a.shape(); (s[0], s[1]) })
+    }
+}
+
+/// A contiguous row-major copy-free view when possible, else an owned copy.
+fn contiguous<T: Clone>(v: ArrayView2<'_, T>) -> std::borrow::Cow<'_, [T]> {
+    match v.to_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(v.iter().cloned().collect()),
+    }
+}
+
+fn pack_typed<M: Code + Clone, R: Code + Clone>(
+    py: Python<'_>,
+    main: ArrayView2<'_, M>,
+    res: Option<ArrayView2<'_, R>>,
+    index_bits: u32,
+    res_bits: u32,
+) -> Result<Array2<i32>, CoreError> {
+    let (rows, n) = main.dim();
+    let m = contiguous(main);
+    let r = res.map(contiguous);
+    let words = bitpack::words_per_row(n, index_bits + res_bits);
+    let packed = detached(py, || {
+        bitpack::pack(&m, r.as_deref(), rows, n, index_bits, res_bits)
+    })?;
+    // bits of uint32 words, stored as int32 as the checkpoint format wants
+    let as_i32 = packed.into_iter().map(|w| w as i32).collect();
+    Ok(Array2::from_shape_vec((rows, words), as_i32).expect("shape matches length"))
+}
+
+/// Bit-pack main (and residual) indices into int32 words, FORMAT.md layout.
+///
+/// main, res: integer arrays (rows, n); returns int32 (rows, ceil(n*(index_bits+res_bits)/32)).
+#[pyfunction]
+#[pyo3(signature = (main, index_bits, res=None, res_bits=0))]
+fn pack_indices<'py>(
+    py: Python<'py>,
+    main: &Bound<'py, PyAny>,
+    index_bits: i64,
+    res: Option<&Bound<'py, PyAny>>,
+    res_bits: i64,
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    let (index_bits, res_bits) = widths(index_bits, res_bits)?;
+    let main = Codes::extract(main, "main")?;
+    let res = res.map(|r| Codes::extract(r, "res")).transpose()?;
+    if let Some(r) = &res {
+        if r.shape() != main.shape() {
+            return Err(InvalidValueError::new_err(format!(
+                "res has shape {:?}, main has {:?}",
+                r.shape(),
+                main.shape()
+            )));
+        }
+    }
+    // residual indices are converted to i64 (rarely the hot path); main keeps its dtype
+    let res64: Option<Array2<i64>> =
+        res.map(|r| each_codes!(&r, a => a.as_array().mapv(|v| v as i64)));
+    let out = each_codes!(&main, a => pack_typed(py, a.as_array(), res64.as_ref().map(|r| r.view()), index_bits, res_bits));
+    Ok(out.map_err(to_py)?.into_pyarray(py))
+}
+
+fn widths(index_bits: i64, res_bits: i64) -> PyResult<(u32, u32)> {
+    let ib = u32::try_from(index_bits).map_err(|_| {
+        InvalidValueError::new_err(format!("index_bits must be in 1..=16, got {index_bits}"))
+    })?;
+    let rb = u32::try_from(res_bits).map_err(|_| {
+        InvalidValueError::new_err(format!("res_bits must be in 0..=16, got {res_bits}"))
+    })?;
+    bitpack::check_widths(ib, rb).map_err(to_py)?;
+    Ok((ib, rb))
+}
+
+/// Unpack int32 words (rows, words) into (main, res or None), each int32 (rows, n).
+#[pyfunction]
+#[pyo3(signature = (packed, index_bits, n, res_bits=0))]
+fn unpack_indices<'py>(
+    py: Python<'py>,
+    packed: &Bound<'py, PyAny>,
+    index_bits: i64,
+    n: i64,
+    res_bits: i64,
+) -> PyResult<(Bound<'py, PyArray2<i32>>, Option<Bound<'py, PyArray2<i32>>>)> {
+    let (index_bits, res_bits) = widths(index_bits, res_bits)?;
+    let n = usize::try_from(n)
+        .map_err(|_| InvalidValueError::new_err(format!("n must be >= 0, got {n}")))?;
+    let arr = packed.cast::<PyArray2<i32>>().map_err(|_| {
+        let what = packed
+            .cast::<PyUntypedArray>()
+            .map(|a| format!("{}-D {}", a.ndim(), a.dtype()))
+            .unwrap_or_else(|_| "not a numpy array".into());
+        InvalidValueError::new_err(format!("packed must be a 2-D int32 array, got {what}"))
+    })?;
+    let ro = arr.readonly();
+    let view = ro.as_array();
+    let (rows, words) = view.dim();
+    let data = contiguous(view);
+    // int32 words are the bits of uint32 words
+    let words_u32: &[u32] = bytemuck_cast(&data);
+    let (main, res) = detached(py, || {
+        bitpack::unpack(words_u32, rows, words, n, index_bits, res_bits)
+    })
+    .map_err(to_py)?;
+    let to2 = |v: Vec<i32>| Array2::from_shape_vec((rows, n), v).expect("shape matches length");
+    Ok((
+        to2(main).into_pyarray(py),
+        res.map(|r| to2(r).into_pyarray(py)),
+    ))
+}
+
+/// Reinterpret i32 words as u32 (same size and alignment).
+fn bytemuck_cast(v: &[i32]) -> &[u32] {
+    // SAFETY: i32 and u32 have identical size, alignment and no invalid bit patterns.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()) }
+}
+
+/// Weighted k-means; returns (centroids float32 (k, d), labels int32 (N,)).
+///
+/// x: float32 (N, d); weights: float32 (N,) or None. Also available with
+/// `return_info=True`, adding a dict with inertia and iterations.
+#[pyfunction]
+#[pyo3(signature = (x, k, *, weights=None, iters=100, tol=1e-5, seed=0, return_info=false))]
+#[allow(clippy::too_many_arguments)]
+fn kmeans<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    k: i64,
+    weights: Option<&Bound<'py, PyAny>>,
+    iters: i64,
+    tol: f64,
+    seed: u64,
+    return_info: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let xa = x.cast::<PyArray2<f32>>().map_err(|_| {
+        let what = x
+            .cast::<PyUntypedArray>()
+            .map(|a| format!("{}-D {}", a.ndim(), a.dtype()))
+            .unwrap_or_else(|_| "not a numpy array".into());
+        InvalidValueError::new_err(format!("x must be a 2-D float32 array (N, d), got {what}"))
+    })?;
+    let xr = xa.readonly();
+    let xv = xr.as_array();
+    let (n, d) = xv.dim();
+    let wr = weights
+        .map(|w| {
+            w.cast::<PyArray1<f32>>()
+                .map(|a| a.readonly())
+                .map_err(|_| InvalidValueError::new_err("weights must be a 1-D float32 array (N,)"))
+        })
+        .transpose()?;
+    let wv: Option<ArrayView1<'_, f32>> = wr.as_ref().map(|w| w.as_array());
+    let wdata = wv.map(|w| w.iter().copied().collect::<Vec<f32>>());
+    let k = usize::try_from(k)
+        .map_err(|_| InvalidValueError::new_err(format!("k must be >= 1, got {k}")))?;
+    let iters = usize::try_from(iters)
+        .map_err(|_| InvalidValueError::new_err(format!("iters must be >= 0, got {iters}")))?;
+    let xs = contiguous(xv);
+    let opts = KMeansOptions {
+        k,
+        iters,
+        tol,
+        seed,
+    };
+    let r = detached(py, || {
+        core_kmeans::kmeans(&xs, n, d, wdata.as_deref(), opts)
+    })
+    .map_err(to_py)?;
+    let cents = Array2::from_shape_vec((k, d), r.centroids)
+        .expect("k*d centroids")
+        .into_pyarray(py);
+    let labels: Vec<i32> = r.labels.into_iter().map(|l| l as i32).collect();
+    let labels = labels.into_pyarray(py);
+    if return_info {
+        let info = PyDict::new(py);
+        info.set_item("inertia", r.inertia)?;
+        info.set_item("iterations", r.iterations)?;
+        Ok((cents, labels, info).into_pyobject(py)?.into_any())
+    } else {
+        Ok((cents, labels).into_pyobject(py)?.into_any())
+    }
+}
+
+/// The compiled core of vptq-rs.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(pack_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(kmeans, m)?)?;
+    checkpoint::register(m)?;
+    Ok(())
+}
