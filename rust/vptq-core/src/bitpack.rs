@@ -250,8 +250,8 @@ mod tests {
 
     #[test]
     fn full_32_bit_codes() {
-        let main = vec![0xFFFFu32, 0x1234];
-        let res = vec![0xFFFFu32, 0xABCD];
+        let main = [0xFFFFu32, 0x1234];
+        let res = [0xFFFFu32, 0xABCD];
         let p = pack(&main, Some(&res[..]), 1, 2, 16, 16).unwrap();
         assert_eq!(p, vec![0xFFFF_FFFF, 0xABCD_1234]);
         let (m, r) = unpack(&p, 1, 2, 2, 16, 16).unwrap();
@@ -289,8 +289,8 @@ mod tests {
             for row in 0..rows {
                 for j in 0..n {
                     let code = read_code(&p[row * words..(row + 1) * words], j, total);
-                    let want = (u64::from(res[row * n + j]) << index_bits) * u64::from(res_bits > 0)
-                        | u64::from(main[row * n + j]);
+                    let res_part = (u64::from(res[row * n + j]) << index_bits) * u64::from(res_bits > 0);
+                    let want = res_part | u64::from(main[row * n + j]);
                     prop_assert_eq!(code, want);
                 }
             }

@@ -4,6 +4,9 @@
 //! threads: distances and argmins are per point, the centroid update sums each cluster's
 //! points in index order, and reductions run over fixed-size chunks in a fixed order.
 
+// Indexed loops over fixed-size lane arrays are what LLVM turns into SIMD here.
+#![allow(clippy::needless_range_loop)]
+
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -77,7 +80,7 @@ pub fn kmeans(
     if k == 0 || k > MAX_K {
         return Err(invalid!("k must be in 1..={MAX_K}, got {k}"));
     }
-    if !(opts.tol >= 0.0) {
+    if opts.tol.is_nan() || opts.tol < 0.0 {
         return Err(invalid!("tol must be >= 0, got {}", opts.tol));
     }
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
@@ -369,10 +372,8 @@ impl Kernel<'_> {
                 }
                 (lab, val)
             };
-            for p in 0..cnt {
-                labels[i + p] = lab[p];
-                best[i + p] = val[p];
-            }
+            labels[i..i + cnt].copy_from_slice(&lab[..cnt]);
+            best[i..i + cnt].copy_from_slice(&val[..cnt]);
             i += cnt;
         }
     }

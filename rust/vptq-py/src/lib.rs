@@ -150,6 +150,8 @@ fn pack_indices<'py>(
         }
     }
     // residual indices are converted to i64 (rarely the hot path); main keeps its dtype
+    // (u64 values above i64::MAX wrap negative and are then rejected as out of range)
+    #[allow(clippy::unnecessary_cast)]
     let res64: Option<Array2<i64>> =
         res.map(|r| each_codes!(&r, a => a.as_array().mapv(|v| v as i64)));
     let out = each_codes!(&main, a => pack_typed(py, a.as_array(), res64.as_ref().map(|r| r.view()), index_bits, res_bits));
@@ -167,6 +169,9 @@ fn widths(index_bits: i64, res_bits: i64) -> PyResult<(u32, u32)> {
     Ok((ib, rb))
 }
 
+/// (main, res or None) as returned to Python.
+type Unpacked<'py> = (Bound<'py, PyArray2<i32>>, Option<Bound<'py, PyArray2<i32>>>);
+
 /// Unpack int32 words (rows, words) into (main, res or None), each int32 (rows, n).
 #[pyfunction]
 #[pyo3(signature = (packed, index_bits, n, res_bits=0))]
@@ -176,7 +181,7 @@ fn unpack_indices<'py>(
     index_bits: i64,
     n: i64,
     res_bits: i64,
-) -> PyResult<(Bound<'py, PyArray2<i32>>, Option<Bound<'py, PyArray2<i32>>>)> {
+) -> PyResult<Unpacked<'py>> {
     let (index_bits, res_bits) = widths(index_bits, res_bits)?;
     let n = usize::try_from(n)
         .map_err(|_| InvalidValueError::new_err(format!("n must be >= 0, got {n}")))?;
