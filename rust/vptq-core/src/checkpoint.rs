@@ -824,10 +824,10 @@ mod tests {
             t(
                 "l.q.res_centroids.weight",
                 Dtype::F16,
-                vec![2, 16],
+                vec![2, 32],
                 &res[..],
             ),
-            t("l.q.indices", Dtype::I32, vec![2, 4, 3], &idx[..]),
+            t("l.q.indices", Dtype::I32, vec![2, 4, 4], &idx[..]),
             t("l.q.perm", Dtype::I16, vec![32], &perm[..]),
             t("l.q.weight_scale", Dtype::F16, vec![32], &norm[..]),
             t("l.q.weight_bias", Dtype::F16, vec![32], &norm[..]),
