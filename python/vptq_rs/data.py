@@ -85,7 +85,11 @@ def calibration_texts(dataset: str, data_dir_: str | os.PathLike[str] | None = N
 
 
 def calibration_windows(
-    tokenizer: Any, dataset: str, nsamples: int, seqlen: int, seed: int = 0,
+    tokenizer: Any,
+    dataset: str,
+    nsamples: int,
+    seqlen: int,
+    seed: int = 0,
     data_dir_: str | os.PathLike[str] | None = None,
 ) -> list[list[int]]:
     """``nsamples`` token windows of length ``seqlen`` drawn reproducibly (GPTQ style).
@@ -96,8 +100,10 @@ def calibration_windows(
     if nsamples < 1 or seqlen < 2:
         raise InvalidValueError(f"need nsamples >= 1 and seq_len >= 2, got {nsamples}, {seqlen}")
     rng = random.Random(seed)
-    docs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in calibration_texts(
-        dataset, data_dir_)]
+    docs = [
+        tokenizer(t, add_special_tokens=False)["input_ids"]
+        for t in calibration_texts(dataset, data_dir_)
+    ]
     long_docs = [d for d in docs if len(d) > seqlen]
     if not long_docs:
         joined = [tok for d in docs for tok in d]

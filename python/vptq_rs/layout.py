@@ -222,7 +222,9 @@ class QuantizedLayer:
             "main_idx": (g, r, cs),
             "weight_scale": (c.q_cols,),
             "weight_bias": (c.q_cols,),
-            "res_centroids": (g, c.num_res_centroids, c.vector_len) if c.num_res_centroids else None,
+            "res_centroids": (g, c.num_res_centroids, c.vector_len)
+            if c.num_res_centroids
+            else None,
             "res_idx": (g, r, cs) if c.num_res_centroids else None,
             "outlier_centroids": (1, c.outlier_num_centroids, c.outlier_vector_len)
             if c.outlier_size
@@ -251,9 +253,7 @@ class QuantizedLayer:
         dtype = dtype or self.centroids.dtype
         cb = self.centroids.float()
         # gather per group: [G, R, C, v]
-        vecs = torch.stack(
-            [cb[gi][self.main_idx[gi].long()] for gi in range(c.group_num)]
-        )
+        vecs = torch.stack([cb[gi][self.main_idx[gi].long()] for gi in range(c.group_num)])
         if self.res_centroids is not None and self.res_idx is not None:
             rc = self.res_centroids.float()
             vecs = vecs + torch.stack(
