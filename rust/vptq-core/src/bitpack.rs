@@ -14,26 +14,25 @@ pub const MAX_INDEX_BITS: u32 = 16;
 /// Largest residual index width the format allows.
 pub const MAX_RES_BITS: u32 = 16;
 
-/// An integer type that can hold an index; negative values are rejected when packing.
+/// An integer type that can hold an index.
 pub trait Code: Copy + Send + Sync {
-    /// The value as `u64`, or `None` when negative.
-    fn to_u64(self) -> Option<u64>;
+    /// The value as `u64`; negative values wrap to huge ones, so range checks reject them.
+    fn wide(self) -> u64;
 }
 
-macro_rules! impl_code_signed {
+macro_rules! impl_code {
     ($($t:ty),*) => {$(impl Code for $t {
         #[inline(always)]
-        fn to_u64(self) -> Option<u64> { u64::try_from(self).ok() }
+        fn wide(self) -> u64 { self as i64 as u64 }
     })*};
 }
-macro_rules! impl_code_unsigned {
-    ($($t:ty),*) => {$(impl Code for $t {
-        #[inline(always)]
-        fn to_u64(self) -> Option<u64> { Some(self as u64) }
-    })*};
+impl_code!(i8, i16, i32, i64, u8, u16, u32);
+impl Code for u64 {
+    #[inline(always)]
+    fn wide(self) -> u64 {
+        self
+    }
 }
-impl_code_signed!(i8, i16, i32, i64);
-impl_code_unsigned!(u8, u16, u32, u64);
 
 /// Number of 32-bit words one packed row of `n` codes of `total_bits` bits occupies.
 pub fn words_per_row(n: usize, total_bits: u32) -> usize {
@@ -70,6 +69,22 @@ pub fn pack<M: Code, R: Code>(
     res_bits: u32,
 ) -> Result<Vec<u32>> {
     check_widths(index_bits, res_bits)?;
+    let mut out = vec![0u32; rows * words_per_row(n, index_bits + res_bits)];
+    pack_into(main, res, rows, n, index_bits, res_bits, &mut out)?;
+    Ok(out)
+}
+
+/// [`pack`] into a caller-provided buffer of exactly `rows * words_per_row` words.
+pub fn pack_into<M: Code, R: Code>(
+    main: &[M],
+    res: Option<&[R]>,
+    rows: usize,
+    n: usize,
+    index_bits: u32,
+    res_bits: u32,
+    out: &mut [u32],
+) -> Result<()> {
+    check_widths(index_bits, res_bits)?;
     if main.len() != rows * n {
         return Err(invalid!(
             "main has {} elements, expected rows*n = {}",
@@ -91,55 +106,313 @@ pub fn pack<M: Code, R: Code>(
     }
     let total = index_bits + res_bits;
     let words = words_per_row(n, total);
-    let mut out = vec![0u32; rows * words];
-    if rows == 0 || words == 0 {
-        return Ok(out);
+    if out.len() != rows * words {
+        return Err(invalid!(
+            "output holds {} words, expected {}",
+            out.len(),
+            rows * words
+        ));
     }
-    let main_lim = 1u64 << index_bits;
-    let res_lim = 1u64 << res_bits;
-    out.par_chunks_mut(words)
+    if rows == 0 || words == 0 {
+        return Ok(());
+    }
+    let bad_rows: Vec<usize> = out
+        .par_chunks_mut(words)
         .enumerate()
-        .try_for_each(|(row, dst)| -> Result<()> {
+        .filter_map(|(row, dst)| {
             let m = &main[row * n..(row + 1) * n];
-            let mut acc: u64 = 0;
-            let mut nbits: u32 = 0;
-            let mut w = 0usize;
-            for j in 0..n {
-                let mi = m[j].to_u64().filter(|&x| x < main_lim).ok_or_else(|| {
-                    invalid!(
-                        "main index at row {row}, position {j} does not fit in {index_bits} bits"
-                    )
-                })?;
-                let code = match res {
-                    Some(r) => {
-                        let ri = r[row * n + j]
-                            .to_u64()
-                            .filter(|&x| x < res_lim)
-                            .ok_or_else(|| {
-                                invalid!(
-                            "res index at row {row}, position {j} does not fit in {res_bits} bits"
-                        )
-                            })?;
-                        (ri << index_bits) | mi
-                    }
-                    None => mi,
-                };
-                // nbits < 32 before the add and total <= 32, so acc never overflows 64 bits
-                acc |= code << nbits;
-                nbits += total;
-                if nbits >= 32 {
-                    dst[w] = acc as u32;
-                    w += 1;
-                    acc >>= 32;
-                    nbits -= 32;
+            let ok = match res {
+                Some(r) => pack_row(
+                    m,
+                    Some(&r[row * n..(row + 1) * n]),
+                    index_bits,
+                    res_bits,
+                    dst,
+                ),
+                None => pack_row::<M, R>(m, None, index_bits, res_bits, dst),
+            };
+            (!ok).then_some(row)
+        })
+        .collect();
+    match bad_rows.first() {
+        None => Ok(()),
+        Some(&row) => Err(first_out_of_range(main, res, row, n, index_bits, res_bits)),
+    }
+}
+
+/// Pack one row; returns false if some index is out of range (the row is then garbage).
+#[inline(always)]
+fn pack_row<M: Code, R: Code>(
+    m: &[M],
+    r: Option<&[R]>,
+    index_bits: u32,
+    res_bits: u32,
+    dst: &mut [u32],
+) -> bool {
+    let total = index_bits + res_bits;
+    let n = m.len();
+    // OR of every index shifted down by its width: nonzero iff one does not fit
+    let mut overflow = 0u64;
+    let mut codes = [0u64; BLOCK];
+    let full = n / BLOCK;
+    for b in 0..full {
+        let ms = &m[b * BLOCK..(b + 1) * BLOCK];
+        match r {
+            Some(r) => {
+                let rs = &r[b * BLOCK..(b + 1) * BLOCK];
+                for j in 0..BLOCK {
+                    let (mi, ri) = (ms[j].wide(), rs[j].wide());
+                    overflow |= (mi >> index_bits) | (ri >> res_bits);
+                    codes[j] = (ri << index_bits) | mi;
                 }
             }
-            if nbits > 0 {
-                dst[w] = acc as u32;
+            None => {
+                for j in 0..BLOCK {
+                    let mi = ms[j].wide();
+                    overflow |= mi >> index_bits;
+                    codes[j] = mi;
+                }
             }
-            Ok(())
-        })?;
-    Ok(out)
+        }
+        // a block of 32 codes of `total` bits fills exactly `total` words
+        let out = &mut dst[b * total as usize..(b + 1) * total as usize];
+        with_total!(total, T => pack_block::<T>(&codes, out));
+    }
+    // the tail: a plain bit stream continuing where the blocks stopped
+    let mut acc: u64 = 0;
+    let mut nbits: u32 = 0;
+    let mut w = full * total as usize;
+    for j in full * BLOCK..n {
+        let mi = m[j].wide();
+        let code = match r {
+            Some(r) => {
+                let ri = r[j].wide();
+                overflow |= (mi >> index_bits) | (ri >> res_bits);
+                (ri << index_bits) | mi
+            }
+            None => {
+                overflow |= mi >> index_bits;
+                mi
+            }
+        };
+        // nbits < 32 before the add and total <= 32, so acc never overflows 64 bits
+        acc |= (code & ((1u64 << total) - 1)) << nbits;
+        nbits += total;
+        if nbits >= 32 {
+            dst[w] = acc as u32;
+            w += 1;
+            acc >>= 32;
+            nbits -= 32;
+        }
+    }
+    if nbits > 0 {
+        dst[w] = acc as u32;
+    }
+    overflow == 0
+}
+
+/// Codes per block of the fast paths: 32 codes of T bits are exactly T words.
+const BLOCK: usize = 32;
+
+/// Call `$body` with `$t` bound to `total` as a compile-time constant (1..=32).
+macro_rules! with_total {
+    ($total:expr, $t:ident => $body:expr) => {
+        match $total {
+            1 => {
+                const $t: u32 = 1;
+                $body
+            }
+            2 => {
+                const $t: u32 = 2;
+                $body
+            }
+            3 => {
+                const $t: u32 = 3;
+                $body
+            }
+            4 => {
+                const $t: u32 = 4;
+                $body
+            }
+            5 => {
+                const $t: u32 = 5;
+                $body
+            }
+            6 => {
+                const $t: u32 = 6;
+                $body
+            }
+            7 => {
+                const $t: u32 = 7;
+                $body
+            }
+            8 => {
+                const $t: u32 = 8;
+                $body
+            }
+            9 => {
+                const $t: u32 = 9;
+                $body
+            }
+            10 => {
+                const $t: u32 = 10;
+                $body
+            }
+            11 => {
+                const $t: u32 = 11;
+                $body
+            }
+            12 => {
+                const $t: u32 = 12;
+                $body
+            }
+            13 => {
+                const $t: u32 = 13;
+                $body
+            }
+            14 => {
+                const $t: u32 = 14;
+                $body
+            }
+            15 => {
+                const $t: u32 = 15;
+                $body
+            }
+            16 => {
+                const $t: u32 = 16;
+                $body
+            }
+            17 => {
+                const $t: u32 = 17;
+                $body
+            }
+            18 => {
+                const $t: u32 = 18;
+                $body
+            }
+            19 => {
+                const $t: u32 = 19;
+                $body
+            }
+            20 => {
+                const $t: u32 = 20;
+                $body
+            }
+            21 => {
+                const $t: u32 = 21;
+                $body
+            }
+            22 => {
+                const $t: u32 = 22;
+                $body
+            }
+            23 => {
+                const $t: u32 = 23;
+                $body
+            }
+            24 => {
+                const $t: u32 = 24;
+                $body
+            }
+            25 => {
+                const $t: u32 = 25;
+                $body
+            }
+            26 => {
+                const $t: u32 = 26;
+                $body
+            }
+            27 => {
+                const $t: u32 = 27;
+                $body
+            }
+            28 => {
+                const $t: u32 = 28;
+                $body
+            }
+            29 => {
+                const $t: u32 = 29;
+                $body
+            }
+            30 => {
+                const $t: u32 = 30;
+                $body
+            }
+            31 => {
+                const $t: u32 = 31;
+                $body
+            }
+            _ => {
+                const $t: u32 = 32;
+                $body
+            }
+        }
+    };
+}
+use with_total;
+
+/// 32 codes of `T` bits (already checked) into `T` words; shifts are constants per `T`.
+#[inline(always)]
+fn pack_block<const T: u32>(codes: &[u64; BLOCK], out: &mut [u32]) {
+    let out: &mut [u32] = &mut out[..T as usize];
+    out.fill(0);
+    for (j, &code) in codes.iter().enumerate() {
+        let off = j as u32 * T;
+        let (w, shift) = ((off / 32) as usize, off % 32);
+        out[w] |= (code << shift) as u32;
+        if shift + T > 32 {
+            out[w + 1] |= (code >> (32 - shift)) as u32;
+        }
+    }
+}
+
+/// `T` words into 32 codes of `T` bits.
+#[inline(always)]
+fn unpack_block<const T: u32>(src: &[u32], codes: &mut [u64; BLOCK]) {
+    let src: &[u32] = &src[..T as usize];
+    let mask = if T == 32 {
+        u64::from(u32::MAX)
+    } else {
+        (1u64 << T) - 1
+    };
+    for (j, code) in codes.iter_mut().enumerate() {
+        let off = j as u32 * T;
+        let (w, shift) = ((off / 32) as usize, off % 32);
+        let mut v = u64::from(src[w]) >> shift;
+        if shift + T > 32 {
+            v |= u64::from(src[w + 1]) << (32 - shift);
+        }
+        *code = v & mask;
+    }
+}
+
+fn first_out_of_range<M: Code, R: Code>(
+    main: &[M],
+    res: Option<&[R]>,
+    row: usize,
+    n: usize,
+    index_bits: u32,
+    res_bits: u32,
+) -> crate::error::CoreError {
+    for j in 0..n {
+        let v = main[row * n + j].wide();
+        if v >> index_bits != 0 {
+            return invalid!(
+                "main index {} at row {row}, position {j} does not fit in {index_bits} bits",
+                v as i64
+            );
+        }
+        if let Some(r) = res {
+            let v = r[row * n + j].wide();
+            if v >> res_bits != 0 {
+                return invalid!(
+                    "res index {} at row {row}, position {j} does not fit in {res_bits} bits",
+                    v as i64
+                );
+            }
+        }
+    }
+    invalid!("an index at row {row} does not fit its width")
 }
 
 /// Unpack `rows x words` packed words into `rows x n` main indices and, when
@@ -154,6 +427,33 @@ pub fn unpack(
     index_bits: u32,
     res_bits: u32,
 ) -> Result<(Vec<i32>, Option<Vec<i32>>)> {
+    let mut main = vec![0i32; rows * n];
+    let mut res = (res_bits > 0).then(|| vec![0i32; rows * n]);
+    unpack_into(
+        packed,
+        rows,
+        words,
+        n,
+        index_bits,
+        res_bits,
+        &mut main,
+        res.as_deref_mut(),
+    )?;
+    Ok((main, res))
+}
+
+/// [`unpack`] into caller-provided `rows * n` buffers (`res` required iff `res_bits > 0`).
+#[allow(clippy::too_many_arguments)]
+pub fn unpack_into(
+    packed: &[u32],
+    rows: usize,
+    words: usize,
+    n: usize,
+    index_bits: u32,
+    res_bits: u32,
+    main: &mut [i32],
+    res: Option<&mut [i32]>,
+) -> Result<()> {
     check_widths(index_bits, res_bits)?;
     let total = index_bits + res_bits;
     let need = words_per_row(n, total);
@@ -169,10 +469,17 @@ pub fn unpack(
             rows * words
         ));
     }
-    let mut main = vec![0i32; rows * n];
-    let mut res = (res_bits > 0).then(|| vec![0i32; rows * n]);
+    if main.len() != rows * n || res.as_ref().is_some_and(|r| r.len() != rows * n) {
+        return Err(invalid!(
+            "output buffers must hold rows * n = {} indices",
+            rows * n
+        ));
+    }
+    if (res_bits > 0) != res.is_some() {
+        return Err(invalid!("a res buffer is needed exactly when res_bits > 0"));
+    }
     if rows == 0 || n == 0 {
-        return Ok((main, res));
+        return Ok(());
     }
     let code_mask = if total == 32 {
         u64::from(u32::MAX)
@@ -181,10 +488,26 @@ pub fn unpack(
     };
     let main_mask = (1u64 << index_bits) - 1;
     let decode_row = |src: &[u32], m: &mut [i32], mut r: Option<&mut [i32]>| {
+        let full = n / BLOCK;
+        let mut codes = [0u64; BLOCK];
+        for b in 0..full {
+            let words_in = &src[b * total as usize..];
+            with_total!(total, T => unpack_block::<T>(words_in, &mut codes));
+            let ms = &mut m[b * BLOCK..(b + 1) * BLOCK];
+            for j in 0..BLOCK {
+                ms[j] = (codes[j] & main_mask) as i32;
+            }
+            if let Some(r) = r.as_deref_mut() {
+                let rs = &mut r[b * BLOCK..(b + 1) * BLOCK];
+                for j in 0..BLOCK {
+                    rs[j] = (codes[j] >> index_bits) as i32;
+                }
+            }
+        }
         let mut acc: u64 = 0;
         let mut nbits: u32 = 0;
-        let mut w = 0usize;
-        for j in 0..n {
+        let mut w = full * total as usize;
+        for j in full * BLOCK..n {
             if nbits < total {
                 acc |= u64::from(src[w]) << nbits;
                 w += 1;
@@ -199,7 +522,7 @@ pub fn unpack(
             }
         }
     };
-    match res.as_mut() {
+    match res {
         Some(r) => main
             .par_chunks_mut(n)
             .zip(r.par_chunks_mut(n))
@@ -210,7 +533,7 @@ pub fn unpack(
             .zip(packed.par_chunks(words))
             .for_each(|(m, src)| decode_row(src, m, None)),
     }
-    Ok((main, res))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,10 +15,6 @@ use crate::error::{invalid, Result};
 
 /// Points per chunk of every chunked reduction; fixed so results do not depend on threads.
 const CHUNK: usize = 4096;
-/// Centroids per SIMD block of the assignment kernel.
-const LANES: usize = 8;
-/// Points handled together so each centroid load serves several points.
-const POINTS: usize = 4;
 /// k-means++ runs on a seeded uniform subsample of at most this many points per centroid:
 /// seeding costs O(sample · k · d) and is memory-bound, while Lloyd uses every point.
 const SEED_OVERSAMPLE: usize = 4;
@@ -122,7 +118,7 @@ pub fn kmeans(
     let mut prev = f64::INFINITY;
     let mut iterations = 0;
     loop {
-        let inertia = assign(x, &xnorm, n, d, w, &centroids, k, &mut labels, &mut dist);
+        let inertia = assign(x, &xnorm, d, w, &centroids, k, &mut labels, &mut dist);
         let converged = prev.is_finite() && (prev - inertia).abs() <= opts.tol * prev.max(1e-30);
         if converged || iterations == opts.iters {
             return Ok(KMeansResult {
@@ -153,34 +149,79 @@ fn every_point_a_centroid(x: &[f32], n: usize, d: usize, k: usize, _w: &[f32]) -
     }
 }
 
-fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum()
-}
-
-/// Index `i` with `sum(p[..i]) <= r < sum(p[..=i])` over positive entries, given chunk sums.
-fn sample_index(p: &[f64], chunk_sums: &[f64], r: f64) -> usize {
+/// Index `i` with `sum(mass[..i]) <= r < sum(mass[..=i])`, `mass[i] = w[i] * d2[i]`,
+/// given per-chunk sums of the mass; only positive-mass points can be drawn.
+fn sample_index(w: &[f32], d2: &[f32], chunk_sums: &[f64], r: f64) -> usize {
     let mut acc = 0.0;
+    let mut last_positive = None;
     for (c, s) in chunk_sums.iter().enumerate() {
         if acc + s > r {
             let start = c * CHUNK;
-            let end = (start + CHUNK).min(p.len());
-            let mut last_positive = start;
-            for (i, v) in p[start..end].iter().enumerate() {
-                if *v > 0.0 {
-                    last_positive = start + i;
-                    acc += v;
+            let end = (start + CHUNK).min(w.len());
+            for i in start..end {
+                let m = f64::from(w[i]) * f64::from(d2[i]);
+                if m > 0.0 {
+                    last_positive = Some(i);
+                    acc += m;
                     if acc > r {
-                        return start + i;
+                        return i;
                     }
                 }
             }
-            // rounding left r just past the chunk's end: take its last candidate
-            return last_positive;
+            // chunk sums are f32 partials: rounding may leave r just past the chunk's end
+            if let Some(i) = last_positive {
+                return i;
+            }
         }
         acc += s;
     }
     // r beyond the total by rounding: the last point with mass
-    p.iter().rposition(|v| *v > 0.0).unwrap_or(0)
+    (0..w.len())
+        .rev()
+        .find(|&i| w[i] * d2[i] > 0.0)
+        .unwrap_or(0)
+}
+
+/// `d2 = min(d2, |x - c|^2)` over one chunk of transposed points; returns `sum(w * d2)`.
+///
+/// `xt` holds the chunk's coordinates dimension by dimension (`d` runs of `len` values).
+#[inline(always)]
+fn refresh_chunk(
+    xt: &[f32],
+    len: usize,
+    stride: usize,
+    c: &[f32],
+    w: &[f32],
+    d2: &mut [f32],
+) -> f64 {
+    let mut tmp = [0f32; CHUNK];
+    let tmp = &mut tmp[..len];
+    for (t, ct) in c.iter().enumerate() {
+        let col = &xt[t * stride..t * stride + len];
+        for i in 0..len {
+            let diff = col[i] - ct;
+            tmp[i] += diff * diff;
+        }
+    }
+    let mut s = 0f32;
+    for i in 0..len {
+        d2[i] = d2[i].min(tmp[i]);
+        s += w[i] * d2[i];
+    }
+    f64::from(s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn refresh_chunk_avx2(
+    xt: &[f32],
+    len: usize,
+    stride: usize,
+    c: &[f32],
+    w: &[f32],
+    d2: &mut [f32],
+) -> f64 {
+    refresh_chunk(xt, len, stride, c, w, d2)
 }
 
 /// Weighted k-means++ on a seeded subsample of at most `SEED_OVERSAMPLE * k` points.
@@ -206,56 +247,64 @@ fn seed_plus_plus(
     if !idx.iter().any(|&i| w[i] > 0.0) {
         idx = (0..n).collect();
     }
-    let sx: Vec<f32> = idx
-        .iter()
-        .flat_map(|&i| x[i * d..(i + 1) * d].iter().copied())
-        .collect();
-    let sw: Vec<f64> = idx.iter().map(|&i| f64::from(w[i])).collect();
     let m = idx.len();
-
-    let mut centroids = Vec::with_capacity(k * d);
-    let wsum: Vec<f64> = sw.par_chunks(CHUNK).map(|c| c.iter().sum()).collect();
-    let total: f64 = wsum.iter().sum();
-    let first = sample_index(&sw, &wsum, rng.random::<f64>() * total);
-    centroids.extend_from_slice(&sx[first * d..(first + 1) * d]);
-
-    // mass[i] = w_i * D(x_i)^2 under the centroids chosen so far
-    let mut d2: Vec<f32> = sx
-        .par_chunks(d)
-        .map(|p| sq_dist(p, &sx[first * d..(first + 1) * d]))
-        .collect();
-    let mut mass = vec![0f64; m];
-    let mut sums = vec![0f64; m.div_ceil(CHUNK)];
-    let refresh = |d2: &mut [f32], mass: &mut [f64], sums: &mut [f64], c: Option<&[f32]>| {
+    // points transposed per chunk ([chunk][d][CHUNK]) so distance loops vectorize over points
+    let nchunks = m.div_ceil(CHUNK);
+    let mut xt = vec![0f32; nchunks * d * CHUNK];
+    for (j, &i) in idx.iter().enumerate() {
+        let (c, o) = (j / CHUNK, j % CHUNK);
+        for t in 0..d {
+            xt[(c * d + t) * CHUNK + o] = x[i * d + t];
+        }
+    }
+    let sw: Vec<f32> = idx.iter().map(|&i| w[i]).collect();
+    let point = |j: usize| -> Vec<f32> {
+        let (c, o) = (j / CHUNK, j % CHUNK);
+        (0..d).map(|t| xt[(c * d + t) * CHUNK + o]).collect()
+    };
+    #[cfg(target_arch = "x86_64")]
+    let avx2 =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let refresh = |d2: &mut [f32], sums: &mut [f64], c: &[f32]| {
         d2.par_chunks_mut(CHUNK)
-            .zip(mass.par_chunks_mut(CHUNK))
-            .zip(sx.par_chunks(CHUNK * d))
+            .zip(xt.par_chunks(d * CHUNK))
             .zip(sw.par_chunks(CHUNK))
             .zip(sums.par_iter_mut())
-            .for_each(|((((d2, mass), xs), ws), s)| {
-                let mut acc = 0.0;
-                for i in 0..d2.len() {
-                    if let Some(c) = c {
-                        d2[i] = d2[i].min(sq_dist(&xs[i * d..(i + 1) * d], c));
-                    }
-                    mass[i] = ws[i] * f64::from(d2[i]);
-                    acc += mass[i];
+            .for_each(|(((d2, xs), ws), s)| {
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: the CPU supports the features the function is compiled for.
+                    *s = unsafe { refresh_chunk_avx2(xs, d2.len(), CHUNK, c, ws, d2) };
+                    return;
                 }
-                *s = acc;
+                *s = refresh_chunk(xs, d2.len(), CHUNK, c, ws, d2);
             });
     };
-    refresh(&mut d2, &mut mass, &mut sums, None);
+
+    // first centre drawn by weight alone (d2 = 1 everywhere makes mass = w)
+    let mut d2 = vec![1f32; m];
+    let mut sums: Vec<f64> = sw
+        .chunks(CHUNK)
+        .map(|c| c.iter().map(|&v| f64::from(v)).sum())
+        .collect();
+    let total: f64 = sums.iter().sum();
+    let first = sample_index(&sw, &d2, &sums, rng.random::<f64>() * total);
+    let mut centroids = Vec::with_capacity(k * d);
+    let c = point(first);
+    centroids.extend_from_slice(&c);
+    d2.fill(f32::INFINITY);
+    refresh(&mut d2, &mut sums, &c);
     for _ in 1..k {
         let total: f64 = sums.iter().sum();
         let pick = if total > 0.0 {
-            sample_index(&mass, &sums, rng.random::<f64>() * total)
+            sample_index(&sw, &d2, &sums, rng.random::<f64>() * total)
         } else {
             // every weighted point already coincides with a centroid: any point will do
             rng.random_range(0..m)
         };
-        let c = sx[pick * d..(pick + 1) * d].to_vec();
+        let c = point(pick);
         centroids.extend_from_slice(&c);
-        refresh(&mut d2, &mut mass, &mut sums, Some(&c));
+        refresh(&mut d2, &mut sums, &c);
     }
     centroids
 }
@@ -267,7 +316,6 @@ fn seed_plus_plus(
 fn assign(
     x: &[f32],
     xnorm: &[f32],
-    n: usize,
     d: usize,
     w: &[f32],
     centroids: &[f32],
@@ -275,19 +323,19 @@ fn assign(
     labels: &mut [u32],
     dist: &mut [f32],
 ) -> f64 {
-    // centroids transposed to [d][kp], k padded to whole SIMD blocks with +inf norms
-    let kp = k.div_ceil(LANES) * LANES;
-    let mut ct = vec![0f32; d * kp];
+    // -2c row-major, k padded to whole centroid groups with +inf norms (never chosen)
+    let kp = k.div_ceil(CENTS) * CENTS;
+    let mut cm2 = vec![0f32; kp * d];
     let mut cnorm = vec![f32::INFINITY; kp];
     for j in 0..k {
         let c = &centroids[j * d..(j + 1) * d];
         for t in 0..d {
-            ct[t * kp + j] = c[t];
+            cm2[j * d + t] = -2.0 * c[t];
         }
         cnorm[j] = c.iter().map(|v| v * v).sum();
     }
     let kern = Kernel {
-        ct: &ct,
+        cm2: &cm2,
         cnorm: &cnorm,
         kp,
         d,
@@ -310,17 +358,25 @@ fn assign(
             acc
         })
         .collect();
-    let _ = n;
     partial.iter().sum()
 }
 
-/// The assignment kernel over transposed centroids.
+/// The assignment kernel: blocks of `2 * LANES` points (transposed, one SIMD vector per
+/// dimension and half-block) against `CENTS` centroids at a time, so eight independent
+/// FMA chains hide the FMA latency.
 struct Kernel<'a> {
-    ct: &'a [f32],
+    cm2: &'a [f32],
     cnorm: &'a [f32],
     kp: usize,
     d: usize,
 }
+
+/// Points per half-block: one SIMD vector of f32.
+const LANES: usize = 8;
+/// Centroids evaluated together.
+const CENTS: usize = 4;
+
+type Lanes = [f32; LANES];
 
 impl Kernel<'_> {
     /// For every point of `xs` (`len x d`), the nearest centroid and `|c|^2 - 2 x.c`.
@@ -348,100 +404,78 @@ impl Kernel<'_> {
     fn run_generic<const FMA: bool>(&self, xs: &[f32], labels: &mut [u32], best: &mut [f32]) {
         let d = self.d;
         let n = labels.len();
+        let mut xt: Vec<[Lanes; 2]> = vec![[[0.0; LANES]; 2]; d];
         let mut i = 0;
-        let mut xb = [[0f32; 16]; POINTS];
         while i < n {
-            let cnt = POINTS.min(n - i);
-            // -2x per point, zero for missing points of a ragged tail
-            for p in 0..POINTS {
-                for t in 0..d.min(16) {
-                    xb[p][t] = if p < cnt {
-                        -2.0 * xs[(i + p) * d + t]
-                    } else {
-                        0.0
-                    };
+            let cnt = (2 * LANES).min(n - i);
+            for (t, col) in xt.iter_mut().enumerate() {
+                for p in 0..2 * LANES {
+                    col[p / LANES][p % LANES] = if p < cnt { xs[(i + p) * d + t] } else { 0.0 };
                 }
             }
-            let (lab, val) = if d <= 16 {
-                self.block::<FMA>(&xb)
-            } else {
-                let mut lab = [0u32; POINTS];
-                let mut val = [0f32; POINTS];
-                for p in 0..cnt {
-                    (lab[p], val[p]) = self.one_point_any_d(&xs[(i + p) * d..(i + p + 1) * d]);
-                }
-                (lab, val)
+            // a compile-time d lets LLVM unroll the dimension loop for common vector lengths
+            let (lab, val) = match d {
+                2 => self.block::<FMA, 2>(&xt),
+                4 => self.block::<FMA, 4>(&xt),
+                6 => self.block::<FMA, 6>(&xt),
+                8 => self.block::<FMA, 8>(&xt),
+                12 => self.block::<FMA, 12>(&xt),
+                16 => self.block::<FMA, 16>(&xt),
+                _ => self.block::<FMA, 0>(&xt),
             };
-            labels[i..i + cnt].copy_from_slice(&lab[..cnt]);
-            best[i..i + cnt].copy_from_slice(&val[..cnt]);
+            for p in 0..cnt {
+                labels[i + p] = lab[p / LANES][p % LANES];
+                best[i + p] = val[p / LANES][p % LANES];
+            }
             i += cnt;
         }
     }
 
-    /// POINTS points (d <= 16) against every centroid, LANES centroids at a time.
+    /// 16 transposed points against every centroid; per point the best index and value.
+    /// `D` is the dimension when known at compile time, 0 otherwise.
     #[inline(always)]
-    fn block<const FMA: bool>(&self, xb: &[[f32; 16]; POINTS]) -> ([u32; POINTS], [f32; POINTS]) {
-        let (d, kp) = (self.d, self.kp);
-        let mut bval = [[f32::INFINITY; LANES]; POINTS];
-        let mut bidx = [[0u32; LANES]; POINTS];
-        let mut jb = 0;
-        while jb < kp {
-            let cn: &[f32; LANES] = self.cnorm[jb..jb + LANES].try_into().unwrap();
-            let mut acc = [*cn; POINTS];
+    fn block<const FMA: bool, const D: usize>(
+        &self,
+        xt: &[[Lanes; 2]],
+    ) -> ([[u32; LANES]; 2], [Lanes; 2]) {
+        let d = if D > 0 { D } else { self.d };
+        let mut bval = [[f32::INFINITY; LANES]; 2];
+        let mut bidx = [[0u32; LANES]; 2];
+        let mut j = 0;
+        while j < self.kp {
+            let mut acc = [[[0f32; LANES]; 2]; CENTS];
+            for q in 0..CENTS {
+                acc[q] = [[self.cnorm[j + q]; LANES]; 2];
+            }
+            let cs = &self.cm2[j * d..(j + CENTS) * d];
             for t in 0..d {
-                let row: &[f32; LANES] = self.ct[t * kp + jb..t * kp + jb + LANES]
-                    .try_into()
-                    .unwrap();
-                for p in 0..POINTS {
-                    let xv = xb[p][t];
-                    for l in 0..LANES {
-                        acc[p][l] = if FMA {
-                            xv.mul_add(row[l], acc[p][l])
-                        } else {
-                            xv * row[l] + acc[p][l]
-                        };
+                let x = &xt[t];
+                for q in 0..CENTS {
+                    let c = cs[q * d + t];
+                    for h in 0..2 {
+                        for l in 0..LANES {
+                            acc[q][h][l] = if FMA {
+                                x[h][l].mul_add(c, acc[q][h][l])
+                            } else {
+                                x[h][l] * c + acc[q][h][l]
+                            };
+                        }
                     }
                 }
             }
-            for p in 0..POINTS {
-                for l in 0..LANES {
-                    let better = acc[p][l] < bval[p][l];
-                    bval[p][l] = if better { acc[p][l] } else { bval[p][l] };
-                    bidx[p][l] = if better { (jb + l) as u32 } else { bidx[p][l] };
+            // ascending j and strict '<': ties keep the lower index
+            for q in 0..CENTS {
+                for h in 0..2 {
+                    for l in 0..LANES {
+                        let better = acc[q][h][l] < bval[h][l];
+                        bval[h][l] = if better { acc[q][h][l] } else { bval[h][l] };
+                        bidx[h][l] = if better { (j + q) as u32 } else { bidx[h][l] };
+                    }
                 }
             }
-            jb += LANES;
+            j += CENTS;
         }
-        let mut lab = [0u32; POINTS];
-        let mut val = [0f32; POINTS];
-        for p in 0..POINTS {
-            let (mut bv, mut bi) = (bval[p][0], bidx[p][0]);
-            for l in 1..LANES {
-                // ties go to the lower index, so the result does not depend on lane layout
-                if bval[p][l] < bv || (bval[p][l] == bv && bidx[p][l] < bi) {
-                    bv = bval[p][l];
-                    bi = bidx[p][l];
-                }
-            }
-            lab[p] = bi;
-            val[p] = bv;
-        }
-        (lab, val)
-    }
-
-    /// Scalar path for d > 16.
-    fn one_point_any_d(&self, x: &[f32]) -> (u32, f32) {
-        let mut best = (0u32, f32::INFINITY);
-        for j in 0..self.kp {
-            let mut acc = self.cnorm[j];
-            for (t, xv) in x.iter().enumerate() {
-                acc += -2.0 * xv * self.ct[t * self.kp + j];
-            }
-            if acc < best.1 {
-                best = (j as u32, acc);
-            }
-        }
-        best
+        (bidx, bval)
     }
 }
 
@@ -520,6 +554,10 @@ fn update(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum()
+    }
 
     fn opts(k: usize) -> KMeansOptions {
         KMeansOptions {

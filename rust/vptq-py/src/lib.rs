@@ -106,23 +106,28 @@ fn contiguous<T: Clone>(v: ArrayView2<'_, T>) -> std::borrow::Cow<'_, [T]> {
     }
 }
 
-fn pack_typed<M: Code + Clone, R: Code + Clone>(
-    py: Python<'_>,
+/// Pack into a fresh int32 numpy array, with the interpreter released while packing.
+fn pack_typed<'py, M: Code + Clone, R: Code + Clone>(
+    py: Python<'py>,
     main: ArrayView2<'_, M>,
     res: Option<ArrayView2<'_, R>>,
     index_bits: u32,
     res_bits: u32,
-) -> Result<Array2<i32>, CoreError> {
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
     let (rows, n) = main.dim();
     let m = contiguous(main);
     let r = res.map(contiguous);
     let words = bitpack::words_per_row(n, index_bits + res_bits);
-    let packed = detached(py, || {
-        bitpack::pack(&m, r.as_deref(), rows, n, index_bits, res_bits)
-    })?;
-    // bits of uint32 words, stored as int32 as the checkpoint format wants
-    let as_i32 = packed.into_iter().map(|w| w as i32).collect();
-    Ok(Array2::from_shape_vec((rows, words), as_i32).expect("shape matches length"))
+    let out = PyArray2::<i32>::zeros(py, [rows, words], false);
+    // SAFETY: `out` was just created here and is not shared with Python code yet.
+    let dst = unsafe { out.as_slice_mut()? };
+    // int32 words are the bits of uint32 words, as the checkpoint format stores them
+    let dst = as_u32_mut(dst);
+    detached(py, || {
+        bitpack::pack_into(&m, r.as_deref(), rows, n, index_bits, res_bits, dst)
+    })
+    .map_err(to_py)?;
+    Ok(out)
 }
 
 /// Bit-pack main (and residual) indices into int32 words, FORMAT.md layout.
@@ -140,22 +145,17 @@ fn pack_indices<'py>(
     let (index_bits, res_bits) = widths(index_bits, res_bits)?;
     let main = Codes::extract(main, "main")?;
     let res = res.map(|r| Codes::extract(r, "res")).transpose()?;
-    if let Some(r) = &res {
-        if r.shape() != main.shape() {
-            return Err(InvalidValueError::new_err(format!(
-                "res has shape {:?}, main has {:?}",
-                r.shape(),
-                main.shape()
-            )));
-        }
+    match &res {
+        Some(r) if r.shape() != main.shape() => Err(InvalidValueError::new_err(format!(
+            "res has shape {:?}, main has {:?}",
+            r.shape(),
+            main.shape()
+        ))),
+        Some(r) => each_codes!(&main, m => each_codes!(r, rr =>
+            pack_typed(py, m.as_array(), Some(rr.as_array()), index_bits, res_bits))),
+        None => each_codes!(&main, m =>
+            pack_typed::<_, u16>(py, m.as_array(), None, index_bits, res_bits)),
     }
-    // residual indices are converted to i64 (rarely the hot path); main keeps its dtype
-    // (u64 values above i64::MAX wrap negative and are then rejected as out of range)
-    #[allow(clippy::unnecessary_cast)]
-    let res64: Option<Array2<i64>> =
-        res.map(|r| each_codes!(&r, a => a.as_array().mapv(|v| v as i64)));
-    let out = each_codes!(&main, a => pack_typed(py, a.as_array(), res64.as_ref().map(|r| r.view()), index_bits, res_bits));
-    Ok(out.map_err(to_py)?.into_pyarray(py))
 }
 
 fn widths(index_bits: i64, res_bits: i64) -> PyResult<(u32, u32)> {
@@ -196,23 +196,32 @@ fn unpack_indices<'py>(
     let view = ro.as_array();
     let (rows, words) = view.dim();
     let data = contiguous(view);
-    // int32 words are the bits of uint32 words
-    let words_u32: &[u32] = bytemuck_cast(&data);
-    let (main, res) = detached(py, || {
-        bitpack::unpack(words_u32, rows, words, n, index_bits, res_bits)
+    let words_u32: &[u32] = as_u32(&data);
+    let main = PyArray2::<i32>::zeros(py, [rows, n], false);
+    let res = (res_bits > 0).then(|| PyArray2::<i32>::zeros(py, [rows, n], false));
+    // SAFETY: both arrays were just created here and are not shared with Python code yet.
+    let m = unsafe { main.as_slice_mut()? };
+    let r = match &res {
+        Some(r) => Some(unsafe { r.as_slice_mut()? }),
+        None => None,
+    };
+    detached(py, || {
+        bitpack::unpack_into(words_u32, rows, words, n, index_bits, res_bits, m, r)
     })
     .map_err(to_py)?;
-    let to2 = |v: Vec<i32>| Array2::from_shape_vec((rows, n), v).expect("shape matches length");
-    Ok((
-        to2(main).into_pyarray(py),
-        res.map(|r| to2(r).into_pyarray(py)),
-    ))
+    Ok((main, res))
 }
 
 /// Reinterpret i32 words as u32 (same size and alignment).
-fn bytemuck_cast(v: &[i32]) -> &[u32] {
+fn as_u32(v: &[i32]) -> &[u32] {
     // SAFETY: i32 and u32 have identical size, alignment and no invalid bit patterns.
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u32>(), v.len()) }
+}
+
+/// Reinterpret i32 words as u32, mutably.
+fn as_u32_mut(v: &mut [i32]) -> &mut [u32] {
+    // SAFETY: as in `as_u32`; the borrow is unique.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u32>(), v.len()) }
 }
 
 /// Weighted k-means; returns (centroids float32 (k, d), labels int32 (N,)).
