@@ -11,9 +11,9 @@ import argparse
 from math import gcd
 
 import numpy as np
-from _meta import median, timeit, write
 
 import vptq_rs
+from _meta import median, timeit, write
 
 ROWS, N = 1792, 4096
 
@@ -79,15 +79,24 @@ def main() -> None:
         ref = numpy_pack(main_idx, index_bits, res, res_bits)
         assert np.array_equal(ours, ref), "numpy and Rust layouts differ"
         assert np.array_equal(numpy_unpack(ours, index_bits, N, res_bits)[0], main_idx)
+
+        def rust_pack(m=main_idx, ib=index_bits, r=res, rb=res_bits):
+            return vptq_rs.pack_indices(m, ib, r, rb)
+
+        def np_pack(m=main_idx, ib=index_bits, r=res, rb=res_bits):
+            return numpy_pack(m, ib, r, rb)
+
+        def rust_unpack(p=ours, ib=index_bits, rb=res_bits):
+            return vptq_rs.unpack_indices(p, ib, N, rb)
+
+        def np_unpack(p=ours, ib=index_bits, rb=res_bits):
+            return numpy_unpack(p, ib, N, rb)
+
         t = {
-            "rust_pack": timeit(lambda: vptq_rs.pack_indices(main_idx, index_bits, res, res_bits),
-                                args.repeat),
-            "numpy_pack": timeit(lambda: numpy_pack(main_idx, index_bits, res, res_bits),
-                                 args.repeat),
-            "rust_unpack": timeit(lambda: vptq_rs.unpack_indices(ours, index_bits, N, res_bits),
-                                  args.repeat),
-            "numpy_unpack": timeit(lambda: numpy_unpack(ours, index_bits, N, res_bits),
-                                   args.repeat),
+            "rust_pack": timeit(rust_pack, args.repeat),
+            "numpy_pack": timeit(np_pack, args.repeat),
+            "rust_unpack": timeit(rust_unpack, args.repeat),
+            "numpy_unpack": timeit(np_unpack, args.repeat),
         }
         med = {k: median(v) for k, v in t.items()}
         codes = ROWS * N
