@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from vptq_rs import integration as _integration
 from vptq_rs._core import __version__, kmeans, pack_indices, unpack_indices
 from vptq_rs.errors import (
     CheckpointError,
@@ -18,6 +19,10 @@ from vptq_rs.errors import (
     VptqError,
     VptqIOError,
 )
+
+# transformers then loads quant_method "vptq" checkpoints with our layers (on CPU too); this
+# only arms an import hook unless transformers is already imported
+_integration.autoregister()
 
 # name -> module that defines it; resolved on first access so torch loads only when needed
 _LAZY = {
