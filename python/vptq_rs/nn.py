@@ -1,0 +1,351 @@
+"""``VQuantLinear``: a Linear layer that keeps VPTQ weights packed in memory.
+
+Parameter names and dtypes are those of a packed checkpoint (FORMAT.md), so a state dict
+loads straight from ``model.safetensors`` and the module is a drop-in for Microsoft's
+``vptq.layers.vqlinear.VQuantLinear``. The dense weight is rebuilt on every forward unless
+the caller asks for a cache with :meth:`VQuantLinear.cache_weight` (memory is the point of
+the exercise, so caching is never implicit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+import vptq_rs
+from vptq_rs import ops
+from vptq_rs.errors import InvalidValueError
+from vptq_rs.layout import LayerConfig, QuantizedLayer
+
+logger = logging.getLogger(__name__)
+
+
+class Codebook(nn.Module):
+    """Holds one codebook as ``weight`` (float ``[G, K*v]``), like ``nn.Embedding`` in vptq."""
+
+    def __init__(self, rows: int, cols: int, *, dtype: torch.dtype, device: Any = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(
+            torch.empty(rows, cols, dtype=dtype, device=device), requires_grad=False
+        )
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, dtype={self.weight.dtype}"
+
+
+def _index_param(shape: tuple[int, ...], dtype: torch.dtype, device: Any) -> nn.Parameter:
+    return nn.Parameter(torch.zeros(shape, dtype=dtype, device=device), requires_grad=False)
+
+
+class VQuantLinear(nn.Module):
+    """A VPTQ-quantized ``nn.Linear`` holding packed tensors.
+
+    Parameters (FORMAT.md names): ``centroids.weight`` float ``[G, K*v]``,
+    ``res_centroids.weight`` ``[G, Kres*v]``, ``indices`` int32 ``[G, R, words]``,
+    ``outlier_centroids.weight`` ``[1, K0*v0]``, ``outlier_indices`` int16 ``[1, R0, osz]``,
+    ``perm`` int16 ``[I]``, ``weight_scale``/``weight_bias`` ``[I]``, ``bias`` ``[O]``;
+    the optional ones are None when the config does not use them.
+    Forward: ``x`` float ``[..., I]`` -> ``[..., O]``.
+    """
+
+    def __init__(
+        self,
+        config: LayerConfig,
+        *,
+        dtype: torch.dtype = torch.float16,
+        device: Any = None,
+    ) -> None:
+        super().__init__()
+        c = config
+        if c.enable_perm and c.q_cols > 65536:
+            raise InvalidValueError(f"perm is stored as uint16; {c.q_cols} columns do not fit")
+        self.config = c
+        self.in_features = c.in_features
+        self.out_features = c.out_features
+        words = -(-c.group_size * (c.index_bits + c.res_bits) // 32)
+        self.centroids = Codebook(
+            c.group_num, c.num_centroids * c.vector_len, dtype=dtype, device=device
+        )
+        self.res_centroids = (
+            Codebook(c.group_num, c.num_res_centroids * c.vector_len, dtype=dtype, device=device)
+            if c.num_res_centroids
+            else None
+        )
+        self.indices = _index_param((c.group_num, c.num_vectors, words), torch.int32, device)
+        if c.outlier_size:
+            self.outlier_centroids: Codebook | None = Codebook(
+                1, c.outlier_num_centroids * c.outlier_vector_len, dtype=dtype, device=device
+            )
+            self.outlier_indices: nn.Parameter | None = _index_param(
+                (1, c.num_outlier_vectors, c.outlier_size), torch.int16, device
+            )
+        else:
+            self.outlier_centroids = None
+            self.outlier_indices = None
+        self.perm: nn.Parameter | None = (
+            _index_param((c.q_cols,), torch.int16, device) if c.enable_perm else None
+        )
+        # vptq checkpoints with enable_norm=false carry no scale/bias; ours always do
+        self.weight_scale: nn.Parameter | None = None
+        self.weight_bias: nn.Parameter | None = None
+        if c.enable_norm:
+            self.weight_scale = nn.Parameter(
+                torch.ones(c.q_cols, dtype=dtype, device=device), requires_grad=False
+            )
+            self.weight_bias = nn.Parameter(
+                torch.zeros(c.q_cols, dtype=dtype, device=device), requires_grad=False
+            )
+        self.bias: nn.Parameter | None = (
+            nn.Parameter(
+                torch.zeros(c.out_features, dtype=dtype, device=device), requires_grad=False
+            )
+            if c.bias
+            else None
+        )
+        self._weight_cache: torch.Tensor | None = None
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_hf(cls, entry: dict[str, Any], **kwargs: Any) -> VQuantLinear:
+        """Build an empty layer from a ``config_for_layers`` entry."""
+        return cls(LayerConfig.from_hf(entry), **kwargs)
+
+    @classmethod
+    def from_quantized(
+        cls, layer: QuantizedLayer, dtype: torch.dtype | None = None
+    ) -> VQuantLinear:
+        """Pack an unpacked :class:`QuantizedLayer` into a module (on the layer's device)."""
+        layer.validate()
+        dtype = dtype or layer.centroids.dtype
+        device = layer.centroids.device
+        # the packed form always carries scale/bias (FORMAT.md: enable_norm is always true)
+        mod = cls(dataclasses.replace(layer.config, enable_norm=True), dtype=dtype, device="meta")
+        tensors = packed_tensors(layer, dtype)
+        mod.load_packed(
+            tensors, bias=layer.bias.to(dtype) if layer.bias is not None else None, device=device
+        )
+        return mod
+
+    def load_packed(
+        self, t: ops.PackedTensors, bias: torch.Tensor | None = None, device: Any = None
+    ) -> None:
+        """Replace the parameters by ``t`` (shapes checked, dtypes kept), moved to ``device``."""
+
+        def put(owner: nn.Module | None, name: str, value: torch.Tensor | None, label: str) -> None:
+            old = getattr(owner, name) if owner is not None else None
+            if (old is None) != (value is None):
+                state = "missing" if value is None else "not used by the config"
+                raise InvalidValueError(f"{label} is {state}")
+            if old is None or value is None or owner is None:
+                return
+            if tuple(old.shape) != tuple(value.shape):
+                raise InvalidValueError(
+                    f"{label} has shape {list(value.shape)}, expected {list(old.shape)}"
+                )
+            new = value.detach().to(device=device or old.device, dtype=old.dtype)
+            setattr(owner, name, nn.Parameter(new, requires_grad=False))
+
+        for mod_name, value in (
+            ("centroids", t.centroids),
+            ("res_centroids", t.res_centroids),
+            ("outlier_centroids", t.outlier_centroids),
+        ):
+            mod = getattr(self, mod_name)
+            if (mod is None) != (value is None):
+                state = "missing" if value is None else "not used by the config"
+                raise InvalidValueError(f"{mod_name}.weight is {state}")
+            put(mod, "weight", value, f"{mod_name}.weight")
+        for name in ("indices", "outlier_indices", "perm", "weight_scale", "weight_bias"):
+            put(self, name, getattr(t, name), name)
+        put(self, "bias", bias, "bias")
+        self._weight_cache = None
+
+    # -- views -----------------------------------------------------------------------------
+
+    def packed(self) -> ops.PackedTensors:
+        """The packed tensors of this layer (no copies)."""
+        return ops.PackedTensors(
+            indices=self.indices,
+            centroids=self.centroids.weight,
+            res_centroids=self.res_centroids.weight if self.res_centroids is not None else None,
+            outlier_indices=self.outlier_indices,
+            outlier_centroids=(
+                self.outlier_centroids.weight if self.outlier_centroids is not None else None
+            ),
+            perm=self.perm,
+            weight_scale=self.weight_scale,
+            weight_bias=self.weight_bias,
+        )
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Dense weight ``[O, I]`` (default dtype: the centroids'); equals the reference."""
+        return ops.dequantize(self.config, self.packed(), dtype)
+
+    def to_quantized(self) -> QuantizedLayer:
+        """Unpack into a :class:`QuantizedLayer` (codes as int64 tensors, on CPU)."""
+        return unpack_layer(self.config, self.packed(), self.bias)
+
+    # -- weight cache ----------------------------------------------------------------------
+
+    def cache_weight(self, enable: bool = True) -> None:
+        """Keep (or drop) the dense weight between forwards: faster, but O*I floats resident."""
+        if enable:
+            self._weight_cache = self.dequantize(self.centroids.weight.dtype).detach()
+            logger.info(
+                "cached dense weight of %s: %.1f MiB",
+                type(self).__name__,
+                self._weight_cache.numel() * self._weight_cache.element_size() / 2**20,
+            )
+        else:
+            self._weight_cache = None
+
+    @property
+    def weight_cached(self) -> bool:
+        return self._weight_cache is not None
+
+    # -- compute ---------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._weight_cache is not None:
+            w = self._weight_cache
+            if w.device != x.device or w.dtype != x.dtype:
+                w = w.to(device=x.device, dtype=x.dtype)
+            bias = self.bias.to(x.dtype) if self.bias is not None else None
+            return torch.nn.functional.linear(x, w, bias)
+        return ops.vq_linear(x, self.config, self.packed(), self.bias)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        res = f"+res{c.num_res_centroids}" if c.num_res_centroids else ""
+        out = f", outliers={c.outlier_size}" if c.outlier_size else ""
+        return (
+            f"in_features={c.in_features}, out_features={c.out_features}, v={c.vector_len}, "
+            f"k={c.num_centroids}{res}, groups={c.group_num}{out}, perm={c.enable_perm}, "
+            f"bias={c.bias}"
+        )
+
+
+def packed_tensors(layer: QuantizedLayer, dtype: torch.dtype | None = None) -> ops.PackedTensors:
+    """Pack a :class:`QuantizedLayer` into checkpoint tensors (codes bit-packed by the Rust core).
+
+    Floats are cast to ``dtype`` (default: the centroids' dtype); tensors come back on CPU.
+    """
+    c = layer.config
+    dtype = dtype or layer.centroids.dtype
+    g, r = c.group_num, c.num_vectors
+
+    def f(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.detach().to("cpu", dtype).contiguous() if t is not None else None
+
+    main = layer.main_idx.detach().cpu().reshape(g * r, c.group_size).numpy()
+    res = (
+        layer.res_idx.detach().cpu().reshape(g * r, c.group_size).numpy()
+        if layer.res_idx is not None
+        else None
+    )
+    words = vptq_rs.pack_indices(main, c.index_bits, res, c.res_bits)
+    indices = torch.from_numpy(words).reshape(g, r, -1)
+
+    def u16(t: torch.Tensor | None) -> torch.Tensor | None:
+        # uint16 values stored as their int16 bit patterns (FORMAT.md)
+        return (
+            t.detach().cpu().to(torch.int32).to(torch.int16).contiguous() if t is not None else None
+        )
+
+    return ops.PackedTensors(
+        indices=indices,
+        centroids=f(layer.centroids.reshape(g, -1)),
+        res_centroids=f(
+            layer.res_centroids.reshape(g, -1) if layer.res_centroids is not None else None
+        ),
+        outlier_indices=u16(layer.outlier_idx),
+        outlier_centroids=f(
+            layer.outlier_centroids.reshape(1, -1) if layer.outlier_centroids is not None else None
+        ),
+        perm=u16(layer.perm),
+        weight_scale=f(layer.weight_scale),
+        weight_bias=f(layer.weight_bias),
+    )
+
+
+def unpack_layer(
+    cfg: LayerConfig, t: ops.PackedTensors, bias: torch.Tensor | None = None
+) -> QuantizedLayer:
+    """Inverse of :func:`packed_tensors`: an unpacked :class:`QuantizedLayer` on CPU."""
+    g, v = cfg.group_num, cfg.vector_len
+    main, res = ops.unpack_codes(
+        t.indices.detach().cpu(), cfg.index_bits, cfg.group_size, cfg.res_bits
+    )
+
+    def cpu(x: torch.Tensor | None) -> torch.Tensor | None:
+        return x.detach().cpu() if x is not None else None
+
+    layer = QuantizedLayer(
+        config=cfg,
+        centroids=t.centroids.detach().cpu().reshape(g, cfg.num_centroids, v),
+        main_idx=main.long(),
+        res_centroids=(
+            t.res_centroids.detach().cpu().reshape(g, cfg.num_res_centroids, v)
+            if t.res_centroids is not None
+            else None
+        ),
+        res_idx=res.long() if res is not None else None,
+        outlier_centroids=(
+            t.outlier_centroids.detach()
+            .cpu()
+            .reshape(1, cfg.outlier_num_centroids, cfg.outlier_vector_len)
+            if t.outlier_centroids is not None
+            else None
+        ),
+        outlier_idx=ops.as_unsigned(t.outlier_indices.cpu())
+        if t.outlier_indices is not None
+        else None,
+        perm=ops.as_unsigned(t.perm.cpu()) if t.perm is not None else None,
+        weight_scale=cpu(t.weight_scale)
+        if t.weight_scale is not None
+        else torch.ones(cfg.q_cols, dtype=t.centroids.dtype),
+        weight_bias=cpu(t.weight_bias)
+        if t.weight_bias is not None
+        else torch.zeros(cfg.q_cols, dtype=t.centroids.dtype),
+        bias=cpu(bias),
+    )
+    layer.validate()
+    return layer
+
+
+def random_quantized_layer(
+    cfg: LayerConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> QuantizedLayer:
+    """A layer with random codebooks, codes, perm and norm (tests, benchmarks, demos)."""
+    gen = torch.Generator().manual_seed(seed)
+    g, r, cs, v = cfg.group_num, cfg.num_vectors, cfg.group_size, cfg.vector_len
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(dtype)
+
+    def codes(k: int, *shape: int) -> torch.Tensor:
+        return torch.randint(0, k, shape, generator=gen)
+
+    kr, osz = cfg.num_res_centroids, cfg.outlier_size
+    return QuantizedLayer(
+        config=cfg,
+        centroids=randn(g, cfg.num_centroids, v),
+        main_idx=codes(cfg.num_centroids, g, r, cs),
+        res_centroids=randn(g, kr, v) * 0.1 if kr else None,
+        res_idx=codes(kr, g, r, cs) if kr else None,
+        outlier_centroids=randn(1, cfg.outlier_num_centroids, cfg.outlier_vector_len)
+        if osz
+        else None,
+        outlier_idx=codes(cfg.outlier_num_centroids, 1, cfg.num_outlier_vectors, osz)
+        if osz
+        else None,
+        perm=torch.randperm(cfg.q_cols, generator=gen) if cfg.enable_perm else None,
+        weight_scale=(torch.rand(cfg.q_cols, generator=gen) + 0.5).to(dtype),
+        weight_bias=(torch.randn(cfg.q_cols, generator=gen) * 0.1).to(dtype),
+        bias=randn(cfg.out_features) if cfg.bias else None,
+    )
