@@ -11,10 +11,13 @@ export VPTQ_RS_DATA_DIR ?= $(DATA)
 test: venv build rust-test lint pytest wheel-check
 
 venv: $(VENV)/.deps-installed
-$(VENV)/.deps-installed: requirements-dev.txt
+$(VENV)/.deps-installed: requirements-dev.txt Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	# Microsoft's vptq, for the compatibility tests and baselines; its declared dependencies
+	# (gradio, plotly, ...) are not needed by the layer classes we test against
+	$(PY) -m pip install -q --no-deps vptq==0.0.5.post1
 	touch $@
 
 ## build: compile the Rust extension into the venv (release: tests time real code)

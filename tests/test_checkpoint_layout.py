@@ -188,7 +188,11 @@ def test_inspect_cli_text_and_json(tmp_path):
     assert rep["total"]["bits_per_weight"] == pytest.approx(
         rep["layers"][0]["bits"]["bits_per_weight"]
     )
-    assert rep["size_ratio_vs_fp16"] > 0
+    mem = rep["memory"]
+    assert mem["quantized_bytes"] == rep["tensor_bytes"]
+    # dense: the embedding as stored + the fp16 weights and bias of the quantized layer
+    assert mem["dense_bytes"] == 100 * 8 * 2 + (O * I + O) * 2
+    assert mem["dense_dtype"] == "float16"
 
 
 def test_inspect_cli_bad_input_exits_2(tmp_path):

@@ -47,7 +47,6 @@ _ST_DTYPES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
-_TORCH_DTYPES = {v: k for k, v in _ST_DTYPES.items()}
 # per-layer tensor names of a packed checkpoint (besides the Linear's own ``bias``)
 PACKED_TENSOR_NAMES = (
     "indices",
@@ -65,19 +64,6 @@ DTYPE_NAMES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.floa
 # -- low-level tensor files -------------------------------------------------------------------
 
 
-def _shards(tensors: Mapping[str, torch.Tensor], max_bytes: int) -> list[list[str]]:
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name in sorted(tensors):
-        n = tensors[name].numel() * tensors[name].element_size()
-        if shards[-1] and size + n > max_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(name)
-        size += n
-    return shards
-
-
 def write_tensors(
     directory: str | os.PathLike[str],
     tensors: Mapping[str, torch.Tensor],
@@ -85,8 +71,7 @@ def write_tensors(
 ) -> list[str]:
     """Write ``tensors`` as ``model.safetensors`` or shards + index into ``directory``.
 
-    Uses the Rust core's ``save_tensors`` when it exists, the ``safetensors`` package otherwise.
-    Returns the file names written.
+    Written by the Rust core (safetensors crate), each file atomically. Returns the file names.
     """
     from vptq_rs import _core
 
@@ -95,36 +80,11 @@ def write_tensors(
     for name, t in tensors.items():
         if t.dtype not in _ST_DTYPES:
             raise InvalidValueError(f"tensor {name} has unsupported dtype {t.dtype}")
-    metadata = {"format": "pt"}
-    if hasattr(_core, "save_tensors"):
-        items = [
-            (
-                name,
-                _ST_DTYPES[t.dtype],
-                list(t.shape),
-                t.view(-1).view(torch.uint8).numpy().tobytes(),
-            )
-            for name, t in sorted(tensors.items())
-        ]
-        return list(_core.save_tensors(directory, items, int(max_shard_bytes), metadata))
-
-    from safetensors.torch import save_file
-
-    groups = _shards(tensors, max_shard_bytes)
-    if len(groups) == 1:
-        save_file(tensors, os.path.join(directory, SAFE_SINGLE), metadata=metadata)
-        return [SAFE_SINGLE]
-    names = []
-    weight_map = {}
-    for i, group in enumerate(groups, 1):
-        fname = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
-        save_file({k: tensors[k] for k in group}, os.path.join(directory, fname), metadata=metadata)
-        names.append(fname)
-        weight_map.update(dict.fromkeys(group, fname))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    Path(directory, SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
-    return [*names, SAFE_INDEX]
+    items = [
+        (name, _ST_DTYPES[t.dtype], list(t.shape), t.view(-1).view(torch.uint8).numpy().tobytes())
+        for name, t in sorted(tensors.items())
+    ]
+    return list(_core.save_tensors(directory, items, int(max_shard_bytes), {"format": "pt"}))
 
 
 def tensor_files(directory: str | os.PathLike[str]) -> list[Path]:
@@ -537,43 +497,11 @@ def module_bytes(model: nn.Module) -> int:
 def resident_bytes(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Memory of the packed model once loaded vs the same model dense, from the files alone.
 
-    Returns ``{"quantized_bytes", "dense_bytes", "ratio", "quantized_layers",
-    "dense_dtype"}``: quantized = every stored tensor (VQuantLinear keeps them packed);
-    dense = the non-quantized tensors plus O*I weights in the checkpoint's float dtype for
-    each quantized layer (biases count in both). Tied weights are stored, and counted, once.
+    See :func:`vptq_rs.footprint.footprint`; the checkpoint is validated on the way.
     """
-    from safetensors import safe_open
+    from vptq_rs.footprint import resident_bytes as _resident
 
-    config = read_config(directory)
-    sizes: dict[str, int] = {}
-    float_dtype = torch.float16
-    for f in tensor_files(directory):
-        with safe_open(str(f), framework="pt") as fh:
-            for key in fh.keys():  # noqa: SIM118 - safe_open is not a Mapping
-                sl = fh.get_slice(key)
-                dt = _TORCH_DTYPES.get(sl.get_dtype())
-                if dt is None:
-                    raise CheckpointError(f"{f.name}: tensor {key} has unknown dtype")
-                n = 1
-                for s in sl.get_shape():
-                    n *= s
-                sizes[key] = n * dt.itemsize
-                if key.endswith("centroids.weight"):
-                    float_dtype = dt
-    cfgs = layer_configs(config, sizes)
-    stored = sum(sizes.values())
-    packed_only = sum(
-        sizes.get(f"{name}.{suffix}", 0) for name in cfgs for suffix in PACKED_TENSOR_NAMES
-    )
-    weights = sum(c.in_features * c.out_features for c in cfgs.values())
-    dense = stored - packed_only + weights * float_dtype.itemsize
-    return {
-        "quantized_bytes": stored,
-        "dense_bytes": dense,
-        "ratio": dense / stored if stored else float("nan"),
-        "quantized_layers": len(cfgs),
-        "dense_dtype": str(float_dtype).removeprefix("torch."),
-    }
+    return _resident(directory)
 
 
 def is_packed(path: str | os.PathLike[str]) -> bool:

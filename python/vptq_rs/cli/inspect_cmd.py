@@ -27,17 +27,6 @@ def _config_text(cfg: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def summarize(report: dict[str, Any]) -> dict[str, Any]:
-    """Add size comparisons to a validator report: packed bytes vs the fp16 model."""
-    total = report["total"]
-    # the same model in fp16: every quantized weight at 16 bits plus what was never quantized
-    fp16_bytes = total["num_weights"] * 2 + total["linear_bias_bits"] // 8
-    fp16_bytes += report["unquantized_bytes"]
-    report["fp16_bytes"] = fp16_bytes
-    report["size_ratio_vs_fp16"] = report["tensor_bytes"] / fp16_bytes
-    return report
-
-
 @click.command("inspect")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @json_option
@@ -50,8 +39,10 @@ def inspect_cmd(directory: Path, as_json: bool, layers: bool) -> None:
     weight count indices, codebooks, outlier indices, scale/bias, perm and padding.
     """
     from vptq_rs._core import validate_checkpoint
+    from vptq_rs.footprint import footprint
 
-    report = summarize(validate_checkpoint(str(directory)))
+    report = validate_checkpoint(str(directory))
+    report["memory"] = footprint(report)
     if as_json:
         echo_json(report)
         return
@@ -87,9 +78,9 @@ def inspect_cmd(directory: Path, as_json: bool, layers: bool) -> None:
             )
         )
     )
+    mem = report["memory"]
     click.echo(
-        f"tensors: {report['tensor_bytes'] / mib:.1f} MiB "
-        f"(unquantized parts {report['unquantized_bytes'] / mib:.1f} MiB); "
-        f"as fp16: {report['fp16_bytes'] / mib:.1f} MiB; "
-        f"ratio {report['size_ratio_vs_fp16']:.3f}"
+        f"memory once loaded: {mem['quantized_bytes'] / mib:.1f} MiB (of which unquantized "
+        f"parts {report['unquantized_bytes'] / mib:.1f} MiB); dense {mem['dense_dtype']}: "
+        f"{mem['dense_bytes'] / mib:.1f} MiB; {mem['ratio']:.2f}x smaller"
     )

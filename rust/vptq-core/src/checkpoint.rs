@@ -589,6 +589,8 @@ pub struct LayerReport {
     pub config: LayerSpec,
     /// Its stored bits.
     pub bits: BitBreakdown,
+    /// Dtype of its main codebook (the model's float dtype).
+    pub codebook_dtype: String,
 }
 
 /// The validator's report on a checkpoint.
@@ -767,10 +769,12 @@ pub fn validate(dir: &Path) -> Result<CheckpointReport> {
         ] {
             *acc += v;
         }
+        let codebook_dtype = infos[&format!("{name}.centroids.weight")].0.to_string();
         layers.push(LayerReport {
             name: name.clone(),
             config: spec.clone(),
             bits,
+            codebook_dtype,
         });
     }
     total.bits_per_weight = total.total_bits as f64 / total.num_weights.max(1) as f64;
