@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# What runs on the device machine (issue 5): install our wheel, build the CUDA extension for
+# sm_90, run the GPU tests, compute-sanitizer memcheck over the kernel test sweep, then the
+# benchmark suite. Everything it writes lands in $OUT (log.txt + results/gpu-*.json).
+#
+#   bash benchmarks/gpu_run.sh quick|full|suite [suite sections]
+# (suite: build + benchmarks only, skipping the tests and the sanitizer)
+#
+# Expects the abi3 wheel in .device/wheels/ (maturin build --release -o .device/wheels).
+set -uo pipefail
+MODE=${1:-full}
+SECTIONS=${2:-copy,gemv,lut,gemm,kmeans,e2e,msvptq}
+OUT=${OUT:-/tmp/vptq_out}
+mkdir -p "$OUT/results"
+LOG="$OUT/log.txt"
+export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1
+export VPTQ_RS_CUDA_SRC="$PWD/cuda" VPTQ_RS_CACHE_DIR=/tmp/vptq_cache
+step() { echo "=== $* ($(date +%T))" | tee -a "$LOG"; }
+
+step "environment"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; uname -m
+  python3 -c "import torch; print(torch.__version__, torch.version.cuda)"; nvcc --version | tail -1; } 2>&1 | tee -a "$LOG"
+
+step "install the wheel (compiled core), run the tree's Python"
+python3 -m pip install -q --no-deps --no-index --target /tmp/vptq_site .device/wheels/*.whl 2>&1 | tee -a "$LOG"
+cp /tmp/vptq_site/vptq_rs/_core*.so python/vptq_rs/ 2>&1 | tee -a "$LOG"
+export PYTHONPATH="$PWD/python"
+python3 -c "import vptq_rs; print('vptq_rs', vptq_rs.__version__)" 2>&1 | tee -a "$LOG"
+
+python3 -m pip install -q --no-deps --no-index --target /tmp/ms_site .device/ms/*.whl 2>&1 | tail -3 | tee -a "$LOG"
+export MS_VPTQ_SITE=/tmp/ms_site
+
+step "build the CUDA extension"
+/usr/bin/time -f "build %es" python3 -m vptq_rs.cuda_ext 2>&1 | tail -5 | tee -a "$LOG"
+
+if [ "$MODE" != suite ]; then
+step "gpu tests"
+timeout "${TEST_T:-200}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_ext.py 2>&1 \
+  | tail -40 | tee -a "$LOG"
+
+step "compute-sanitizer memcheck over the kernel sweep"
+SAN_T=${SAN_T:-$([ "$MODE" = quick ] && echo 150 || echo 200)}
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "$SAN_T" \
+  compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+  python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py -k "${SAN_K:-not graph}" 2>&1 \
+  | tail -30 | tee -a "$LOG"
+echo "sanitizer exit: ${PIPESTATUS[0]}" | tee -a "$LOG"
+fi
+
+step "benchmark suite ($MODE)"
+QUICK=$([ "$MODE" = quick ] && echo --quick || echo)
+SUITE_T=${SUITE_T:-$([ "$MODE" = quick ] && echo 200 || echo 400)}
+timeout "$SUITE_T" python3 benchmarks/gpu_suite.py --out "$OUT/results" $QUICK --sections "$SECTIONS" 2>&1 \
+  | tee -a "$LOG" | tail -60
+step "end"

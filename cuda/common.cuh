@@ -1,0 +1,106 @@
+// Device helpers shared by the vptq-rs kernels: dtype conversion, aligned vector loads,
+// and decoding of FORMAT.md's LSB-first packed code streams.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace vptq {
+
+template <typename T>
+__device__ __forceinline__ float to_f(T v);
+template <>
+__device__ __forceinline__ float to_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
+template <>
+__device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+// Round-to-nearest-even, as torch's .to(dtype) does, so dequant stays bit-exact.
+template <typename T>
+__device__ __forceinline__ T from_f(float v);
+template <>
+__device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Loads V consecutive elements of T with the widest access the entry alignment allows:
+// an entry starts at a multiple of V*sizeof(T) bytes from a 16-byte aligned base.
+template <typename T, int V>
+__device__ __forceinline__ void load_vec(const T* p, float (&out)[V]) {
+  constexpr int kBytes = V * static_cast<int>(sizeof(T));
+  constexpr int kAlign = kBytes % 16 == 0 ? 16
+                         : kBytes % 8 == 0 ? 8
+                         : kBytes % 4 == 0 ? 4
+                                           : static_cast<int>(sizeof(T));
+  using Chunk = std::conditional_t<
+      kAlign == 16, uint4,
+      std::conditional_t<kAlign == 8, uint2,
+                         std::conditional_t<kAlign == 4, uint32_t, uint16_t>>>;
+  constexpr int kChunks = kBytes / kAlign;
+  union {
+    Chunk c[kChunks];
+    T t[V];
+  } u;
+  const Chunk* src = reinterpret_cast<const Chunk*>(p);
+#pragma unroll
+  for (int i = 0; i < kChunks; ++i) u.c[i] = src[i];
+#pragma unroll
+  for (int l = 0; l < V; ++l) out[l] = to_f(u.t[l]);
+}
+
+// One codebook row held as raw words, so a gather can be issued long before its use.
+template <typename T, int V>
+struct Entry {
+  static constexpr int kBytes = V * static_cast<int>(sizeof(T));
+  static constexpr int kAlign = kBytes % 16 == 0 ? 16
+                                : kBytes % 8 == 0 ? 8
+                                : kBytes % 4 == 0 ? 4
+                                                  : static_cast<int>(sizeof(T));
+  using Chunk = std::conditional_t<
+      kAlign == 16, uint4,
+      std::conditional_t<kAlign == 8, uint2,
+                         std::conditional_t<kAlign == 4, uint32_t, uint16_t>>>;
+  static constexpr int kChunks = kBytes / kAlign;
+  union {
+    Chunk c[kChunks];
+    T t[V];
+  } u;
+  __device__ __forceinline__ void load(const T* p) {
+    const Chunk* src = reinterpret_cast<const Chunk*>(p);
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) u.c[i] = src[i];
+  }
+  __device__ __forceinline__ void get(float (&out)[V]) const {
+#pragma unroll
+    for (int l = 0; l < V; ++l) out[l] = to_f(u.t[l]);
+  }
+};
+
+// Code j of a packed row (tb bits each, LSB first, tb <= 32); words has nwords entries.
+__device__ __forceinline__ uint32_t read_code(const int32_t* words, int nwords, int64_t j,
+                                              int tb) {
+  const int64_t bit = j * tb;
+  const int w = static_cast<int>(bit >> 5);
+  const int off = static_cast<int>(bit & 31);
+  const uint64_t lo = static_cast<uint32_t>(words[w]);
+  const uint64_t hi = (w + 1 < nwords) ? static_cast<uint32_t>(words[w + 1]) : 0u;
+  const uint64_t window = lo | (hi << 32);
+  return static_cast<uint32_t>((window >> off) & ((uint64_t{1} << tb) - 1));
+}
+
+// floor(n / d) for n < 2^27 with magic = ceil(2^32 / d) (d <= 32).
+__device__ __forceinline__ uint32_t fast_div(uint32_t n, uint64_t magic) {
+  return static_cast<uint32_t>((static_cast<uint64_t>(n) * magic) >> 32);
+}
+
+}  // namespace vptq

@@ -1,0 +1,12 @@
+// GEMV instantiations for bf16 codebooks/activations.
+#include "gemv_launch.cuh"
+
+namespace vptq {
+
+cudaError_t launch_gemv_bf16(const LayerArgs& a, const void* x, int tokens, const int32_t* perm,
+                             const void* bias, void* y, float* workspace, int mode,
+                             cudaStream_t stream) {
+  return gemv::launch_typed<__nv_bfloat16>(a, x, tokens, perm, bias, y, workspace, mode, stream);
+}
+
+}  // namespace vptq

@@ -1,0 +1,347 @@
+// Torch operator registration (namespace vptq_rs) for the CUDA kernels: argument checks
+// that name the offending tensor, output allocation, stream and device handling.
+// Fake (meta) implementations are registered from Python (vptq_rs/cuda_ext.py).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <optional>
+
+#include "vptq_kernels.h"
+
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+void check_cuda(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, what, " failed: ", cudaGetErrorString(e));
+}
+
+int dtype_code(at::ScalarType t, const char* name) {
+  switch (t) {
+    case at::kFloat: return vptq::kF32;
+    case at::kHalf: return vptq::kF16;
+    case at::kBFloat16: return vptq::kBF16;
+    default: TORCH_CHECK(false, name, " must be float32, float16 or bfloat16, got ", t);
+  }
+  return 0;
+}
+
+void check_on(const Tensor& t, const Tensor& ref, const char* name) {
+  TORCH_CHECK(t.is_cuda(), name, " must be on CUDA");
+  TORCH_CHECK(t.device() == ref.device(), name, " must be on ", ref.device(), ", got ",
+              t.device());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+// Codebooks must start 16-byte aligned for the vector loads; a view may not be.
+Tensor aligned(const Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+}
+
+struct Layer {
+  vptq::LayerArgs a;
+  std::vector<Tensor> keep;  // tensors made here that must outlive the launch
+};
+
+Layer make_layer(const Tensor& indices, const Tensor& centroids, const OptTensor& res_centroids,
+                 const OptTensor& outlier_indices, const OptTensor& outlier_centroids,
+                 const OptTensor& weight_scale, const OptTensor& weight_bias, int64_t rows,
+                 int64_t cols, int64_t vector_len, int64_t index_bits, int64_t res_bits,
+                 int64_t group_num, int64_t outlier_size, int64_t outlier_vector_len) {
+  Layer L;
+  auto& a = L.a;
+  check_on(indices, indices, "indices");
+  TORCH_CHECK(indices.scalar_type() == at::kInt, "indices must be int32, got ",
+              indices.scalar_type());
+  TORCH_CHECK(index_bits >= 1 && index_bits <= 16, "index_bits must be in [1, 16], got ",
+              index_bits);
+  TORCH_CHECK(res_bits >= 0 && res_bits <= 16, "res_bits must be in [0, 16], got ", res_bits);
+  TORCH_CHECK(vector_len >= 1 && vector_len <= 16, "vector_len must be in [1, 16], got ",
+              vector_len);
+  TORCH_CHECK(rows >= 1 && cols >= 1, "rows and cols must be positive");
+  TORCH_CHECK(group_num >= 1 && outlier_size >= 0 && outlier_size < cols &&
+                  (cols - outlier_size) % group_num == 0,
+              "group_num ", group_num, " must divide cols - outlier_size = ", cols - outlier_size);
+  const int64_t group_size = (cols - outlier_size) / group_num;
+  const int64_t R = (rows + vector_len - 1) / vector_len;
+  const int64_t tb = index_bits + res_bits;
+  const int64_t W = (group_size * tb + 31) / 32;
+  TORCH_CHECK(indices.dim() == 3 && indices.size(0) == group_num && indices.size(1) == R &&
+                  indices.size(2) == W,
+              "indices must have shape [", group_num, ", ", R, ", ", W, "], got ",
+              indices.sizes());
+  check_on(centroids, indices, "centroids");
+  const int64_t K = int64_t{1} << index_bits;
+  TORCH_CHECK(centroids.numel() == group_num * K * vector_len, "centroids must hold G*K*v = ",
+              group_num * K * vector_len, " values, got ", centroids.numel());
+  a.cb_dtype = dtype_code(centroids.scalar_type(), "centroids");
+  Tensor cb = aligned(centroids);
+  L.keep.push_back(cb);
+  a.centroids = cb.data_ptr();
+  if (res_bits > 0) {
+    TORCH_CHECK(res_centroids.has_value(), "res_centroids is required when res_bits > 0");
+    const Tensor& r = *res_centroids;
+    check_on(r, indices, "res_centroids");
+    TORCH_CHECK(r.scalar_type() == centroids.scalar_type(),
+                "res_centroids must have the centroids' dtype ", centroids.scalar_type());
+    const int64_t Kr = int64_t{1} << res_bits;
+    TORCH_CHECK(r.numel() == group_num * Kr * vector_len, "res_centroids must hold G*Kres*v = ",
+                group_num * Kr * vector_len, " values, got ", r.numel());
+    Tensor rr = aligned(r);
+    L.keep.push_back(rr);
+    a.res_centroids = rr.data_ptr();
+  }
+  if (outlier_size > 0) {
+    TORCH_CHECK(outlier_indices.has_value() && outlier_centroids.has_value(),
+                "outlier_indices and outlier_centroids are required when outlier_size > 0");
+    TORCH_CHECK(outlier_vector_len >= 1, "outlier_vector_len must be >= 1");
+    const Tensor& oi = *outlier_indices;
+    const Tensor& oc = *outlier_centroids;
+    check_on(oi, indices, "outlier_indices");
+    check_on(oc, indices, "outlier_centroids");
+    TORCH_CHECK(oi.scalar_type() == at::kShort, "outlier_indices must be int16, got ",
+                oi.scalar_type());
+    const int64_t R0 = (rows + outlier_vector_len - 1) / outlier_vector_len;
+    TORCH_CHECK(oi.numel() == R0 * outlier_size, "outlier_indices must have shape [1, ", R0,
+                ", ", outlier_size, "], got ", oi.sizes());
+    TORCH_CHECK(oc.scalar_type() == centroids.scalar_type(),
+                "outlier_centroids must have the centroids' dtype");
+    TORCH_CHECK(oc.numel() % outlier_vector_len == 0 && oc.numel() > 0,
+                "outlier_centroids must hold K0*v0 values");
+    a.outlier_indices = oi.data_ptr<int16_t>();
+    a.outlier_centroids = oc.data_ptr();
+  }
+  int norm_dtype = -1;
+  for (auto* pr : {&weight_scale, &weight_bias}) {
+    if (!pr->has_value()) continue;
+    const Tensor& t = **pr;
+    const char* name = pr == &weight_scale ? "weight_scale" : "weight_bias";
+    check_on(t, indices, name);
+    TORCH_CHECK(t.numel() == cols, name, " must have ", cols, " values, got ", t.numel());
+    const int code = dtype_code(t.scalar_type(), name);
+    TORCH_CHECK(norm_dtype < 0 || norm_dtype == code,
+                "weight_scale and weight_bias must have the same dtype");
+    norm_dtype = code;
+  }
+  a.norm_dtype = norm_dtype < 0 ? vptq::kF32 : norm_dtype;
+  if (weight_scale.has_value()) a.weight_scale = weight_scale->data_ptr();
+  if (weight_bias.has_value()) a.weight_bias = weight_bias->data_ptr();
+  a.indices = indices.data_ptr<int32_t>();
+  a.rows = static_cast<int>(rows);
+  a.cols = static_cast<int>(cols);
+  a.v = static_cast<int>(vector_len);
+  a.index_bits = static_cast<int>(index_bits);
+  a.res_bits = static_cast<int>(res_bits);
+  a.groups = static_cast<int>(group_num);
+  a.group_size = static_cast<int>(group_size);
+  a.words = static_cast<int>(W);
+  a.num_vectors = static_cast<int>(R);
+  a.outlier_size = static_cast<int>(outlier_size);
+  a.outlier_v = static_cast<int>(outlier_size > 0 ? outlier_vector_len : 1);
+  return L;
+}
+
+// perm (int16 bits of uint16, int32 or int64) -> int32 values
+Tensor perm_i32(const Tensor& perm, const Tensor& ref, int64_t cols) {
+  check_on(perm, ref, "perm");
+  TORCH_CHECK(perm.numel() == cols, "perm must have ", cols, " values, got ", perm.numel());
+  TORCH_CHECK(perm.scalar_type() == at::kShort || perm.scalar_type() == at::kInt ||
+                  perm.scalar_type() == at::kLong,
+              "perm must be int16, int32 or int64, got ", perm.scalar_type());
+  Tensor p = perm.to(at::kInt);
+  if (perm.scalar_type() == at::kShort) p = p.bitwise_and(0xFFFF);
+  return p.contiguous();
+}
+
+Tensor dequant(const Tensor& indices, const Tensor& centroids, const OptTensor& res_centroids,
+               const OptTensor& outlier_indices, const OptTensor& outlier_centroids,
+               const OptTensor& perm, const OptTensor& weight_scale,
+               const OptTensor& weight_bias, int64_t rows, int64_t cols, int64_t vector_len,
+               int64_t index_bits, int64_t res_bits, int64_t group_num, int64_t outlier_size,
+               int64_t outlier_vector_len, at::ScalarType out_dtype) {
+  const c10::cuda::CUDAGuard guard(indices.device());
+  Layer L = make_layer(indices, centroids, res_centroids, outlier_indices, outlier_centroids,
+                       weight_scale, weight_bias, rows, cols, vector_len, index_bits, res_bits,
+                       group_num, outlier_size, outlier_vector_len);
+  const int out_code = dtype_code(out_dtype, "out_dtype");
+  TORCH_CHECK(int64_t{L.a.num_vectors} * cols < (int64_t{1} << 31),
+              "dequant: (rows / v) * cols must stay below 2^31");
+  Tensor inv;
+  if (perm.has_value()) {
+    Tensor p = perm_i32(*perm, indices, cols);
+    inv = at::empty_like(p);
+    inv.scatter_(0, p.to(at::kLong), at::arange(cols, p.options()));
+  }
+  Tensor out = at::empty({rows, cols}, indices.options().dtype(out_dtype));
+  check_cuda(vptq::launch_dequant(L.a, inv.defined() ? inv.data_ptr<int32_t>() : nullptr,
+                                  out.data_ptr(), out_code,
+                                  at::cuda::getCurrentCUDAStream().stream()),
+             "vptq_rs::dequant");
+  return out;
+}
+
+Tensor gemv(const Tensor& x, const Tensor& indices, const Tensor& centroids,
+            const OptTensor& res_centroids, const OptTensor& outlier_indices,
+            const OptTensor& outlier_centroids, const OptTensor& perm,
+            const OptTensor& weight_scale, const OptTensor& weight_bias, const OptTensor& bias,
+            int64_t rows, int64_t cols, int64_t vector_len, int64_t index_bits,
+            int64_t res_bits, int64_t group_num, int64_t outlier_size,
+            int64_t outlier_vector_len, int64_t mode) {
+  const c10::cuda::CUDAGuard guard(indices.device());
+  Layer L = make_layer(indices, centroids, res_centroids, outlier_indices, outlier_centroids,
+                       weight_scale, weight_bias, rows, cols, vector_len, index_bits, res_bits,
+                       group_num, outlier_size, outlier_vector_len);
+  check_on(x, indices, "x");
+  TORCH_CHECK(x.scalar_type() == centroids.scalar_type(),
+              "x must have the centroids' dtype ", centroids.scalar_type(), ", got ",
+              x.scalar_type());
+  TORCH_CHECK(L.a.cb_dtype != vptq::kF32, "gemv needs fp16 or bf16 codebooks");
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == cols, "x must have shape [tokens, ", cols, "], got ",
+              x.sizes());
+  const int64_t tokens = x.size(0);
+  TORCH_CHECK(tokens >= 1 && tokens <= 8, "gemv takes 1 to 8 tokens, got ", tokens);
+  if (L.a.norm_dtype != vptq::kF32 && L.a.norm_dtype != L.a.cb_dtype) {
+    // the prologue reads norms as fp32 or as the codebook dtype
+    for (auto* pr : {&weight_scale, &weight_bias}) {
+      if (!pr->has_value()) continue;
+      Tensor f = (*pr)->to(at::kFloat);
+      L.keep.push_back(f);
+      (pr == &weight_scale ? L.a.weight_scale : L.a.weight_bias) = f.data_ptr();
+    }
+    L.a.norm_dtype = vptq::kF32;
+  }
+  if (bias.has_value()) {
+    check_on(*bias, indices, "bias");
+    TORCH_CHECK(bias->numel() == rows && bias->scalar_type() == x.scalar_type(),
+                "bias must have ", rows, " values of dtype ", x.scalar_type());
+  }
+  Tensor p;
+  if (perm.has_value()) p = perm_i32(*perm, indices, cols);
+  Tensor ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols),
+                                                     static_cast<int>(tokens))},
+                        x.options().dtype(at::kFloat));
+  Tensor y = at::empty({tokens, rows}, x.options());
+  check_cuda(vptq::launch_gemv(L.a, x.data_ptr(), static_cast<int>(tokens),
+                               p.defined() ? p.data_ptr<int32_t>() : nullptr,
+                               bias.has_value() ? bias->data_ptr() : nullptr, y.data_ptr(),
+                               ws.data_ptr<float>(), static_cast<int>(mode),
+                               at::cuda::getCurrentCUDAStream().stream()),
+             "vptq_rs::gemv");
+  return y;
+}
+
+void check_points(const Tensor& x) {
+  TORCH_CHECK(x.is_cuda(), "x must be on CUDA");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 2 && x.size(1) >= 1 && x.size(1) <= 16,
+              "x must have shape [n, d] with 1 <= d <= 16, got ", x.sizes());
+  TORCH_CHECK(x.is_contiguous(), "x must be contiguous");
+}
+
+std::tuple<Tensor, Tensor> kmeans_assign(const Tensor& x, const Tensor& centroids,
+                                         int64_t mode) {
+  check_points(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_on(centroids, x, "centroids");
+  TORCH_CHECK(centroids.scalar_type() == at::kFloat && centroids.dim() == 2 &&
+                  centroids.size(1) == x.size(1) && centroids.size(0) >= 1,
+              "centroids must be float32 [k, ", x.size(1), "], got ", centroids.sizes());
+  TORCH_CHECK(centroids.size(0) <= (int64_t{1} << 24), "k must be <= 2^24");
+  TORCH_CHECK(mode == 0 || mode == 1, "mode must be 0 (fp32) or 1 (tf32)");
+  const int64_t n = x.size(0);
+  Tensor keys = at::empty({n}, x.options().dtype(at::kLong));
+  Tensor labels = at::empty({n}, x.options().dtype(at::kInt));
+  Tensor dist = at::empty({n}, x.options());
+  check_cuda(vptq::launch_kmeans_assign(
+                 x.data_ptr<float>(), n, static_cast<int>(x.size(1)),
+                 centroids.data_ptr<float>(), static_cast<int>(centroids.size(0)),
+                 static_cast<int>(mode),
+                 reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>()),
+                 labels.data_ptr<int32_t>(), dist.data_ptr<float>(),
+                 at::cuda::getCurrentCUDAStream().stream()),
+             "vptq_rs::kmeans_assign");
+  return {labels, dist};
+}
+
+std::tuple<Tensor, Tensor> kmeans_update(const Tensor& x, const OptTensor& weights,
+                                         const Tensor& labels, int64_t k) {
+  check_points(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_on(labels, x, "labels");
+  TORCH_CHECK(labels.scalar_type() == at::kInt && labels.numel() == x.size(0),
+              "labels must be int32 [n]");
+  TORCH_CHECK(k >= 1, "k must be >= 1");
+  const float* w = nullptr;
+  if (weights.has_value()) {
+    check_on(*weights, x, "weights");
+    TORCH_CHECK(weights->scalar_type() == at::kFloat && weights->numel() == x.size(0),
+                "weights must be float32 [n]");
+    w = weights->data_ptr<float>();
+  }
+  Tensor sums = at::zeros({k, x.size(1)}, x.options().dtype(at::kDouble));
+  Tensor wsum = at::zeros({k}, x.options().dtype(at::kDouble));
+  check_cuda(vptq::launch_kmeans_update(x.data_ptr<float>(), w, labels.data_ptr<int32_t>(),
+                                        x.size(0), static_cast<int>(x.size(1)),
+                                        static_cast<int>(k), sums.data_ptr<double>(),
+                                        wsum.data_ptr<double>(),
+                                        at::cuda::getCurrentCUDAStream().stream()),
+             "vptq_rs::kmeans_update");
+  return {sums, wsum};
+}
+
+Tensor kmeans_seed(const Tensor& x, const OptTensor& weights, int64_t k, int64_t seed) {
+  check_points(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t m = x.size(0);
+  TORCH_CHECK(k >= 1 && k <= m, "k must be in [1, ", m, "], got ", k);
+  const float* w = nullptr;
+  if (weights.has_value()) {
+    check_on(*weights, x, "weights");
+    TORCH_CHECK(weights->scalar_type() == at::kFloat && weights->numel() == m,
+                "weights must be float32 [n]");
+    w = weights->data_ptr<float>();
+  }
+  Tensor d2 = at::empty({m}, x.options());
+  Tensor partials = at::empty({vptq::kmeanspp_blocks(m)}, x.options().dtype(at::kDouble));
+  Tensor counter = at::zeros({1}, x.options().dtype(at::kInt));
+  Tensor cent = at::empty({k, x.size(1)}, x.options());
+  check_cuda(vptq::launch_kmeanspp(x.data_ptr<float>(), w, m, static_cast<int>(x.size(1)),
+                                   static_cast<int>(k), static_cast<uint64_t>(seed),
+                                   d2.data_ptr<float>(), partials.data_ptr<double>(),
+                                   reinterpret_cast<unsigned int*>(counter.data_ptr<int32_t>()),
+                                   cent.data_ptr<float>(),
+                                   at::cuda::getCurrentCUDAStream().stream()),
+             "vptq_rs::kmeans_seed");
+  return cent;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(vptq_rs, m) {
+  m.def(
+      "dequant(Tensor indices, Tensor centroids, Tensor? res_centroids, "
+      "Tensor? outlier_indices, Tensor? outlier_centroids, Tensor? perm, "
+      "Tensor? weight_scale, Tensor? weight_bias, int rows, int cols, int vector_len, "
+      "int index_bits, int res_bits, int group_num, int outlier_size, "
+      "int outlier_vector_len, ScalarType out_dtype) -> Tensor");
+  m.def(
+      "gemv(Tensor x, Tensor indices, Tensor centroids, Tensor? res_centroids, "
+      "Tensor? outlier_indices, Tensor? outlier_centroids, Tensor? perm, "
+      "Tensor? weight_scale, Tensor? weight_bias, Tensor? bias, int rows, int cols, "
+      "int vector_len, int index_bits, int res_bits, int group_num, int outlier_size, "
+      "int outlier_vector_len, int mode) -> Tensor");
+  m.def("kmeans_assign(Tensor x, Tensor centroids, int mode) -> (Tensor, Tensor)");
+  m.def("kmeans_update(Tensor x, Tensor? weights, Tensor labels, int k) -> (Tensor, Tensor)");
+  m.def("kmeans_seed(Tensor x, Tensor? weights, int k, int seed) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(vptq_rs, CUDA, m) {
+  m.impl("dequant", &dequant);
+  m.impl("gemv", &gemv);
+  m.impl("kmeans_assign", &kmeans_assign);
+  m.impl("kmeans_update", &kmeans_update);
+  m.impl("kmeans_seed", &kmeans_seed);
+}

@@ -1,0 +1,64 @@
+// Host-side launch interface of the vptq-rs CUDA kernels. Plain C++ (no torch headers) so
+// the .cu files compile quickly; ops.cpp does the tensor checks and calls these.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace vptq {
+
+// dtype codes shared by host and device code
+enum DType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// One packed layer (FORMAT.md), device pointers; rows/cols are the quantized matrix's
+// (O/I for vector_quant_dim "out").
+struct LayerArgs {
+  const int32_t* indices = nullptr;            // [G, R, W] words
+  const void* centroids = nullptr;             // [G, K*v]
+  const void* res_centroids = nullptr;         // [G, Kres*v] or null
+  const int16_t* outlier_indices = nullptr;    // [1, R0, osz] bits of uint16, or null
+  const void* outlier_centroids = nullptr;     // [1, K0*v0] or null
+  const void* weight_scale = nullptr;          // [cols] (dtype scale_dtype) or null
+  const void* weight_bias = nullptr;           // [cols] or null
+  int cb_dtype = kF16;                         // dtype of every codebook
+  int norm_dtype = kF32;                       // dtype of weight_scale / weight_bias
+  int rows = 0, cols = 0, v = 0, index_bits = 0, res_bits = 0;
+  int groups = 1, group_size = 0, words = 0, num_vectors = 0;
+  int outlier_size = 0, outlier_v = 1;
+};
+
+// W[r, j] in out_dtype, [rows, cols]; invperm[j] = permuted position of column j (or null).
+cudaError_t launch_dequant(const LayerArgs& a, const int32_t* invperm, void* out, int out_dtype,
+                           cudaStream_t stream);
+
+// Shared-memory bytes the GEMV kernel needs to stage the codebooks (0 when it cannot).
+int64_t gemv_codebook_smem_bytes(const LayerArgs& a, int tokens);
+
+// y[t, r] = sum_j W[r, j] x[t, j] + bias[r] for t < tokens <= 8; x/y/bias in x_dtype which
+// must equal the codebook dtype (fp16/bf16). perm[p] = original column at position p or null.
+// workspace: float [tokens * cols + tokens * ceil(cols / 1024)].
+// mode: 0 auto, 1 codebooks in shared memory, 2 codebooks read through L1/L2.
+cudaError_t launch_gemv(const LayerArgs& a, const void* x, int tokens, const int32_t* perm,
+                        const void* bias, void* y, float* workspace, int mode,
+                        cudaStream_t stream);
+int64_t gemv_workspace_floats(int cols, int tokens);
+
+// k-means on fp32 points x [n, d] (d <= 16), centroids [k, d].
+// keys: uint64 [n] scratch; labels int32 [n]; dist float [n] squared distance.
+// mode 0: exact fp32 CUDA cores; 1: TF32 tensor cores for the dot products.
+cudaError_t launch_kmeans_assign(const float* x, int64_t n, int d, const float* centroids,
+                                 int k, int mode, unsigned long long* keys, int32_t* labels,
+                                 float* dist, cudaStream_t stream);
+// sums double [k, d] and wsum double [k], zeroed by the caller; weights may be null (all 1).
+cudaError_t launch_kmeans_update(const float* x, const float* weights, const int32_t* labels,
+                                 int64_t n, int d, int k, double* sums, double* wsum,
+                                 cudaStream_t stream);
+// Weighted k-means++ over x [m, d]: writes k centroids. scratch: float [m] + double
+// [kpp_partials(m)] + uint32 counter (zeroed by the caller).
+int kmeanspp_blocks(int64_t m);
+cudaError_t launch_kmeanspp(const float* x, const float* weights, int64_t m, int d, int k,
+                            uint64_t seed, float* d2, double* partials, unsigned int* counter,
+                            float* centroids, cudaStream_t stream);
+
+}  // namespace vptq

@@ -1,0 +1,175 @@
+"""cuda_ext's behaviour without a GPU: build-script logic, None/fallback paths, wrappers."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vptq_rs import cuda_ext
+from vptq_rs.errors import InvalidValueError, VptqError
+from vptq_rs.layout import LayerConfig
+from vptq_rs.nn import packed_tensors, random_quantized_layer
+
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    monkeypatch.setattr(cuda_ext, "_state", {})
+    yield
+    cuda_ext._state.clear()
+
+
+def test_load_returns_none_without_cuda_and_logs_once(fresh_state, monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="vptq_rs.cuda_ext"):
+        assert cuda_ext.load() is None
+        assert cuda_ext.load() is None
+        assert not cuda_ext.available()
+    assert cuda_ext.unavailable_reason() == "no CUDA device"
+    assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("VPTQ_RS_NO_CUDA_EXT", "1")
+    assert "VPTQ_RS_NO_CUDA_EXT" in cuda_ext.toolchain_problem()
+    with pytest.raises(VptqError, match="cannot build"):
+        cuda_ext.build()
+
+
+def test_source_dir_and_build_name(tmp_path, monkeypatch):
+    src = cuda_ext.source_dir()
+    assert src is not None and (src / "ops.cpp").is_file()
+    copy = tmp_path / "cuda"
+    shutil.copytree(src, copy)
+    monkeypatch.setenv("VPTQ_RS_CUDA_SRC", str(copy))
+    assert cuda_ext.source_dir() == copy
+    name = cuda_ext.build_name(copy)
+    assert name.startswith("vptq_rs_cuda_") and name == cuda_ext.build_name(copy)
+    (copy / "gemv.cuh").write_text((copy / "gemv.cuh").read_text() + "\n// changed\n")
+    assert cuda_ext.build_name(copy) != name
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0")
+    name80 = cuda_ext.build_name(copy)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    assert cuda_ext.build_name(copy) != name80
+    # an incomplete folder is skipped in favour of the repository's sources
+    monkeypatch.setenv("VPTQ_RS_CUDA_SRC", str(tmp_path))
+    assert cuda_ext.source_dir() == src
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("VPTQ_RS_CACHE_DIR", str(tmp_path))
+    assert cuda_ext.cache_dir() == tmp_path / "torch_ext"
+
+
+def test_kmeans_falls_back_to_cpu_core(fresh_state, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.05, (50, 2)), rng.normal(5, 0.05, (50, 2))]).astype(
+        np.float32
+    )
+    c, lab = cuda_ext.kmeans(x, 2, iters=20, seed=3)
+    assert c.shape == (2, 2) and lab.shape == (100,)
+    assert len(set(lab[:50].tolist())) == 1 and lab[0] != lab[99]
+    c2, lab2 = cuda_ext.kmeans(torch.from_numpy(x), 2, iters=20, seed=3)
+    assert torch.equal(c, c2) and torch.equal(lab, lab2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"x": np.zeros((4, 17), np.float32), "k": 2}, "1 <= d <= 16"),
+        ({"x": np.zeros((4, 2), np.float32), "k": 0}, "k must be"),
+        ({"x": np.zeros((4, 2), np.float32), "k": 2, "precision": "fp16"}, "precision"),
+        (
+            {"x": np.zeros((4, 2), np.float32), "k": 2, "weights": -np.ones(4, np.float32)},
+            "non-negative",
+        ),
+        (
+            {"x": np.zeros((4, 2), np.float32), "k": 2, "weights": np.zeros(4, np.float32)},
+            "all zero",
+        ),
+        ({"x": np.full((4, 2), np.nan, np.float32), "k": 2}, "NaN"),
+    ],
+)
+def test_kmeans_rejects_bad_input(fresh_state, monkeypatch, kwargs, match):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidValueError, match=match):
+        cuda_ext.kmeans(**kwargs)
+
+
+def _layer(vqd="out"):
+    cfg = LayerConfig(
+        in_features=32,
+        out_features=24,
+        vector_len=4,
+        num_centroids=16,
+        enable_perm=True,
+        bias=True,
+        vector_quant_dim=vqd,
+    )
+    layer = random_quantized_layer(cfg, seed=1, dtype=torch.float16)
+    return cfg, layer, packed_tensors(layer)
+
+
+def test_gemm_routes_many_tokens_through_dequant(monkeypatch):
+    cfg, layer, t = _layer()
+    calls = []
+
+    def fake_dequant(cfg_, t_, dtype=None):
+        calls.append(dtype)
+        return layer.dequantize(dtype)
+
+    monkeypatch.setattr(cuda_ext, "dequant", fake_dequant)
+    x = torch.randn(3, 4, 32).half()
+    y = cuda_ext.gemm(x, cfg, t, layer.bias)
+    assert calls == [torch.float16] and y.shape == (3, 4, 24)
+    assert torch.equal(y, F.linear(x, layer.dequantize(), layer.bias))
+
+
+@pytest.mark.parametrize("case", ["fp32", "in", "dtype"])
+def test_gemv_falls_back_where_the_kernel_does_not_apply(monkeypatch, case):
+    cfg, layer, t = _layer("in" if case == "in" else "out")
+    x = torch.randn(2, 32)
+    if case != "fp32":
+        x = x.to(torch.bfloat16 if case == "dtype" else torch.float16)
+    monkeypatch.setattr(cuda_ext, "dequant", lambda c, tt, dtype=None: layer.dequantize(dtype))
+
+    def boom(*a, **k):
+        raise AssertionError("fused kernel must not run")
+
+    monkeypatch.setattr(torch.ops, "vptq_rs", type("NS", (), {"gemv": boom})(), raising=False)
+    y = cuda_ext.gemv(x, cfg, t)
+    assert y.shape == (2, 24) and y.dtype == x.dtype
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    cuda_ext.toolchain_problem() is not None, reason="no CUDA toolchain to build with"
+)
+def test_fake_kernels_trace_shapes():
+    cuda_ext.build()
+    ops = torch.ops.vptq_rs
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        idx = torch.empty(2, 6, 3, dtype=torch.int32, device="cuda")
+        cb = torch.empty(2, 64, dtype=torch.float16, device="cuda")
+        w = ops.dequant(
+            idx, cb, None, None, None, None, None, None, 45, 8, 8, 3, 0, 2, 0, 1, torch.bfloat16
+        )
+        assert w.shape == (45, 8) and w.dtype == torch.bfloat16
+        x = torch.empty(3, 8, dtype=torch.float16, device="cuda")
+        y = ops.gemv(
+            x, idx, cb, None, None, None, None, None, None, None, 45, 8, 8, 3, 0, 2, 0, 1, 0
+        )
+        assert y.shape == (3, 45)
+        pts = torch.empty(100, 5, device="cuda")
+        lab, dist = ops.kmeans_assign(pts, torch.empty(7, 5, device="cuda"), 1)
+        assert lab.dtype == torch.int32 and dist.shape == (100,)
+        s, ws = ops.kmeans_update(pts, None, lab, 7)
+        assert s.shape == (7, 5) and s.dtype == torch.float64 and ws.shape == (7,)
+        assert ops.kmeans_seed(pts, None, 7, 0).shape == (7, 5)

@@ -1,0 +1,291 @@
+"""CUDA kernels vs the pure-PyTorch references (needs a CUDA device; skipped otherwise).
+
+``VPTQ_RS_KERNEL_SWEEP=small`` shrinks the sweep (used under compute-sanitizer).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vptq_rs import cuda_ext
+from vptq_rs.errors import InvalidValueError
+from vptq_rs.layout import LayerConfig
+from vptq_rs.nn import packed_tensors, random_quantized_layer
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device", allow_module_level=True)
+if cuda_ext.load() is None:
+    pytest.skip(
+        f"CUDA extension unavailable: {cuda_ext.unavailable_reason()}", allow_module_level=True
+    )
+
+SMALL = os.environ.get("VPTQ_RS_KERNEL_SWEEP") == "small"
+DEV = torch.device("cuda")
+
+# (in, out, v, K, Kres, groups, outliers (size, v0, K0), perm)
+CONFIGS = [
+    (64, 48, 8, 256, 0, 1, (0, 0, 0), False),
+    (96, 50, 6, 4096, 4096, 2, (0, 0, 0), True),  # rows not a multiple of v
+    (128, 36, 12, 16, 65536, 4, (0, 0, 0), True),  # K != Kres with groups: the upstream bug
+    (72, 40, 3, 2, 0, 1, (8, 4, 32), True),  # 1-bit main, outliers with their own v0
+    (200, 33, 1, 65536, 65536, 1, (8, 5, 256), False),  # 32-bit codes, v = 1
+    (160, 64, 16, 512, 8, 2, (32, 16, 1024), True),
+    (1040, 20, 5, 2048, 2, 4, (16, 3, 64), True),  # 2048+ columns per row: several tiles
+    (48, 30, 7, 128, 128, 3, (0, 0, 0), False),
+    (2304, 24, 4, 8, 2, 1, (0, 0, 0), True),  # group wider than one activation tile
+]
+if not SMALL:
+    CONFIGS += [
+        (64, 64, v, 1 << ib, (1 << rb) if rb else 0, 2, (0, 0, 0), True)
+        for v, ib, rb in [
+            (2, 13, 11),
+            (9, 9, 14),
+            (10, 11, 13),
+            (11, 5, 3),
+            (13, 14, 0),
+            (14, 3, 16),
+            (15, 16, 1),
+        ]
+    ]
+
+
+def make(cfg_t, dtype, seed=0):
+    i, o, v, k, kr, g, (osz, v0, k0), perm = cfg_t
+    cfg = LayerConfig(
+        in_features=i,
+        out_features=o,
+        vector_len=v,
+        num_centroids=k,
+        num_res_centroids=kr,
+        group_num=g,
+        outlier_size=osz,
+        outlier_vector_len=v0 if osz else -1,
+        outlier_num_centroids=k0 if osz else -1,
+        enable_perm=perm,
+        bias=True,
+    )
+    layer = random_quantized_layer(cfg, seed=seed, dtype=dtype)
+    t = packed_tensors(layer)
+    t = type(t)(*[x.to(DEV) if x is not None else None for x in t])
+    return cfg, layer, t
+
+
+@pytest.mark.parametrize("cfg_t", CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_dequant_bit_exact(cfg_t, dtype):
+    cfg, layer, t = make(cfg_t, dtype)
+    ref = layer.dequantize()
+    got = cuda_ext.dequant(cfg, t)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    assert torch.equal(got.cpu(), ref), (got.cpu() - ref).abs().max()
+    got32 = cuda_ext.dequant(cfg, t, torch.float32)
+    assert torch.equal(got32.cpu(), layer.dequantize(torch.float32))
+
+
+def test_dequant_norm_dtype_and_int64_perm():
+    cfg, layer, t = make(CONFIGS[1], torch.float16)
+    t2 = t._replace(
+        weight_scale=t.weight_scale.float(),
+        weight_bias=t.weight_bias.float(),
+        perm=layer.perm.to(DEV),
+    )
+    assert torch.equal(cuda_ext.dequant(cfg, t2).cpu(), layer.dequantize())
+
+
+def reference_linear(x, layer, bias):
+    w = layer.dequantize(torch.float32).double().to(x.device)
+    return x.double() @ w.t() + bias.double()
+
+
+@pytest.mark.parametrize("cfg_t", CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [1, 3] if SMALL else [1, 2, 3, 5, 8])
+def test_gemv_matches_reference(cfg_t, dtype, tokens):
+    cfg, layer, t = make(cfg_t, dtype, seed=tokens)
+    gen = torch.Generator(device=DEV).manual_seed(tokens)
+    x = torch.randn(tokens, cfg.in_features, device=DEV, generator=gen).to(dtype)
+    bias = layer.bias.to(DEV)
+    ref = reference_linear(x, layer, bias)
+    # the tolerance: how far a same-precision dense computation drifts from fp64
+    dense = F.linear(x, layer.dequantize(dtype).to(DEV), bias)
+    drift = ((dense.double() - ref).norm() / ref.norm()).item()
+    for mode in (0, 1, 2):
+        y = cuda_ext.gemv(x, cfg, t, bias, mode=mode)
+        assert y.shape == (tokens, cfg.out_features) and y.dtype == dtype
+        assert torch.isfinite(y).all()
+        err = ((y.double() - ref).norm() / ref.norm()).item()
+        assert err <= max(2 * drift, 1e-3), (mode, err, drift)
+
+
+def test_gemm_many_tokens_and_batch_shape():
+    cfg, layer, t = make(CONFIGS[2], torch.float16)
+    x = torch.randn(2, 9, cfg.in_features, device=DEV).half()
+    bias = layer.bias.to(DEV)
+    y = cuda_ext.gemm(x, cfg, t, bias)
+    dense = F.linear(x, layer.dequantize().to(DEV), bias)
+    assert y.shape == (2, 9, cfg.out_features)
+    assert torch.equal(y, dense)
+    y1 = cuda_ext.gemm(x[:1, :4], cfg, t, bias)  # 4 tokens: the fused kernel
+    assert torch.allclose(y1.float(), dense[:1, :4].float(), rtol=1e-2, atol=1e-2)
+
+
+def test_input_checks_name_the_argument():
+    cfg, _, t = make(CONFIGS[0], torch.float16)
+    with pytest.raises(InvalidValueError, match="indices must be int32"):
+        cuda_ext.dequant(cfg, t._replace(indices=t.indices.long()))
+    with pytest.raises(InvalidValueError, match="centroids must hold"):
+        cuda_ext.dequant(cfg, t._replace(centroids=t.centroids[:, :-8]))
+    x = torch.randn(1, cfg.in_features, device=DEV, dtype=torch.float16)
+    with pytest.raises(InvalidValueError, match="weight_scale must be on"):
+        cuda_ext.gemv(x, cfg, t._replace(weight_scale=t.weight_scale.cpu()))
+
+
+@pytest.mark.skipif(SMALL, reason="subprocess: not part of the sanitizer sweep")
+def test_op_level_check_raises_runtime_error():
+    """A TORCH_CHECK inside the C++ op must surface as RuntimeError (in a child process, so
+    a crash in error propagation fails this test instead of the session)."""
+    code = (
+        "import torch; from vptq_rs import cuda_ext; cuda_ext.load()\n"
+        "idx = torch.zeros(1, 2, 1, dtype=torch.int64, device='cuda')\n"
+        "cb = torch.zeros(1, 16, dtype=torch.float16, device='cuda')\n"
+        "try:\n"
+        "    torch.ops.vptq_rs.dequant(idx, cb, None, None, None, None, None, None,"
+        " 2, 2, 2, 3, 0, 1, 0, 1, torch.float16)\n"
+        "except RuntimeError as e:\n"
+        "    print('raised:', str(e).splitlines()[0])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "raised: indices must be int32" in r.stdout
+
+
+@pytest.mark.skipif(SMALL, reason="compile/graphs are not part of the sanitizer sweep")
+def test_cuda_graph_and_compile():
+    cfg, layer, t = make(CONFIGS[5], torch.float16)
+    x = torch.randn(2, cfg.in_features, device=DEV).half()
+    bias = layer.bias.to(DEV)
+    eager = cuda_ext.gemv(x, cfg, t, bias)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = cuda_ext.gemv(x, cfg, t, bias)
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+    fn = torch.compile(lambda a: cuda_ext.gemv(a, cfg, t, bias), fullgraph=True)
+    assert torch.equal(fn(x), eager)
+
+
+# ---- k-means ---------------------------------------------------------------------------------
+
+
+def brute_labels(x, c):
+    d = torch.cdist(x.double(), c.double())
+    return d.argmin(1), d.min(1).values ** 2
+
+
+@pytest.mark.parametrize("d", [1, 3, 8, 9, 16])
+@pytest.mark.parametrize("k", [1, 7, 300, 5000])
+def test_assign_fp32_exact(d, k):
+    gen = torch.Generator(device=DEV).manual_seed(d * 1000 + k)
+    n = 3000 if SMALL else 20000
+    x = torch.randn(n, d, device=DEV, generator=gen)
+    c = torch.randn(k, d, device=DEV, generator=gen)
+    labels, dist = torch.ops.vptq_rs.kmeans_assign(x, c, 0)
+    _, refd = brute_labels(x, c)
+    # the score |c|^2 - 2 x.c is exact up to fp32 rounding of terms of size |x|^2 + |c|^2
+    got_d = ((x.double() - c.double()[labels.long()]) ** 2).sum(1)
+    assert (got_d <= refd + rounding_slack(x, c)).all()
+    assert torch.allclose(dist.double(), got_d, rtol=1e-5, atol=1e-6)
+
+
+def rounding_slack(x, c):
+    return 1e-6 * (x.double().pow(2).sum(1) + c.double().pow(2).sum(1).max())
+
+
+@pytest.mark.parametrize("d", [2, 8, 12, 16])
+def test_assign_tf32_close(d):
+    gen = torch.Generator(device=DEV).manual_seed(d)
+    n, k = (4000, 3000) if SMALL else (20000, 70000 // d)
+    x = torch.randn(n, d, device=DEV, generator=gen)
+    c = torch.randn(k, d, device=DEV, generator=gen)
+    _, refd = brute_labels(x, c)
+    labels, _ = torch.ops.vptq_rs.kmeans_assign(x, c, 1)
+    got_d = ((x.double() - c.double()[labels.long()]) ** 2).sum(1)
+    assert (got_d <= refd + 4 * rounding_slack(x, c)).all()
+    assert (labels >= 0).all() and (labels < k).all()
+
+
+def test_update_sums():
+    gen = torch.Generator(device=DEV).manual_seed(1)
+    x = torch.randn(5000, 5, device=DEV, generator=gen)
+    w = torch.rand(5000, device=DEV, generator=gen)
+    lab = torch.randint(0, 40, (5000,), device=DEV, generator=gen, dtype=torch.int32)
+    sums, wsum = torch.ops.vptq_rs.kmeans_update(x, w, lab, 50)
+    ref = torch.zeros(50, 5, dtype=torch.float64, device=DEV).index_add_(
+        0, lab.long(), x.double() * w.double()[:, None]
+    )
+    refw = torch.zeros(50, dtype=torch.float64, device=DEV).index_add_(0, lab.long(), w.double())
+    assert torch.allclose(sums, ref) and torch.allclose(wsum, refw)
+    assert (wsum[40:] == 0).all()
+
+
+def test_seed_is_deterministic_and_picks_weighted_points():
+    gen = torch.Generator(device=DEV).manual_seed(2)
+    x = torch.randn(10000, 4, device=DEV, generator=gen)
+    w = torch.rand(10000, device=DEV, generator=gen)
+    w[::2] = 0
+    a = torch.ops.vptq_rs.kmeans_seed(x, w, 64, 5)
+    b = torch.ops.vptq_rs.kmeans_seed(x, w, 64, 5)
+    c = torch.ops.vptq_rs.kmeans_seed(x, w, 64, 6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # every centroid is a point with positive weight, all distinct
+    match = (a[:, None, :] == x[None, :, :]).all(-1).float()
+    assert (match.sum(1) >= 1).all()
+    assert (w[match.argmax(1)] > 0).all()
+    assert torch.unique(a, dim=0).shape[0] == 64
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_kmeans_finds_blobs_and_is_deterministic(precision):
+    gen = torch.Generator(device=DEV).manual_seed(3)
+    centers = torch.randn(16, 8, device=DEV, generator=gen) * 10
+    x = centers[torch.arange(4000, device=DEV) % 16] + 0.1 * torch.randn(
+        4000, 8, device=DEV, generator=gen
+    )
+    c1, l1, info = cuda_ext.kmeans(
+        x, 16, iters=50, tol=0, seed=1, precision=precision, return_info=True
+    )
+    c2, l2 = cuda_ext.kmeans(x, 16, iters=50, tol=0, seed=1, precision=precision)
+    assert torch.equal(l1, l2) and torch.allclose(c1, c2, atol=1e-6)
+    assert info["inertia"] / 4000 < 0.1 * 8 * 1.5
+    assert c1.shape == (16, 8) and l1.dtype == torch.int32
+
+
+def test_kmeans_reseeds_empty_clusters_and_honours_weights():
+    gen = torch.Generator(device=DEV).manual_seed(4)
+    x = torch.randn(2000, 3, device=DEV, generator=gen)
+    init = x[:8].clone()
+    init[4:] = 1e3  # far away: empty after the first assignment
+    c, lab, _info = cuda_ext.kmeans(x, 8, init=init, iters=5, tol=0, return_info=True)
+    assert torch.bincount(lab.long(), minlength=8).min() > 0
+    w = torch.zeros(2000, device=DEV)
+    w[:10] = 1
+    c, _ = cuda_ext.kmeans(x, 10, weights=w, iters=10, tol=0)
+    assert torch.allclose(torch.sort(c, 0).values, torch.sort(x[:10], 0).values, atol=1e-5)
+
+
+def test_kmeans_large_k():
+    gen = torch.Generator(device=DEV).manual_seed(5)
+    n = 70000 if SMALL else 300000
+    x = torch.randn(n, 8, device=DEV, generator=gen)
+    c, lab = cuda_ext.kmeans(x, 65536, iters=2, precision="tf32")
+    assert c.shape == (65536, 8) and int(lab.max()) < 65536
