@@ -1,6 +1,6 @@
 """The CUDA kernels of vptq-rs: build on first use, register as ``torch.ops.vptq_rs``, wrap.
 
-The sources in the repository's ``cuda/`` folder are compiled with
+The sources in the package's ``_cuda/`` folder are compiled with
 :func:`torch.utils.cpp_extension.load` the first time :func:`load` is called on a machine
 with a CUDA device and a CUDA toolchain, and cached under ``~/.cache/vptq_rs/torch_ext``
 (``$VPTQ_RS_CACHE_DIR`` overrides; the folder name hashes the sources and the torch/CUDA
@@ -60,7 +60,7 @@ def source_dir() -> Path | None:
     env = os.environ.get("VPTQ_RS_CUDA_SRC")
     candidates = [Path(env)] if env else []
     here = Path(__file__).resolve().parent
-    candidates += [here / "_cuda", here.parents[1] / "cuda"]
+    candidates.append(here / "_cuda")
     for c in candidates:
         if all((c / f).is_file() for f in SOURCES):
             return c
@@ -99,7 +99,7 @@ def toolchain_problem() -> str | None:
     if not (Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc").exists():
         return f"no nvcc under CUDA_HOME={cpp_extension.CUDA_HOME}"
     if source_dir() is None:
-        return "kernel sources not found (set VPTQ_RS_CUDA_SRC to the repository's cuda/)"
+        return "kernel sources not found (set VPTQ_RS_CUDA_SRC to the repository's python/vptq_rs/_cuda/)"
     return None
 
 
