@@ -26,6 +26,7 @@ _COMMANDS = {
     "vptq_rs.cli.eval_cmd": "eval_cmd",
     "vptq_rs.cli.generate_cmd": "generate_cmd",
     "vptq_rs.cli.chat_cmd": "chat_cmd",
+    "vptq_rs.cli.finetune_cmd": "finetune_cmd",
 }
 
 

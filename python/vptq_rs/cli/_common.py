@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,6 +18,13 @@ data_dir_option = click.option(
     envvar=DATA_ENV,
     show_envvar=True,
     help="Folder holding the corpora (wikitext-2-raw/, c4/, ptb/).",
+)
+
+adapter_option = click.option(
+    "--adapter",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A LoRA adapter folder (from vptq-rs finetune --mode lora) to apply.",
 )
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from vptq_rs.cli._common import adapter_option
 from vptq_rs.cli.generate_cmd import (
     EchoStreamer,
     cache_option,
@@ -28,6 +29,7 @@ from vptq_rs.cli.generate_cmd import (
 @dtype_option
 @device_option
 @cache_option
+@adapter_option
 def chat_cmd(
     model: Path,
     system: str | None,
@@ -38,6 +40,7 @@ def chat_cmd(
     dtype: str | None,
     device: str | None,
     cache_weights: bool,
+    adapter: Path | None,
 ) -> None:
     """Chat with MODEL using its chat template; one user turn per input line.
 
@@ -45,9 +48,11 @@ def chat_cmd(
     """
     import torch
 
-    from vptq_rs.checkpoint import load_model
+    from vptq_rs.finetune.lora import load_with_adapter
 
-    net, tokenizer = load_model(model, dtype=dtype, device=device, cache_weights=cache_weights)
+    net, tokenizer = load_with_adapter(
+        model, adapter, dtype=dtype, device=device, cache_weights=cache_weights
+    )
     if not getattr(tokenizer, "chat_template", None):
         raise click.BadParameter(f"{model}: the tokenizer has no chat template", param_hint="MODEL")
     opening = [{"role": "system", "content": system}] if system else []

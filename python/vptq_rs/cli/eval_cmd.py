@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vptq_rs.cli._common import data_dir_option, echo_json, json_option
+from vptq_rs.cli._common import adapter_option, data_dir_option, echo_json, json_option
 from vptq_rs.cli.generate_cmd import device_option, dtype_option
 
 
@@ -57,6 +57,7 @@ def default_results_path(model: Path) -> Path:
     "else inside the model folder; ./ppl_results.json for a .gguf file.",
 )
 @click.option("--no-save", is_flag=True, help="Do not write ppl_results.json.")
+@adapter_option
 @json_option
 def eval_cmd(
     model: Path,
@@ -68,6 +69,7 @@ def eval_cmd(
     device: str | None,
     output: Path | None,
     no_save: bool,
+    adapter: Path | None,
     as_json: bool,
 ) -> None:
     """Perplexity of MODEL (float folder, packed folder, or .gguf file) on a corpus.
@@ -75,15 +77,15 @@ def eval_cmd(
     Tokenized once without special tokens, cut into non-overlapping SEQLEN windows (tail
     dropped); reports exp of the mean per-window NLL and writes ppl_results.json.
     """
-    from vptq_rs.checkpoint import load_model
     from vptq_rs.evaluate import perplexity, save_results
+    from vptq_rs.finetune.lora import load_with_adapter
 
     if dataset not in ("wikitext2", "c4", "ptb") and not Path(dataset).is_file():
         raise click.BadParameter(
             f"{dataset!r} is neither wikitext2, c4, ptb nor an existing file",
             param_hint="--dataset",
         )
-    net, tokenizer = load_model(model, dtype=dtype, device=device)
+    net, tokenizer = load_with_adapter(model, adapter, dtype=dtype, device=device)
     result = perplexity(net, tokenizer, dataset, seqlen=seqlen, limit=limit, data_dir=data_dir)
     result["dtype"] = str(next(net.parameters()).dtype).removeprefix("torch.")
     if not no_save:

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from vptq_rs.cli._common import adapter_option
+
 dtype_option = click.option(
     "--dtype",
     type=click.Choice(["auto", "fp32", "fp16", "bf16"]),
@@ -85,6 +87,7 @@ class EchoStreamer:
 @dtype_option
 @device_option
 @cache_option
+@adapter_option
 def generate_cmd(
     model: Path,
     prompt: str,
@@ -96,13 +99,16 @@ def generate_cmd(
     dtype: str | None,
     device: str | None,
     cache_weights: bool,
+    adapter: Path | None,
 ) -> None:
     """Continue PROMPT with MODEL (float folder, packed folder, or .gguf), streamed to stdout."""
     import torch
 
-    from vptq_rs.checkpoint import load_model
+    from vptq_rs.finetune.lora import load_with_adapter
 
-    net, tokenizer = load_model(model, dtype=dtype, device=device, cache_weights=cache_weights)
+    net, tokenizer = load_with_adapter(
+        model, adapter, dtype=dtype, device=device, cache_weights=cache_weights
+    )
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise click.BadParameter("the tokenizer has no chat template", param_hint="--chat")

@@ -105,12 +105,14 @@ def quantize_cmd(**kw: Any) -> None:
     """Quantize MODEL with VPTQ and write a run folder (packed checkpoint, summary, logs)."""
     from vptq_rs.errors import InvalidValueError
     from vptq_rs.quantize.options import QuantOptions
-    from vptq_rs.quantize.run import RunOptions, run_quantize
+    from vptq_rs.quantize.run import QuantizeInterrupted, RunOptions, run_quantize
 
     if kw["enable_transpose"] and kw["vector_quant_dim"] == "in":
         raise InvalidValueError("--enable_transpose contradicts --vector_quant_dim in")
     if kw["resume"] is None and not kw["model"]:
         raise InvalidValueError("--model is required (or --resume RUN_DIR)")
+    if kw["resume"] is not None:
+        _check_resume_flags()
     quant = QuantOptions(
         method=kw["method"],
         vector_lens=kw["vector_lens"],
@@ -156,7 +158,15 @@ def quantize_cmd(**kw: Any) -> None:
     )
     if kw["resume"] is None:
         opts.validate()
-    run_dir = run_quantize(opts, resume=kw["resume"], overwrite=kw["overwrite"])
+    try:
+        run_dir = run_quantize(opts, resume=kw["resume"], overwrite=kw["overwrite"])
+    except QuantizeInterrupted as exc:
+        click.echo(
+            f"interrupted; finished layers are kept. Resume with:\n"
+            f"  vptq-rs quantize --resume {exc.run_dir}",
+            err=True,
+        )
+        raise
     import json
 
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -174,6 +184,29 @@ def quantize_cmd(**kw: Any) -> None:
         for key in ("base", "quantized"):
             if ppl.get(key):
                 click.echo(f"{ppl['dataset']} perplexity ({key}): {_ppl_value(ppl[key])}")
+
+
+# what may change when a run is resumed: how it runs, not what it computes
+_RESUME_OK = {"resume", "workers", "num_gpus", "quiet", "as_json", "data_dir"}
+
+
+def _check_resume_flags() -> None:
+    """--resume takes every option from RUN_DIR/run.json; a differing flag is a conflict."""
+    from click.core import ParameterSource
+
+    from vptq_rs.errors import InvalidValueError
+
+    ctx = click.get_current_context()
+    given = [
+        p.opts[0]
+        for p in ctx.command.params
+        if p.name not in _RESUME_OK
+        and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise InvalidValueError(
+            f"--resume takes the run's options from RUN_DIR/run.json; drop {', '.join(given)}"
+        )
 
 
 def _ppl_value(res: Any) -> str:
