@@ -14,7 +14,7 @@ OUT=${OUT:-/tmp/vptq_out}
 mkdir -p "$OUT/results"
 LOG="$OUT/log.txt"
 export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1
-export VPTQ_RS_CUDA_SRC="$PWD/cuda" VPTQ_RS_CACHE_DIR=/tmp/vptq_cache
+export VPTQ_RS_CACHE_DIR=/tmp/vptq_cache
 step() { echo "=== $* ($(date +%T))" | tee -a "$LOG"; }
 
 step "environment"
