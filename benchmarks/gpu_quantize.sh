@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Device run for the quantizer's GPU numbers (issue 3) and the fine-tuning numbers (issue 8).
+#
+# Expects, under .device/ (git-ignored, carried by the device tool): model_a/ and model_b/
+# (the reference GGUF split in two, joined here and checked against model_b/model.sha256),
+# wheels/ (our abi3 wheel), whl/ (gguf, missing on the device), data/ (the corpora).
+# Each step runs under its own time limit; results land in $OUT/results as they finish.
+#
+#   bash benchmarks/gpu_quantize.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/vptq_out}
+mkdir -p "$OUT/results"
+LOG="$OUT/log.txt"
+export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export VPTQ_RS_CACHE_DIR=/tmp/vptq_cache VPTQ_RS_DATA_DIR="$PWD/.device/data"
+step() { echo "=== $* ($(date +%T))" | tee -a "$LOG"; }
+save() { cp "$@" "$OUT/results/" 2>/dev/null; }
+
+step "environment"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import torch; print(torch.__version__, torch.version.cuda)"; } 2>&1 | tee -a "$LOG"
+
+step "join and check the model"
+MODEL=/tmp/smol/SmolLM2-135M-Instruct.Q4_1.gguf
+mkdir -p /tmp/smol
+cat .device/model_a/smol.gguf.part-* .device/model_b/smol.gguf.part-* > "$MODEL"
+want=$(cut -d' ' -f1 .device/model_b/model.sha256)
+got=$(sha256sum "$MODEL" | cut -d' ' -f1)
+[ "$want" = "$got" ] || { echo "model checksum mismatch: $got" | tee -a "$LOG"; exit 3; }
+
+step "install the compiled core and gguf; run the tree's Python"
+python3 -m pip install -q --no-deps --no-index --target /tmp/vptq_site \
+  .device/wheels/*.whl .device/whl/*.whl 2>&1 | tee -a "$LOG"
+cp /tmp/vptq_site/vptq_rs/_core*.so python/vptq_rs/
+export PYTHONPATH="$PWD/python:/tmp/vptq_site"
+python3 -c "import vptq_rs, gguf; print('vptq_rs', vptq_rs.__version__)" 2>&1 | tee -a "$LOG"
+
+step "build the CUDA extension"
+timeout 240 python3 -m vptq_rs.cuda_ext 2>&1 | tail -3 | tee -a "$LOG"
+
+step "quantize on the GPU: v8/k65536 with and without 256 residual centroids"
+timeout "${QUANT_T:-270}" python3 benchmarks/quantize_real.py --gpu --model "$MODEL" \
+  --output-dir /tmp/runs --eval-limit 8 2>&1 | tail -40 | tee -a "$LOG"
+save benchmarks/results/quantize-gpu-smollm2.json
+
+step "fine-tuning: quantize v6/k4096, then distill"
+timeout "${FTQ_T:-90}" python3 -m vptq_rs quantize --model "$MODEL" --num_gpus 1 \
+  --vector_lens -1 6 --num_centroids -1 4096 --enable_perm --enable_norm --calib c4 \
+  --nsamples 64 --seq_len 2048 --kiter 50 --output_dir /tmp/ftruns --quiet 2>&1 | tail -5 | tee -a "$LOG"
+PACKED=$(ls -d /tmp/ftruns/*/v6_c4096/*/packed_model 2>/dev/null | grep -v partial | tail -1)
+if [ -n "$PACKED" ]; then
+  timeout "${FT_T:-150}" python3 benchmarks/finetune_smollm2.py --packed "$PACKED" \
+    --teacher "$MODEL" --modes codebooks,lora --steps "${FT_STEPS:-100}" --batch-size 4 \
+    --seq-len 2048 --limit 16 --work-dir /tmp/ftwork 2>&1 | tail -30 | tee -a "$LOG"
+  save benchmarks/results/finetune_smollm2.json
+fi
+step "done"
