@@ -6,7 +6,7 @@
 # wheels/ (our abi3 wheel), whl/ (gguf, missing on the device), data/ (the corpora).
 # Each step runs under its own time limit; results land in $OUT/results as they finish.
 #
-#   bash benchmarks/gpu_quantize.sh
+#   [QUANT_T=270] [FINETUNE=0] bash benchmarks/gpu_quantize.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/vptq_out}
 mkdir -p "$OUT/results"
@@ -40,9 +40,10 @@ timeout 240 python3 -m vptq_rs.cuda_ext 2>&1 | tail -3 | tee -a "$LOG"
 
 step "quantize on the GPU: v8/k65536 with and without 256 residual centroids"
 timeout "${QUANT_T:-270}" python3 benchmarks/quantize_real.py --gpu --model "$MODEL" \
-  --output-dir /tmp/runs --eval-limit 8 2>&1 | tail -40 | tee -a "$LOG"
+  --output-dir /tmp/runs --eval-limit "${EVAL_LIMIT:-8}" 2>&1 | tail -40 | tee -a "$LOG"
 save benchmarks/results/quantize-gpu-smollm2.json
 
+[ "${FINETUNE:-1}" = 1 ] || { step "done (fine-tuning skipped)"; exit 0; }
 step "fine-tuning: quantize v6/k4096, then distill"
 timeout "${FTQ_T:-90}" python3 -m vptq_rs quantize --model "$MODEL" --num_gpus 1 \
   --vector_lens -1 6 --num_centroids -1 4096 --enable_perm --enable_norm --calib c4 \

@@ -99,6 +99,43 @@ def one(args: argparse.Namespace) -> None:
     )
 
 
+def write_result(args: argparse.Namespace, runs: list[dict]) -> None:
+    """Write the results file; called after every run so a cut-off job keeps what it did."""
+    import torch
+    import transformers
+
+    import vptq_rs
+
+    kind = "gpu" if args.gpu else "cpu"
+    result = {
+        "benchmark": f"quantize-{kind}-smollm2",
+        "model": "SmolLM2-135M-Instruct (Q4_1, dequantized)",
+        "model_path": args.model,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor(),
+            "load_avg_at_end": os.getloadavg(),
+            "gpu": torch.cuda.get_device_name(0) if args.gpu else None,
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "vptq_rs": vptq_rs.__version__,
+        },
+        "calibration": f"C4 documents 0-999, {128 if args.gpu else 32} x 2048 tokens, seed 0",
+        "command": " ".join([sys.executable, *sys.argv]),
+        "runs": runs,
+    }
+    path = RESULTS / f"quantize-{kind}-smollm2.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
@@ -113,10 +150,6 @@ def main() -> None:
     if args.one:
         one(args)
         return
-    import torch
-    import transformers
-
-    import vptq_rs
 
     runs = []
     hessians = None
@@ -171,34 +204,7 @@ def main() -> None:
             f"mean proxy {summary.get('mean_proxy_final'):.4f}",
             flush=True,
         )
-    kind = "gpu" if args.gpu else "cpu"
-    result = {
-        "benchmark": f"quantize-{kind}-smollm2",
-        "model": "SmolLM2-135M-Instruct (Q4_1, dequantized)",
-        "model_path": args.model,
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "processor": platform.processor(),
-            "load_avg_at_end": os.getloadavg(),
-            "gpu": torch.cuda.get_device_name(0) if args.gpu else None,
-        },
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "vptq_rs": vptq_rs.__version__,
-        },
-        "calibration": f"C4 documents 0-999, {128 if args.gpu else 32} x 2048 tokens, seed 0",
-        "command": " ".join([sys.executable, *sys.argv]),
-        "runs": runs,
-    }
-    path = RESULTS / f"quantize-{kind}-smollm2.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
-    print(f"wrote {path}")
+        write_result(args, runs)
 
 
 if __name__ == "__main__":
