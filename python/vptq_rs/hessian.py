@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from vptq_rs.errors import CheckpointError, InvalidValueError
+from vptq_rs.errors import CheckpointError, InvalidValueError, VptqIOError
+from vptq_rs.quantize.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,118 @@ def hessian_file(directory: str | os.PathLike[str], layer_index: int, key: str) 
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary name in the same folder, then rename."""
+    """``torch.save`` to a temporary name in the same folder, then rename.
+
+    A failed write (full disk, ...) removes the temporary file and raises VptqIOError.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise VptqIOError(f"cannot write {path}: {exc}") from exc
 
 
 def save_hessian(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write one FORMAT.md Hessian dict atomically."""
     atomic_torch_save(data, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """The one informative line of torch's long weights_only error (what was refused)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    detail = [ln for ln in lines if not ln.startswith(boiler)]
+    return detail[0] if detail else _first_line(exc)
+
+
+def safe_load(path: str | os.PathLike[str], what: str = "Hessian", mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` of a ``.pt`` file, never running pickled code.
+
+    Raises CheckpointError naming the file: missing, truncated/corrupt, or holding objects
+    other than tensors and plain containers (a pickle that would run code is refused by
+    torch's restricted unpickler before anything executes). ``mmap`` maps tensor data
+    instead of reading it (zip-format files only; others are read normally).
+    """
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} file {path} not found")
+    try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except pickle.UnpicklingError:
+                raise
+            except Exception:  # legacy (non-zip) files cannot be mapped: read them below
+                pass
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # nothing in the file ran: torch's restricted unpickler stops at the first
+        # instruction or global that is not a tensor or a plain container
+        detail = _unpickler_detail(exc)
+        if "GLOBAL" not in detail.upper():
+            raise CheckpointError(
+                f"{what} file {path} is not readable: damaged or not a torch.save file ({detail})"
+            ) from exc
+        raise CheckpointError(
+            f"{what} file {path} is not a plain tensor file: the safe loader "
+            f"(weights_only) refused it ({detail})"
+        ) from exc
+    except Exception as exc:  # torch raises several unrelated types for corrupt files
+        raise CheckpointError(f"{what} file {path} is not readable: {_first_line(exc)}") from exc
+
+
+def _flat_numel(data: Any, path: Path) -> tuple[torch.Tensor, int]:
+    if not isinstance(data, dict) or not isinstance(data.get("flatH"), torch.Tensor):
+        raise CheckpointError(f"Hessian file {path} has no 'flatH' tensor")
+    flat = data["flatH"]
+    raw_n = data.get("n", 0)
+    try:
+        n = int(raw_n.item() if isinstance(raw_n, torch.Tensor) else raw_n)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"Hessian file {path}: 'n' is not an integer") from exc
+    n = n or (math.isqrt(8 * flat.numel() + 1) - 1) // 2
+    if n < 1 or n * (n + 1) // 2 != flat.numel():
+        raise CheckpointError(f"Hessian file {path}: flatH has {flat.numel()} values, n={n}")
+    mu = data.get("mu")
+    if mu is not None and (not isinstance(mu, torch.Tensor) or mu.numel() != n):
+        raise CheckpointError(f"Hessian file {path}: mu does not hold n={n} values")
+    return flat, n
+
+
+def check_hessian_file(path: str | os.PathLike[str], n: int) -> None:
+    """Cheap check that a Hessian file loads safely and is for ``n`` inputs.
+
+    Maps tensor data instead of reading it, so a whole model's files can be checked before
+    the run starts. Raises CheckpointError naming the file and what is wrong.
+    """
+    path = Path(path)
+    _, got = _flat_numel(safe_load(path, mmap=True), path)
+    if got != n:
+        raise CheckpointError(f"Hessian file {path} is for {got} inputs, the layer has {n}")
+
+
+def check_inverse_hessian_file(path: str | os.PathLike[str], n: int) -> None:
+    """Cheap check of a reference inverse-Hessian file (``invH`` is ``[n, n]``)."""
+    path = Path(path)
+    data = safe_load(path, "inverse Hessian", mmap=True)
+    inv = data.get("invH") if isinstance(data, dict) else None
+    if not isinstance(inv, torch.Tensor):
+        raise CheckpointError(f"inverse Hessian file {path} has no 'invH' tensor")
+    if tuple(inv.shape) != (n, n):
+        raise CheckpointError(
+            f"inverse Hessian file {path} is {list(inv.shape)}, the layer needs [{n}, {n}]"
+        )
 
 
 def load_hessian(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -101,29 +203,21 @@ def load_hessian(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tens
     Files without ``mu`` (some older dumps) are taken as uncentered.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Hessian file {path} not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several unrelated types for corrupt pickles
-        raise CheckpointError(f"Hessian file {path} is not readable: {exc}") from exc
-    if not isinstance(data, dict) or "flatH" not in data:
-        raise CheckpointError(f"Hessian file {path} has no 'flatH' entry")
-    flat = data["flatH"].double().reshape(-1)
-    n = int(data.get("n", 0)) or int((math.isqrt(8 * flat.numel() + 1) - 1) // 2)
-    if n * (n + 1) // 2 != flat.numel():
-        raise CheckpointError(f"Hessian file {path}: flatH has {flat.numel()} values, n={n}")
+    data = safe_load(path)
+    flat, n = _flat_numel(data, path)
+    flat = flat.double().reshape(-1)
     full = torch.zeros(n, n, dtype=torch.float64)
     rows, cols = torch.tril_indices(n, n)
     full[rows, cols] = flat
     full[cols, rows] = flat
     mu = data.get("mu")
     mu = torch.zeros(n, dtype=torch.float64) if mu is None else mu.double().reshape(-1)
-    if mu.numel() != n:
-        raise CheckpointError(f"Hessian file {path}: mu has {mu.numel()} values, n={n}")
     ct = data.get("ct", 0)
-    ct = int(ct.item()) if isinstance(ct, torch.Tensor) else int(ct)
-    if not torch.isfinite(full).all():
+    try:
+        ct = int(ct.item()) if isinstance(ct, torch.Tensor) else int(ct)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"Hessian file {path}: 'ct' is not an integer") from exc
+    if not torch.isfinite(full).all() or not torch.isfinite(mu).all():
         raise CheckpointError(f"Hessian file {path} holds non-finite values")
     return full + torch.outer(mu, mu), mu, ct
 
@@ -180,12 +274,13 @@ def invert_hessian(
         key = torch.where(dead, torch.full_like(torch.diagonal(hn), -1.0), torch.diagonal(hn))
         perm = torch.sort(key, descending=True, stable=True).indices
     else:
-        perm = torch.arange(n)
+        perm = torch.arange(n, device=hn.device)
     hp = hn[perm][:, perm]
     damp = percdamp * torch.diagonal(hp).mean().item()
     for attempt in range(5):
         try:
-            lower = torch.linalg.cholesky(hp + damp * torch.eye(n, dtype=hp.dtype))
+            eye = torch.eye(n, dtype=hp.dtype, device=hp.device)
+            lower = torch.linalg.cholesky(hp + damp * eye)
             hinv = torch.cholesky_inverse(lower)
             chol = torch.linalg.cholesky(hinv, upper=True)
             break
@@ -202,24 +297,26 @@ def invert_hessian(
 def load_inverse_hessian(path: str | os.PathLike[str]) -> InverseHessian:
     """Read a reference inverse-Hessian file (``invH``, ``perm``, ``zero_idx``)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"inverse Hessian file {path} not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # see load_hessian
-        raise CheckpointError(f"inverse Hessian file {path} is not readable: {exc}") from exc
-    if not isinstance(data, dict) or "invH" not in data:
-        raise CheckpointError(f"inverse Hessian file {path} has no 'invH' entry")
+    data = safe_load(path, "inverse Hessian")
+    if not isinstance(data, dict) or not isinstance(data.get("invH"), torch.Tensor):
+        raise CheckpointError(f"inverse Hessian file {path} has no 'invH' tensor")
     chol = data["invH"].float()
+    if chol.dim() != 2:
+        raise CheckpointError(f"inverse Hessian file {path}: invH is not a matrix")
     n = chol.shape[0]
-    perm = data.get("perm")
-    perm = torch.arange(n) if perm is None else perm.long().reshape(-1)
-    zero = data.get("zero_idx")
-    zero = torch.zeros(n, dtype=torch.bool) if zero is None else zero.bool().reshape(-1)
+    try:
+        perm = data.get("perm")
+        perm = torch.arange(n) if perm is None else perm.long().reshape(-1)
+        zero = data.get("zero_idx")
+        zero = torch.zeros(n, dtype=torch.bool) if zero is None else zero.bool().reshape(-1)
+    except (AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"inverse Hessian file {path}: perm/zero_idx not tensors") from exc
     if chol.shape != (n, n) or perm.numel() != n or zero.numel() != n:
         raise CheckpointError(f"inverse Hessian file {path}: inconsistent shapes")
     if not torch.equal(torch.sort(perm).values, torch.arange(n)):
         raise CheckpointError(f"inverse Hessian file {path}: perm is not a permutation")
+    if not torch.isfinite(chol).all():
+        raise CheckpointError(f"inverse Hessian file {path} holds non-finite values")
     return InverseHessian(chol=torch.triu(chol), perm=perm, zero_idx=zero)
 
 
@@ -321,6 +418,7 @@ def collect_hessians(
             path = hessian_file(out_dir, i, key)
             save_hessian(path, acc.file_dict())
             written.append(path)
+            fault_point("hessian_written")
         layers[i].to("cpu")
         inputs = outs
         bar.update(1)

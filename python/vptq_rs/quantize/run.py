@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from vptq_rs.errors import CheckpointError, InvalidValueError, VptqIOError
+from vptq_rs.quantize import faults
+from vptq_rs.quantize.faults import fault_point
 from vptq_rs.quantize.options import QuantOptions
 
 log = logging.getLogger(__name__)
@@ -127,10 +129,14 @@ class RunOptions:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise VptqIOError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def save_layer_result(path: str | os.PathLike[str], layer: Any, dense: Any = None) -> None:
@@ -163,7 +169,8 @@ def save_layer_result(path: str | os.PathLike[str], layer: Any, dense: Any = Non
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, path)
     except OSError as exc:
-        raise VptqIOError(f"cannot write layer file {path}: {exc}") from exc
+        tmp.unlink(missing_ok=True)
+        raise VptqIOError(f"cannot write layer file {path}: {exc.strerror or exc}") from exc
 
 
 def _read_layer_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -268,6 +275,7 @@ def _run_job(job: _Job) -> dict[str, Any]:
     from vptq_rs.hessian import load_hessian, load_inverse_hessian
     from vptq_rs.quantize.vptq import quantize_layer
 
+    fault_point("layer_start")
     h, _, _ = load_hessian(job.hessian_file)
     inv = load_inverse_hessian(job.inv_file) if job.inv_file else None
     quant = QuantOptions.from_json(job.quant)
@@ -275,8 +283,10 @@ def _run_job(job: _Job) -> dict[str, Any]:
     st_path, js_path = _layer_paths(Path(job.run_dir), job.name)
     # measurements first: the safetensors file marks the layer as done
     _atomic_write_text(js_path, json.dumps(res.stats, indent=1, sort_keys=True))
+    fault_point("layer_stats_written")
     dense = res.w_hat.to(job.weight.dtype) if res.layer is None else None
     save_layer_result(st_path, res.layer, dense)
+    fault_point("layer_done")
     log.info(
         "%s: proxy error %.5f (%.1fs)",
         job.name,
@@ -350,6 +360,66 @@ def _check_layers_fit(model: Any, opts: RunOptions) -> list[str]:
     return names
 
 
+def _check_hessian_files(model: Any, opts: RunOptions) -> None:
+    """Every precomputed (inverse) Hessian file exists, loads safely and has the layer's size.
+
+    Only headers and shapes are read (tensor data is memory-mapped), so a typo in
+    ``--hessian_path`` or a truncated file fails before the run folder exists.
+    """
+    from vptq_rs.hessian import check_hessian_file, check_inverse_hessian_file, hessian_file
+    from vptq_rs.models import linear_groups
+
+    for g in linear_groups(model):
+        n = model.get_submodule(g.names[0]).in_features
+        if opts.hessian_path:
+            check_hessian_file(hessian_file(opts.hessian_path, g.layer_index, g.key), n)
+        if opts.inv_hessian_path:
+            check_inverse_hessian_file(hessian_file(opts.inv_hessian_path, g.layer_index, g.key), n)
+
+
+class QuantizeInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run whose finished work is kept in ``run_dir`` (resumable)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"interrupted; resume with: vptq-rs quantize --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+def _has_work(run_dir: Path) -> bool:
+    """Whether a run folder holds finished work worth resuming (layers or Hessians)."""
+    return any((run_dir / "layers").glob("*.safetensors")) or any(
+        (run_dir / "hessians").glob("*.pt")
+    )
+
+
+def _remove_stale_temps(run_dir: Path) -> None:
+    """Temporary files and folders a killed process left (``.name.tmp<pid>``, ``.x.tmp-*``)."""
+    import shutil
+
+    for sub in (run_dir, run_dir / "layers", run_dir / "hessians"):
+        if not sub.is_dir():
+            continue
+        for p in sub.iterdir():
+            if p.name.startswith(".") and ".tmp" in p.name:
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+
+def _read_run_json(run_dir: Path) -> dict[str, Any]:
+    if not run_dir.is_dir():
+        raise InvalidValueError(f"--resume: {run_dir} is not a folder")
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise InvalidValueError(f"--resume: {run_dir} has no run.json (not a vptq-rs run folder)")
+    try:
+        stored = json.loads(meta_path.read_text())
+        return RunOptions.from_json(stored["options"]).to_json()
+    except (ValueError, KeyError, TypeError) as exc:  # InvalidValueError is a ValueError
+        raise InvalidValueError(f"--resume: {meta_path} is damaged: {exc}") from exc
+
+
 def run_quantize(
     opts: RunOptions, resume: str | os.PathLike[str] | None = None, overwrite: bool = False
 ) -> Path:
@@ -357,56 +427,115 @@ def run_quantize(
 
     resume: an interrupted run folder (``*.partial`` or finished); its ``run.json``
     options are used, finished layers are kept, the result equals an uninterrupted run.
+    overwrite: replace an existing run folder of the same name (only once the new run has
+    finished; without it an existing folder is an error and nothing is touched).
+
+    Everything that can be checked cheaply (options, architecture, layer shapes, Hessian
+    files, the output folder) is checked before the run folder is created. A fresh run that
+    fails later removes its ``.partial`` folder unless it holds finished work (Hessians or
+    layers), which stays for ``--resume``; Ctrl-C raises :class:`QuantizeInterrupted`.
     """
     import torch
 
     from vptq_rs.models import load_config, load_model
 
     t0 = time.perf_counter()
+    faults.reset()
+    replace: Path | None = None
     if resume is not None:
         run_dir = Path(resume)
-        meta_path = run_dir / "run.json"
-        if not meta_path.is_file():
-            raise InvalidValueError(f"--resume: {run_dir} has no run.json")
-        stored = json.loads(meta_path.read_text())
+        stored = _read_run_json(run_dir)
+        resumed = RunOptions.from_json(stored)
         opts = dataclasses.replace(
-            RunOptions.from_json(stored["options"]),
+            resumed,
             workers=opts.workers,
             num_gpus=opts.num_gpus,
             progress=opts.progress,
+            data_dir=opts.data_dir or resumed.data_dir,  # the corpora may have moved
         )
         opts.validate()
+        skeleton = _skeleton(load_config(opts.model))
+        _check_layers_fit(skeleton, opts)
+        _check_hessian_files(skeleton, opts)
+        _remove_stale_temps(run_dir)
+        fresh = False
     else:
         opts.validate()
         # unsupported architectures and options that do not fit a layer's shape fail
         # before anything is written or loaded: check on a weightless (meta) skeleton
-        _check_layers_fit(_skeleton(load_config(opts.model)), opts)
+        skeleton = _skeleton(load_config(opts.model))
+        _check_layers_fit(skeleton, opts)
+        _check_hessian_files(skeleton, opts)
+        out_root = Path(opts.output_dir)
+        if out_root.exists() and not out_root.is_dir():
+            raise InvalidValueError(f"--output_dir {out_root} exists and is not a folder")
         final = run_dir_for(opts)
         run_dir = final.with_name(final.name + PARTIAL)
-        for existing in (final, run_dir):
-            if existing.exists():
-                if not overwrite or not (existing / "run.json").is_file():
-                    raise InvalidValueError(f"run folder {existing} already exists")
-                import shutil
+        if final.exists():
+            if not overwrite:
+                raise InvalidValueError(
+                    f"run folder {final} already exists (pass --overwrite to replace it)"
+                )
+            if not (final / "run.json").is_file():
+                raise InvalidValueError(
+                    f"{final} exists and is not a vptq-rs run folder: refusing to replace it"
+                )
+            replace = final
+        if run_dir.exists():
+            if not overwrite or not (run_dir / "run.json").is_file():
+                raise InvalidValueError(
+                    f"interrupted run {run_dir} exists: continue it with --resume {run_dir}"
+                    " or pass --overwrite"
+                )
+            import shutil
 
-                shutil.rmtree(existing)
-        run_dir.mkdir(parents=True)
+            shutil.rmtree(run_dir)
+        try:
+            run_dir.mkdir(parents=True)
+        except OSError as exc:
+            raise VptqIOError(f"cannot create run folder {run_dir}: {exc.strerror or exc}") from exc
         meta = {
             "model": str(Path(opts.model).resolve()) if Path(opts.model).exists() else opts.model,
             "options": opts.to_json(),
             "format": "vptq-rs-run/1",
         }
         meta["options"]["model"] = meta["model"]
-        _atomic_write_text(run_dir / "run.json", json.dumps(meta, indent=1, sort_keys=True))
-    handler = _setup_logging(run_dir, 0)
+        fresh = True
+    handler: logging.Handler | None = None
     try:
-        return _run(opts, run_dir, t0, torch, load_model)
+        if fresh:
+            _atomic_write_text(run_dir / "run.json", json.dumps(meta, indent=1, sort_keys=True))
+        handler = _setup_logging(run_dir, 0)
+        return _run(opts, run_dir, t0, torch, load_model, replace)
+    except BaseException as exc:
+        kept = run_dir.exists() and (not fresh or _has_work(run_dir))
+        if handler is not None:
+            logging.getLogger("vptq_rs").removeHandler(handler)
+            handler.close()
+            handler = None
+        if not kept and run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt) and kept:
+            raise QuantizeInterrupted(run_dir) from None
+        if kept and isinstance(exc, Exception):
+            log.error("finished work is kept: continue with vptq-rs quantize --resume %s", run_dir)
+        raise
     finally:
-        logging.getLogger("vptq_rs").removeHandler(handler)
-        handler.close()
+        if handler is not None:
+            logging.getLogger("vptq_rs").removeHandler(handler)
+            handler.close()
 
 
-def _run(opts: RunOptions, run_dir: Path, t0: float, torch: Any, load_model: Any) -> Path:
+def _run(
+    opts: RunOptions,
+    run_dir: Path,
+    t0: float,
+    torch: Any,
+    load_model: Any,
+    replace: Path | None = None,
+) -> Path:
     from tqdm.auto import tqdm
 
     from vptq_rs.data import calibration_windows
@@ -414,6 +543,7 @@ def _run(opts: RunOptions, run_dir: Path, t0: float, torch: Any, load_model: Any
 
     device = "cuda" if opts.num_gpus > 0 else "cpu"
     timings: dict[str, float] = {}
+    _gpu_peak(device, None)  # start counting
     t = time.perf_counter()
     model, tok = load_model(opts.model)
     timings["load_model_s"] = time.perf_counter() - t
@@ -443,6 +573,7 @@ def _run(opts: RunOptions, run_dir: Path, t0: float, torch: Any, load_model: Any
             progress=opts.progress,
         )
         timings["hessians_s"] = time.perf_counter() - t
+        _gpu_peak(device, timings, "hessians")
 
     # ---- layers
     t = time.perf_counter()
@@ -480,8 +611,45 @@ def _run(opts: RunOptions, run_dir: Path, t0: float, torch: Any, load_model: Any
                 bar.update(1)
     bar.close()
     timings["quantize_layers_s"] = time.perf_counter() - t
+    _gpu_peak(device, timings, "layers")
 
-    return _finish(opts, run_dir, model, tok, names, timings, t0, base_ppl, device)
+    return _finish(opts, run_dir, model, tok, names, timings, t0, base_ppl, device, replace)
+
+
+def _gpu_peak(device: str, into: dict[str, float] | None, phase: str = "") -> None:
+    """Record this process's peak CUDA memory of the phase just ended and reset the counter.
+
+    (Worker processes of multi-GPU runs are not counted.)
+    """
+    if device != "cuda":
+        return
+    import torch
+
+    if into is not None:
+        into[f"gpu_peak_{phase}_bytes"] = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process in bytes (0 where unknown).
+
+    Linux: ``VmHWM`` of /proc/self/status, because ``ru_maxrss`` survives ``exec`` and
+    would report the parent's peak for a freshly started CLI.
+    """
+    import sys
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+    except ImportError:
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _perplexity(model: Any, tok: Any, opts: RunOptions, device: str) -> dict[str, Any] | None:
@@ -520,6 +688,7 @@ def _finish(
     t0: float,
     base_ppl: Any,
     device: str,
+    replace: Path | None = None,
 ) -> Path:
     import torch
 
@@ -559,6 +728,7 @@ def _finish(
         if vals:
             summary[f"mean_{key}"] = sum(vals) / len(vals)
 
+    fault_point("pack_start")
     if opts.save_packed_model and len(layers) == len(names):
         t = time.perf_counter()
         try:
@@ -578,6 +748,7 @@ def _finish(
                 tokenizer=tok,
                 dtype=resolve_store_dtype(opts.quant, first.dtype),
                 source_dir=src,
+                overwrite=True,  # a resumed run rewrites its own packed_model/
             )
             summary["packed_model"] = "packed_model"
             timings["pack_s"] = time.perf_counter() - t
@@ -600,11 +771,23 @@ def _finish(
         _atomic_write_text(run_dir / "ppl_results.json", json.dumps(res, indent=1))
         summary["ppl"] = res
     timings["total_s"] = time.perf_counter() - t0
-    summary["timings"] = timings
+    _gpu_peak(device, timings, "finish")
+    summary["timings"] = {k: v for k, v in timings.items() if not k.startswith("gpu_peak")}
+    summary["memory"] = {k: int(v) for k, v in timings.items() if k.startswith("gpu_peak")}
+    summary["memory"]["peak_rss_bytes"] = _peak_rss()
     _atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
+    fault_point("before_rename")
     if run_dir.name.endswith(PARTIAL):
         final = run_dir.with_name(run_dir.name[: -len(PARTIAL)])
+        old = None
+        if replace is not None and final.exists():  # --overwrite: swap only now
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
         os.replace(run_dir, final)
         run_dir = final
+        if old is not None:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
     log.info("run complete: %s", run_dir)
     return run_dir

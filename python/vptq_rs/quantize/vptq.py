@@ -28,6 +28,7 @@ from vptq_rs.errors import InvalidValueError
 from vptq_rs.hessian import InverseHessian, invert_hessian, normalize_hessian
 from vptq_rs.layout import LayerConfig, QuantizedLayer
 from vptq_rs.quantize.codebook import nearest, round_for_storage
+from vptq_rs.quantize.faults import fault_point
 from vptq_rs.quantize.gptq import proxy_error, quantize_scalar, sweep
 from vptq_rs.quantize.kmeans_dispatch import kmeans
 from vptq_rs.quantize.norm import column_stats, safe_scale
@@ -338,6 +339,7 @@ def quantize_layer(
         s.idx = labels.to(dev).reshape(gsize, r_main)
         sets.append(s)
     t_km = time.perf_counter() - t_km
+    fault_point("layer_kmeans")
 
     unperm = torch.empty_like(perm)
     unperm[perm] = torch.arange(n_units, device=dev)

@@ -415,6 +415,36 @@ fn first_out_of_range<M: Code, R: Code>(
     invalid!("an index at row {row} does not fit its width")
 }
 
+/// Check that `packed_len` words are `rows` packed rows of `words` words, each holding
+/// exactly `n` codes of `index_bits + res_bits` bits. Overflow-safe: every size may come
+/// from an untrusted file or caller, so check this before allocating `rows * n` outputs.
+pub fn check_packed_shape(
+    packed_len: usize,
+    rows: usize,
+    words: usize,
+    n: usize,
+    index_bits: u32,
+    res_bits: u32,
+) -> Result<()> {
+    check_widths(index_bits, res_bits)?;
+    let total = index_bits + res_bits;
+    match n.checked_mul(total as usize).map(|b| b.div_ceil(32)) {
+        Some(need) if need == words => {}
+        need => {
+            let need = need.map_or_else(|| "more than memory holds".to_string(), |w| w.to_string());
+            return Err(invalid!(
+                "packed rows have {words} words, but {n} codes of {total} bits need {need}"
+            ));
+        }
+    }
+    if rows.checked_mul(words) != Some(packed_len) {
+        return Err(invalid!(
+            "packed has {packed_len} words, expected rows * words = {rows} * {words}"
+        ));
+    }
+    Ok(())
+}
+
 /// Unpack `rows x words` packed words into `rows x n` main indices and, when
 /// `res_bits > 0`, `rows x n` residual indices (both row-major, as `i32`).
 ///
@@ -427,6 +457,8 @@ pub fn unpack(
     index_bits: u32,
     res_bits: u32,
 ) -> Result<(Vec<i32>, Option<Vec<i32>>)> {
+    // sizes first: `rows * n` must not be allocated (or overflow) for inconsistent input
+    check_packed_shape(packed.len(), rows, words, n, index_bits, res_bits)?;
     let mut main = vec![0i32; rows * n];
     let mut res = (res_bits > 0).then(|| vec![0i32; rows * n]);
     unpack_into(
@@ -454,21 +486,8 @@ pub fn unpack_into(
     main: &mut [i32],
     res: Option<&mut [i32]>,
 ) -> Result<()> {
-    check_widths(index_bits, res_bits)?;
+    check_packed_shape(packed.len(), rows, words, n, index_bits, res_bits)?;
     let total = index_bits + res_bits;
-    let need = words_per_row(n, total);
-    if words != need {
-        return Err(invalid!(
-            "packed rows have {words} words, but {n} codes of {total} bits need {need}"
-        ));
-    }
-    if packed.len() != rows * words {
-        return Err(invalid!(
-            "packed has {} words, expected {}",
-            packed.len(),
-            rows * words
-        ));
-    }
     if main.len() != rows * n || res.as_ref().is_some_and(|r| r.len() != rows * n) {
         return Err(invalid!(
             "output buffers must hold rows * n = {} indices",
@@ -592,6 +611,16 @@ mod tests {
         assert!(pack::<i32, i32>(&[0], Some(&[0]), 1, 1, 4, 0).is_err());
         assert!(pack::<i32, i32>(&[0, 1], None, 1, 1, 4, 0).is_err());
         assert!(unpack(&[0, 0], 1, 2, 8, 4, 0).is_err());
+    }
+
+    /// Found by fuzz/unpack: sizes whose products overflow are errors, never a panic or a
+    /// huge allocation.
+    #[test]
+    fn rejects_overflowing_sizes() {
+        assert!(unpack(&[], 2, 0, 1 << 62, 16, 16).is_err());
+        assert!(unpack(&[], usize::MAX, 0, usize::MAX, 1, 0).is_err());
+        assert!(unpack(&[0; 4], 2, usize::MAX / 2 + 3, 1, 8, 0).is_err());
+        assert!(check_packed_shape(0, 1, 0, usize::MAX / 3, 16, 16).is_err());
     }
 
     proptest! {

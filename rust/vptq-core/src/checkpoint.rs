@@ -24,6 +24,9 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// Largest header the reader accepts (the safetensors format's own limit).
 const MAX_HEADER: u64 = 100_000_000;
+/// Largest in/out features and vector length a config entry may state (far above any real
+/// Linear); keeps every size product of the validator inside `usize`/`u64`.
+pub const MAX_DIM: usize = 1 << 24;
 
 /// A tensor to write: name, dtype, shape and little-endian bytes.
 #[derive(Debug, Clone)]
@@ -432,6 +435,17 @@ impl LayerSpec {
             bias: flag("bias"),
             vector_quant_dim_in: dim == "in",
         };
+        // untrusted sizes: bounded so that every product the validator forms fits
+        for (key, value) in [
+            ("in_features", spec.in_features),
+            ("out_features", spec.out_features),
+            ("vector_lens[1]", spec.vector_len),
+            ("vector_lens[0]", spec.outlier_vector_len),
+        ] {
+            if value > MAX_DIM {
+                return Err(bad(&format!("{key} = {value} exceeds {MAX_DIM}")));
+            }
+        }
         let cols = spec.q_cols();
         if outlier_size >= cols {
             return Err(bad(&format!(
@@ -864,6 +878,24 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .contains(".tmp-")));
+    }
+
+    /// Found with fuzz/validate: sizes whose products overflow are config errors, not panics.
+    #[test]
+    fn huge_sizes_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        write_fixture(d.path(), 1 << 30);
+        let cfg = fs::read_to_string(d.path().join("config.json")).unwrap();
+        for (from, to) in [
+            ("[-1,4]", "[-1,4611686018427387904]"),
+            ("\"in_features\":32", "\"in_features\":1099511627776"),
+            ("\"out_features\":16", "\"out_features\":1099511627776"),
+        ] {
+            assert!(cfg.contains(from), "{from}");
+            fs::write(d.path().join("config.json"), cfg.replace(from, to)).unwrap();
+            let err = validate(d.path()).unwrap_err().to_string();
+            assert!(err.contains("exceeds"), "{err}");
+        }
     }
 
     #[test]

@@ -197,6 +197,9 @@ fn unpack_indices<'py>(
     let (rows, words) = view.dim();
     let data = contiguous(view);
     let words_u32: &[u32] = as_u32(&data);
+    // before allocating (rows, n) outputs: a huge or inconsistent n is an error, not an abort
+    bitpack::check_packed_shape(words_u32.len(), rows, words, n, index_bits, res_bits)
+        .map_err(to_py)?;
     let main = PyArray2::<i32>::zeros(py, [rows, n], false);
     let res = (res_bits > 0).then(|| PyArray2::<i32>::zeros(py, [rows, n], false));
     // SAFETY: both arrays were just created here and are not shared with Python code yet.
