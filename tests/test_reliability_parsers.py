@@ -78,17 +78,10 @@ def mutated_entry(draw: st.DrawFn) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- LayerConfig.from_hf
 
+
 # LayerConfig.from_hf converts "group_size" with int() outside its try block, so a
-# non-numeric group_size escapes as TypeError/ValueError instead of InvalidValueError
-# (layout.py is the lead's; reported). The property below keeps group_size numeric; the
-# strict xfail documents the defect and turns red once it is fixed.
-numeric_group_size = mutated_entry().filter(
-    lambda e: isinstance(e.get("group_size", 0), int) and not isinstance(e.get("group_size"), bool)
-)
-
-
 @SETTINGS
-@given(numeric_group_size)
+@given(mutated_entry())
 def test_layer_config_from_hf_never_crashes(entry: dict[str, Any]) -> None:
     try:
         cfg = LayerConfig.from_hf(entry)
@@ -99,9 +92,6 @@ def test_layer_config_from_hf_never_crashes(entry: dict[str, Any]) -> None:
     assert 2 <= cfg.num_centroids <= 65536
 
 
-@pytest.mark.xfail(
-    strict=True, raises=(TypeError,), reason="layout.py: int(group_size) outside try"
-)
 def test_layer_config_group_size_none_is_invalid_value() -> None:
     with pytest.raises(InvalidValueError):
         LayerConfig.from_hf({**VALID_ENTRY, "group_size": None})

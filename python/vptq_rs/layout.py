@@ -174,9 +174,10 @@ class LayerConfig:
             if isinstance(exc, InvalidValueError):
                 raise
             raise InvalidValueError(f"malformed layer config entry {entry!r}: {exc}") from exc
-        if "group_size" in entry and int(entry["group_size"]) != cfg.group_size:
+        group_size = entry.get("group_size", cfg.group_size)
+        if not isinstance(group_size, int) or group_size != cfg.group_size:
             raise InvalidValueError(
-                f"group_size {entry['group_size']} != (in_features - outlier_size) / group_num"
+                f"group_size {group_size!r} != (in_features - outlier_size) / group_num"
                 f" = {cfg.group_size}"
             )
         return cfg

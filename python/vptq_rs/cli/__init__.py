@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:  # usage errors: click's own message, exit 2
         exc.show()
         sys.exit(exc.exit_code)
-    except click.Abort:
-        fail("aborted", 130)
+    except click.Abort:  # click's name for an interrupt (Ctrl-C) inside a command
+        fail("interrupted", 130)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except (ValueError, VptqIOError, FileNotFoundError, PermissionError) as exc:
