@@ -150,21 +150,28 @@ class LayerConfig:
     @classmethod
     def from_hf(cls, entry: dict[str, Any]) -> LayerConfig:
         """Parse a ``config_for_layers`` entry (ours or the reference's)."""
+
+        def num(value: Any, key: str) -> int:
+            # JSON integers only: a float (or inf, or a bool) is a malformed entry
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidValueError(f"layer config: {key} must be an integer, got {value!r}")
+            return value
+
         try:
             v0, v = entry["vector_lens"]
             k0, k = entry["num_centroids"]
             _, kr = entry["num_res_centroids"]
-            osz = int(entry.get("outlier_size", 0))
+            osz = num(entry.get("outlier_size", 0), "outlier_size")
             cfg = cls(
-                in_features=int(entry["in_features"]),
-                out_features=int(entry["out_features"]),
-                vector_len=int(v),
-                num_centroids=int(k),
-                num_res_centroids=max(int(kr), 0),
-                group_num=int(entry.get("group_num", 1)),
+                in_features=num(entry["in_features"], "in_features"),
+                out_features=num(entry["out_features"], "out_features"),
+                vector_len=num(v, "vector_lens[1]"),
+                num_centroids=num(k, "num_centroids[1]"),
+                num_res_centroids=max(num(kr, "num_res_centroids[1]"), 0),
+                group_num=num(entry.get("group_num", 1), "group_num"),
                 outlier_size=osz,
-                outlier_vector_len=int(v0) if osz else -1,
-                outlier_num_centroids=int(k0) if osz else -1,
+                outlier_vector_len=num(v0, "vector_lens[0]") if osz else -1,
+                outlier_num_centroids=num(k0, "num_centroids[0]") if osz else -1,
                 enable_perm=bool(entry.get("enable_perm", False)),
                 enable_norm=bool(entry.get("enable_norm", False)),
                 bias=bool(entry.get("bias", False)),
