@@ -99,7 +99,7 @@ def toolchain_problem() -> str | None:
     if not (Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc").exists():
         return f"no nvcc under CUDA_HOME={cpp_extension.CUDA_HOME}"
     if source_dir() is None:
-        return "kernel sources not found (set VPTQ_RS_CUDA_SRC to the repository's python/vptq_rs/_cuda/)"
+        return "kernel sources not found (set VPTQ_RS_CUDA_SRC to a copy of vptq_rs/_cuda/)"
     return None
 
 
