@@ -145,11 +145,168 @@ def gpu() -> str | None:
     return "\n".join(lines)
 
 
+def _ppl_cell(r: dict, ds: str) -> str:
+    v = (r.get("ppl") or {}).get(ds)
+    if not isinstance(v, (int, float)):
+        return "-"
+    return f"{v:.2f}" if v < 1e4 else f"{v:.2e}"
+
+
+def _quality_rows(r: dict) -> list[dict]:
+    """Rows in table order (FP; then by width: RTN, GPTQ, VPTQ as quality.py lists them)."""
+    from quality import ROWS
+
+    order = {name: i for i, name in enumerate(ROWS)}
+    width = {16: 0, 2: 1, 3: 2, 4: 3}
+    return sorted(
+        r["rows"],
+        key=lambda x: (width.get(x["nominal_bits"], 9), order.get(x["row"], len(order))),
+    )
+
+
+def _windows(r: dict) -> str:
+    ok = [x for x in r["rows"] if x.get("status") == "ok"]
+    if not ok:
+        return "no finished rows"
+    ev = ok[0]["eval"]
+    names = {"wikitext2": "WikiText-2", "c4": "C4 docs 1000-1999", "ptb": "PTB"}
+    return ", ".join(
+        f"{names[d]} {e['windows']} of {e['total_windows']} windows" for d, e in ev.items()
+    )
+
+
+def _quality_goal(rows: list[dict]) -> list[str]:
+    """VPTQ vs GPTQ at about 2 and 3 bits, per corpus, with the proxy errors."""
+    ok = [x for x in rows if x.get("status") == "ok"]
+    lines = []
+    for b in (2, 3):
+        vq = [x for x in ok if x["method"] == "vptq" and x["nominal_bits"] == b]
+        gq = [x for x in ok if x["method"] == "gptq" and x["nominal_bits"] == b]
+        for v in vq:
+            for g in gq:
+                cells = []
+                for ds in ("wikitext2", "c4", "ptb"):
+                    pv, pg = v["ppl"][ds], g["ppl"][ds]
+                    cells.append(f"{'lower' if pv < pg else '**higher**'} ({pv:.2f} vs {pg:.2f})")
+                proxy = f"{v.get('mean_proxy_final', float('nan')):.4f} vs " + (
+                    f"{g.get('mean_proxy_final', float('nan')):.4f}"
+                )
+                lines.append(
+                    f"| {v['label']} ({v['bpw']:.2f}) | {g['label']} ({g['bpw']:.2f}) | "
+                    + " | ".join(cells)
+                    + f" | {proxy} |"
+                )
+    if not lines:
+        return []
+    return [
+        "",
+        "VPTQ vs GPTQ at about 2 and 3 bits (true bits per weight in brackets; perplexity "
+        "VPTQ vs GPTQ; mean layer proxy error tr(dW H dW^T)/tr(W H W^T), VPTQ vs GPTQ):",
+        "",
+        "| VPTQ row | GPTQ row | WikiText-2 | C4 | PTB | proxy error |",
+        "|---|---|---|---|---|---|",
+        *lines,
+    ]
+
+
+def _quality_one(name: str) -> list[str] | None:
+    r = _load(name)
+    if r is None:
+        return None
+    st = r["settings"]
+    rows = _quality_rows(r)
+    gpu = r["machine"].get("gpu")
+    hs = r.get("hessians") or {}
+    lines = []
+    if r.get("smoke"):
+        lines += [f"**{r['smoke']}**", ""]
+    lines += [
+        f"**{st['model_label']}**, `{r['benchmark']}`: its weights were Q4_1 before we "
+        "quantized them, so **the 4-bit rows say nothing about float models**. "
+        f"Calibration: {st['calibration']}; Hessians collected once "
+        f"({hs.get('wall_s', float('nan')):.0f} s) and shared by every row; "
+        f"k-means {st['kiter']} iterations. Perplexity at seqlen {st['eval_seqlen']} "
+        f"(float32): {_windows(r)}. True bits per weight count the quantized Linears "
+        "(indices with padding, codebooks, scale/bias, perm; embeddings and lm_head stay "
+        "float in every row): from the packed checkpoint (`validate_checkpoint`), for the "
+        "group-128 rows (kept dense by the quantizer) as codes packed in 32-bit words + fp16 "
+        "scale and fp16 zero per 128 inputs (+ int16 act-order perm for GPTQ). Quantize s: the "
+        "quantizer's wall time without the shared Hessians; peak memory: process RSS during "
+        f"quantization{' / GPU max_memory_allocated' if gpu else ''}. "
+        f"Machine: {_machine(r)}{f', {gpu}' if gpu else ''}; `{r['command']}`.",
+        "",
+        "| row | bits | true bpw | WikiText-2 | C4 | PTB | proxy err | quantize s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in rows:
+        if x.get("status") != "ok":
+            err = x.get("error", "?").splitlines()[0][:120]
+            lines.append(f"| {x['label']} | ~{x['nominal_bits']} | failed: {err} |{' |' * 6}")
+            continue
+        mem = f"{x['peak_rss_mib']:.0f}" if "peak_rss_mib" in x else "-"
+        if "peak_gpu_mib" in x:
+            mem += f" / {x['peak_gpu_mib']:.0f}"
+        proxy = x.get("mean_proxy_final")
+        lines.append(
+            f"| {x['label']} | {'FP' if x['method'] == 'fp' else '~' + str(x['nominal_bits'])} "
+            f"| {x['bpw']:.3f} | {_ppl_cell(x, 'wikitext2')} | {_ppl_cell(x, 'c4')} | "
+            f"{_ppl_cell(x, 'ptb')} | {'-' if proxy is None else f'{proxy:.4f}'} | "
+            f"{x['quant_wall_s']:.0f} | {mem} |"
+        )
+    machines = sorted({x["machine"] for x in rows if x.get("machine")})
+    if len(machines) > 1:
+        lines += ["", f"Rows ran on several machines (a resumed table): {'; '.join(machines)}."]
+    left = r.get("stopped_by_time_budget") or []
+    if left:
+        lines += ["", f"Not run (time budget reached): {', '.join(left)}."]
+    lines += _quality_goal(rows)
+    return lines
+
+
+def quality() -> str | None:
+    parts = [p for n in ("quality-gpu", "quality-cpu", "quality-smoke") if (p := _quality_one(n))]
+    if not parts:
+        return None
+    return "\n\n".join("\n".join(p) for p in parts)
+
+
+def quantize() -> str | None:
+    runs = [r for r in (_load(f"quantize-{k}-smollm2") for k in ("cpu", "gpu")) if r is not None]
+    if not runs:
+        return None
+    lines = [
+        "SmolLM2-135M-Instruct (Q4_1, dequantized), act-order + normalization, calibration on "
+        "C4 documents 0-999; perplexity on the first WikiText-2 windows (seqlen 2048). Bits "
+        "per weight count indices, codebooks, scale/bias, perm and padding (FORMAT.md):",
+        "",
+        "| machine | config | true bpw | index bpw | wall s | peak RSS MiB | mean proxy error "
+        "| ppl before | ppl after | windows |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        where = r["machine"].get("gpu") or f"CPU, {r['machine']['cpus']} cores"
+        for x in r["runs"]:
+            ppl = x.get("ppl") or {}
+            base = (ppl.get("base") or {}).get("ppl")
+            after = (ppl.get("quantized") or {}).get("ppl")
+            windows = (ppl.get("quantized") or {}).get("windows", "-")
+            lines.append(
+                f"| {where} | {x['config']} | {x['bits']['bpw']:.2f} | "
+                f"{x['bits']['index_bpw']:.2f} | {x['wall_s']:.0f} | {x['peak_rss_mib']:.0f} | "
+                f"{x['mean_proxy_final']:.4f} | "
+                f"{'-' if base is None else f'{base:.2f}'} | "
+                f"{'-' if after is None else f'{after:.2f}'} | {windows} |"
+            )
+    return "\n".join(lines)
+
+
 SECTIONS: dict[str, Callable[[], str | None]] = {
     "bitpack": bitpack,
     "kmeans": kmeans,
     "runtime-cpu": runtime_cpu,
     "gpu": gpu,
+    "quantize": quantize,
+    "quality": quality,
 }
 
 
