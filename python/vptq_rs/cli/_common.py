@@ -27,6 +27,14 @@ adapter_option = click.option(
     help="A LoRA adapter folder (from vptq-rs finetune --mode lora) to apply.",
 )
 
+max_shard_size_option = click.option(
+    "--max-shard-size",
+    type=click.IntRange(min=1),
+    default=5 * 2**30,
+    show_default=True,
+    help="Bytes per safetensors shard.",
+)
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 

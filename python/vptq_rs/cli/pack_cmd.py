@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from vptq_rs.cli._common import max_shard_size_option
+
 
 @click.command("pack")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -23,13 +25,7 @@ import click
     default=None,
     help="dtype of codebooks and other floats (default: the model's if half, else fp16).",
 )
-@click.option(
-    "--max-shard-size",
-    type=click.IntRange(min=1),
-    default=5 * 2**30,
-    show_default=True,
-    help="Bytes per safetensors shard.",
-)
+@max_shard_size_option
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 def pack_cmd(
     run_dir: Path, out: Path | None, dtype: str | None, max_shard_size: int, overwrite: bool

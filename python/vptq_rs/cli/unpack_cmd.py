@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from vptq_rs.cli._common import max_shard_size_option
+
 
 @click.command("unpack")
 @click.argument("packed_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -24,13 +26,7 @@ import click
     show_default=True,
     help="dtype of the written weights.",
 )
-@click.option(
-    "--max-shard-size",
-    type=click.IntRange(min=1),
-    default=5 * 2**30,
-    show_default=True,
-    help="Bytes per safetensors shard.",
-)
+@max_shard_size_option
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def unpack_cmd(
     packed_dir: Path, out: Path, dtype: str, max_shard_size: int, overwrite: bool
