@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,25 +96,29 @@ def run_cli(argv: list[str]) -> int:
     return 0
 
 
+# the packed fixture's one layer: O=16, I=32, v=4, K=16, residual 8, 2 groups, perm + norm
+VALID_ENTRY: dict[str, Any] = {
+    "in_features": 32,
+    "out_features": 16,
+    "vector_lens": [-1, 4],
+    "num_centroids": [-1, 16],
+    "num_res_centroids": [-1, 8],
+    "group_num": 2,
+    "group_size": 16,
+    "outlier_size": 0,
+    "indices_as_float": False,
+    "enable_norm": True,
+    "enable_perm": True,
+    "is_indice_packed": True,
+    "bias": False,
+}
+
+
 def write_packed_fixture(d: Path, shard_bytes: int = 600) -> list[str]:
     """A one-layer packed checkpoint (O=16, I=32, v=4, K=16, 2 groups, residual 8) via the
     Rust writer; sharded when ``shard_bytes`` is small. Returns the safetensors files."""
     d.mkdir(parents=True, exist_ok=True)
-    entry = {
-        "in_features": 32,
-        "out_features": 16,
-        "vector_lens": [-1, 4],
-        "num_centroids": [-1, 16],
-        "num_res_centroids": [-1, 8],
-        "group_num": 2,
-        "group_size": 16,
-        "outlier_size": 0,
-        "indices_as_float": False,
-        "enable_norm": True,
-        "enable_perm": True,
-        "is_indice_packed": True,
-        "bias": False,
-    }
+    entry = dict(VALID_ENTRY)
     cfg = {
         "architectures": ["LlamaForCausalLM"],
         "quantization_config": {

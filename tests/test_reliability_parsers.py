@@ -26,23 +26,8 @@ from vptq_rs.errors import CheckpointError, InvalidValueError, VptqError  # noqa
 from vptq_rs.layout import LayerConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_reliability_inputs import write_packed_fixture  # noqa: E402
+from test_reliability_inputs import VALID_ENTRY, write_packed_fixture  # noqa: E402
 
-VALID_ENTRY: dict[str, Any] = {
-    "in_features": 32,
-    "out_features": 16,
-    "vector_lens": [-1, 4],
-    "num_centroids": [-1, 16],
-    "num_res_centroids": [-1, 8],
-    "group_num": 2,
-    "group_size": 16,
-    "outlier_size": 0,
-    "indices_as_float": False,
-    "enable_norm": True,
-    "enable_perm": True,
-    "is_indice_packed": True,
-    "bias": False,
-}
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
