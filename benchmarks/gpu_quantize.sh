@@ -6,7 +6,9 @@
 # wheels/ (our abi3 wheel), whl/ (gguf, missing on the device), data/ (the corpora).
 # Each step runs under its own time limit; results land in $OUT/results as they finish.
 #
-#   [QUANT_T=270] [FINETUNE=0] bash benchmarks/gpu_quantize.sh
+#   [QUANT_T=270] [QUANT=0] [FINETUNE=0] [R256=1] bash benchmarks/gpu_quantize.sh
+# QUANT=0 skips quantize_real.py's two runs; R256=1 runs only its v8/k65536 + 256 residual
+# configuration last and keeps that child's JSON output (summary + BENCH line) as a log.
 set -uo pipefail
 OUT=${OUT:-/tmp/vptq_out}
 mkdir -p "$OUT/results"
@@ -38,10 +40,12 @@ python3 -c "import vptq_rs, gguf; print('vptq_rs', vptq_rs.__version__)" 2>&1 | 
 step "build the CUDA extension"
 timeout 240 python3 -m vptq_rs.cuda_ext 2>&1 | tail -3 | tee -a "$LOG"
 
+if [ "${QUANT:-1}" = 1 ]; then
 step "quantize on the GPU: v8/k65536 with and without 256 residual centroids"
 timeout "${QUANT_T:-270}" python3 benchmarks/quantize_real.py --gpu --model "$MODEL" \
   --output-dir /tmp/runs --eval-limit "${EVAL_LIMIT:-8}" 2>&1 | tail -40 | tee -a "$LOG"
 save benchmarks/results/quantize-gpu-smollm2.json
+fi
 
 [ "${FINETUNE:-1}" = 1 ] || { step "done (fine-tuning skipped)"; exit 0; }
 step "fine-tuning: quantize v6/k4096, then distill"
@@ -51,8 +55,15 @@ timeout "${FTQ_T:-90}" python3 -m vptq_rs quantize --model "$MODEL" --num_gpus 1
 PACKED=$(ls -d /tmp/ftruns/*/v6_c4096/*/packed_model 2>/dev/null | grep -v partial | tail -1)
 if [ -n "$PACKED" ]; then
   timeout "${FT_T:-150}" python3 benchmarks/finetune_smollm2.py --packed "$PACKED" \
-    --teacher "$MODEL" --modes codebooks,lora --steps "${FT_STEPS:-100}" --batch-size 4 \
+    --teacher "$MODEL" --modes "${FT_MODES:-codebooks,lora}" --steps "${FT_STEPS:-100}" --batch-size 4 \
     --seq-len 2048 --limit 16 --work-dir /tmp/ftwork 2>&1 | tail -30 | tee -a "$LOG"
   save benchmarks/results/finetune_smollm2.json
+fi
+if [ "${R256:-0}" = 1 ]; then
+  step "quantize on the GPU: v8/k65536 + 256 residual centroids (one run)"
+  timeout "${R256_T:-240}" python3 benchmarks/quantize_real.py --gpu --one v8_k65536_r256 \
+    --model "$MODEL" --output-dir /tmp/runs --eval-limit "${EVAL_LIMIT:-8}" --eval-base \
+    > "$OUT/results/quantize-gpu-smollm2-r256.log" 2>&1
+  echo "exit $?" | tee -a "$LOG"; tail -c 600 "$OUT/results/quantize-gpu-smollm2-r256.log" | tee -a "$LOG"
 fi
 step "done"

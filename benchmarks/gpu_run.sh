@@ -3,8 +3,9 @@
 # sm_90, run the GPU tests, compute-sanitizer memcheck over the kernel test sweep, then the
 # benchmark suite. Everything it writes lands in $OUT (log.txt + results/gpu-*.json).
 #
-#   bash benchmarks/gpu_run.sh quick|full|suite [suite sections]
-# (suite: build + benchmarks only, skipping the tests and the sanitizer)
+#   bash benchmarks/gpu_run.sh quick|full|suite|tests|sanitizer [suite sections]
+# (suite: build + benchmarks only; tests: build + GPU tests only; sanitizer: build +
+# memcheck only -- a device call is limited to 10 minutes, so a full run takes two calls)
 #
 # Expects the abi3 wheel in .device/wheels/ (maturin build --release -o .device/wheels).
 set -uo pipefail
@@ -22,22 +23,26 @@ step "environment"
   python3 -c "import torch; print(torch.__version__, torch.version.cuda)"; nvcc --version | tail -1; } 2>&1 | tee -a "$LOG"
 
 step "install the wheel (compiled core), run the tree's Python"
-python3 -m pip install -q --no-deps --no-index --target /tmp/vptq_site .device/wheels/*.whl 2>&1 | tee -a "$LOG"
+python3 -m pip install -q --upgrade --no-deps --no-index --target /tmp/vptq_site .device/wheels/*.whl 2>&1 | tee -a "$LOG"
 cp /tmp/vptq_site/vptq_rs/_core*.so python/vptq_rs/ 2>&1 | tee -a "$LOG"
 export PYTHONPATH="$PWD/python"
 python3 -c "import vptq_rs; print('vptq_rs', vptq_rs.__version__)" 2>&1 | tee -a "$LOG"
 
-python3 -m pip install -q --no-deps --no-index --target /tmp/ms_site .device/ms/*.whl 2>&1 | tail -3 | tee -a "$LOG"
-export MS_VPTQ_SITE=/tmp/ms_site
+if ls .device/ms/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-deps --no-index --target /tmp/ms_site .device/ms/*.whl 2>&1 | tail -3 | tee -a "$LOG"
+  export MS_VPTQ_SITE=/tmp/ms_site
+fi
 
 step "build the CUDA extension"
 /usr/bin/time -f "build %es" python3 -m vptq_rs.cuda_ext 2>&1 | tail -5 | tee -a "$LOG"
 
-if [ "$MODE" != suite ]; then
+if [ "$MODE" != suite ] && [ "$MODE" != sanitizer ]; then
 step "gpu tests"
 timeout "${TEST_T:-200}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_ext.py 2>&1 \
   | tail -40 | tee -a "$LOG"
+fi
 
+if [ "$MODE" != suite ] && [ "$MODE" != tests ]; then
 step "compute-sanitizer memcheck over the kernel sweep"
 SAN_T=${SAN_T:-$([ "$MODE" = quick ] && echo 150 || echo 200)}
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "$SAN_T" \
@@ -47,6 +52,7 @@ PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "$SAN_T" \
 echo "sanitizer exit: ${PIPESTATUS[0]}" | tee -a "$LOG"
 fi
 
+[ "$MODE" = tests ] || [ "$MODE" = sanitizer ] && { step "end"; exit 0; }
 step "benchmark suite ($MODE)"
 QUICK=$([ "$MODE" = quick ] && echo --quick || echo)
 SUITE_T=${SUITE_T:-$([ "$MODE" = quick ] && echo 200 || echo 400)}

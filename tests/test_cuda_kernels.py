@@ -224,6 +224,21 @@ def test_assign_tf32_close(d):
     assert (labels >= 0).all() and (labels < k).all()
 
 
+@pytest.mark.parametrize("d", [4, 8, 12])
+def test_assign_tf32x1_close(d):
+    gen = torch.Generator(device=DEV).manual_seed(10 + d)
+    n, k = (4000, 3000) if SMALL else (20000, 70000 // d)
+    x = torch.randn(n, d, device=DEV, generator=gen)
+    c = torch.randn(k, d, device=DEV, generator=gen)
+    _, refd = brute_labels(x, c)
+    labels, dist = torch.ops.vptq_rs.kmeans_assign(x, c, 2)
+    got_d = ((x.double() - c.double()[labels.long()]) ** 2).sum(1)
+    # one TF32 product: scores are off by ~2^-10 of |x|^2 + |c|^2, not more
+    assert (got_d <= refd + 1e3 * rounding_slack(x, c)).all()
+    assert float(got_d.sum() / refd.sum()) < 1.001
+    assert torch.allclose(dist.double(), got_d, rtol=1e-5, atol=1e-6)
+
+
 def test_update_sums():
     gen = torch.Generator(device=DEV).manual_seed(1)
     x = torch.randn(5000, 5, device=DEV, generator=gen)
@@ -254,7 +269,7 @@ def test_seed_is_deterministic_and_picks_weighted_points():
     assert torch.unique(a, dim=0).shape[0] == 64
 
 
-@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "tf32x1"])
 def test_kmeans_finds_blobs_and_is_deterministic(precision):
     gen = torch.Generator(device=DEV).manual_seed(3)
     centers = torch.randn(16, 8, device=DEV, generator=gen) * 10

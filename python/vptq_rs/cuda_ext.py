@@ -46,10 +46,18 @@ from vptq_rs.errors import InvalidValueError, VptqError
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("ops.cpp", "dequant.cu", "gemv_f16.cu", "gemv_bf16.cu", "kmeans.cu")
+SOURCES = (
+    "ops.cpp",
+    "dequant.cu",
+    "gemv_f16.cu",
+    "gemv_f16_l2.cu",
+    "gemv_bf16.cu",
+    "gemv_bf16_l2.cu",
+    "kmeans.cu",
+)
 HEADERS = ("common.cuh", "vptq_kernels.h", "gemv.cuh", "gemv_launch.cuh")
 MAX_GEMV_TOKENS = 8
-KMEANS_MODES = {"fp32": 0, "tf32": 1}
+KMEANS_MODES = {"fp32": 0, "tf32": 1, "tf32x1": 2}
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}  # "result": module or None, "reason": why not
@@ -395,8 +403,10 @@ def kmeans(
     subsample of min(n, 4k) points, computed on the GPU). Same semantics as the core: Lloyd
     iterations until the relative inertia change is <= tol or ``iters`` updates, empty
     clusters re-seeded at the points with the largest weighted error (ties by index).
-    precision: "fp32" (CUDA cores) or "tf32" (tensor cores, 3xTF32 split products); both
-    score ``|c|^2 - 2 x.c`` in fp32 (labels may differ from exact distances on near-ties).
+    precision: "fp32" (CUDA cores), "tf32" (tensor cores, 3xTF32 split products, about fp32)
+    or "tf32x1" (one TF32 product: fastest; scores carry ~1e-3 relative error, so near-ties
+    may go to a slightly farther centroid); all score ``|c|^2 - 2 x.c`` in fp32 (labels may
+    differ from exact distances on near-ties).
     Returns ``(centroids float32 [k, d], labels int32 [n])`` on the
     compute device, plus ``{"inertia", "iterations"}`` when return_info.
     """

@@ -80,6 +80,12 @@ struct Entry {
 #pragma unroll
     for (int i = 0; i < kChunks; ++i) u.c[i] = src[i];
   }
+  // read-only path (ld.global.nc) for codebooks that stay in global memory
+  __device__ __forceinline__ void load_global(const T* p) {
+    const Chunk* src = reinterpret_cast<const Chunk*>(p);
+#pragma unroll
+    for (int i = 0; i < kChunks; ++i) u.c[i] = __ldg(src + i);
+  }
   __device__ __forceinline__ void get(float (&out)[V]) const {
 #pragma unroll
     for (int l = 0; l < V; ++l) out[l] = to_f(u.t[l]);

@@ -3,10 +3,16 @@
 // y[t, r] = sum_p Q[r, p] * xs[t, p] + sum_j bias_w[j] x[t, j] + bias[r], where Q is the
 // codebook value at permuted column p and xs[t, p] = scale[perm[p]] * x[t, perm[p]]: the
 // normalisation folds into the activations (prologue kernel), so the main kernel only
-// gathers codebook rows. Each warp owns one vector row (v output rows) and a 1/S slice of
-// its packed words; the S partial sums of a row meet in shared memory, so no second
-// reduction kernel runs. Codebooks sit in shared memory when they fit (persistent grid,
-// staged once per block), else they are read through L1/L2.
+// gathers codebook rows.
+//
+// Main kernel: a block owns `rows_per_block` vector rows (v output rows each); S warps share
+// a row, each taking 1/S of every column tile, and their partial sums meet in shared memory
+// (no second reduction kernel). Columns are walked in tiles; the packed words of the block's
+// rows and the activations of a tile are copied into shared memory with cp.async, `stages`
+// tiles ahead, so the index stream from DRAM overlaps the gathers (Nsight showed the
+// previous, register-prefetching design stalled on those loads at 16 warps/SM). A code is
+// decoded from two staged words with one funnel shift. Codebooks sit in shared memory when
+// they fit (persistent grid, staged once per block), else they are read through L1/L2.
 #pragma once
 
 #include "common.cuh"
@@ -15,11 +21,9 @@
 namespace vptq {
 namespace gemv {
 
-constexpr int kTile = 1024;  // columns per prologue block (bias partial sums)
+constexpr int kTile = 1024;    // columns per prologue block (bias partial sums)
+constexpr int kWordPad = 4;    // staged words per row past the tile: the w+1 read, 16B aligned
 
-// activation tile (codes) staged in shared memory per step, and codes decoded per lane
-template <int NT>
-__host__ __device__ constexpr int tile_n() { return NT <= 2 ? 4096 : 1024; }
 template <int V>
 __host__ __device__ constexpr int codes_per_lane() { return V <= 8 ? 8 : 4; }
 
@@ -30,13 +34,71 @@ struct Params {
   const void* bias;     // [rows] or null
   void* y;              // [T, rows]
   int tokens, nchunks, splits, cb_smem;
-  uint64_t magic;       // ceil(2^32 / tb)
+  int tile;             // columns per pipeline step (power of two, >= 128, multiple of 32*S)
+  int stages;           // tiles in flight (2 or 3)
+  int words_vec;        // packed rows are 16-byte aligned: copy words 16 bytes at a time
+  int x_vec;            // activation tiles are 16-byte aligned
 };
 
-template <int NT, int V>
+// 256 threads where the accumulators or odd-length (2-byte aligned) codebook rows need more
+// than the 128 registers a 512-thread block allows
+__host__ __device__ constexpr int threads_for(int nt, int v) {
+  return (nt * v > 32 || (v % 2 == 1 && v > 4)) ? 256 : 512;
+}
+
+// kSmem: codebooks staged in shared memory, else read through L1/L2. (Asking for two blocks
+// per SM on the L2 path caps registers at 64 and spills the gathered rows.)
+template <int NT, int V, bool kSmem>
 struct Cfg {
-  static constexpr int kThreads = NT * V > 32 ? 256 : 512;
+  static constexpr int kThreads = threads_for(NT, V);
 };
+
+// shared-memory layout of one pipeline stage: [x: NT*tile floats][words: rpb*(tw+pad)]
+__host__ __device__ inline int64_t tile_words(int tile, int tb) {
+  return int64_t{tile} * tb / 32;
+}
+__host__ __device__ inline int64_t stage_floats(int nt, int tile, int tb, int rpb) {
+  return int64_t{nt} * tile + int64_t{rpb} * (tile_words(tile, tb) + kWordPad);
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Copies n 4-byte items from src to dst (n_pad >= n slots, zero-filled past n), by the
+// whole block; 16 bytes per copy when both sides are 16-byte aligned (vec).
+__device__ __forceinline__ void stage_copy(uint32_t* dst, const uint32_t* src, int n, int n_pad,
+                                           bool vec) {
+  if (vec) {
+    for (int i = threadIdx.x * 4; i < n_pad; i += blockDim.x * 4) {
+      const int left = n - i;
+      if (left >= 4) {
+        cp_async16(dst + i, src + i, 16);
+      } else if (left > 0) {
+        cp_async16(dst + i, src + i, left * 4);  // the rest of the 16 bytes is zero-filled
+      } else {
+        *reinterpret_cast<uint4*>(dst + i) = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < n_pad; i += blockDim.x) {
+      if (i < n) {
+        cp_async4(dst + i, src + i);
+      } else {
+        dst[i] = 0u;
+      }
+    }
+  }
+}
 
 // xs[t, p] = x[t, perm[p]] * scale[perm[p]]; xbias[t, chunk] = sum bias_w[j] * x[t, j].
 template <typename T>
@@ -76,31 +138,35 @@ __global__ void __launch_bounds__(256) prologue_kernel(Params p, const T* __rest
   }
 }
 
-template <typename T, int V, int NT>
-__global__ void __launch_bounds__(Cfg<NT, V>::kThreads, 1) main_kernel(Params p) {
+template <typename T, int V, int NT, bool kSmem>
+__global__ void __launch_bounds__(Cfg<NT, V, kSmem>::kThreads, 1) main_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const LayerArgs& a = p.a;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int nwarps = blockDim.x >> 5;
   const int S = p.splits;
-  const int rows_per_block = nwarps / S;
+  const int rpb = nwarps / S;  // vector rows per block
   const int my_row = warp / S;
   const int split = warp - my_row * S;
   const int tb = a.index_bits + a.res_bits;
-  const uint64_t code_mask = (uint64_t{1} << tb) - 1;
+  const uint32_t code_mask = tb >= 32 ? 0xffffffffu : (1u << tb) - 1u;
   const uint32_t main_mask = (1u << a.index_bits) - 1u;
   const int K = 1 << a.index_bits;
   const int Kr = a.res_bits ? 1 << a.res_bits : 0;
   const bool has_res = a.res_centroids != nullptr;
+  const int tile = p.tile;
+  const int tw = static_cast<int>(tile_words(tile, tb));
+  const int row_stride = tw + kWordPad;
+  const int64_t stage_sz = stage_floats(NT, tile, tb, rpb);
 
-  // shared memory: [codebooks (optional)] [activation tile NT x kTile] [partials]
+  // shared memory: [codebooks (optional)] [stages x (x tile, word tiles)] [partials]
   const int64_t cb_elems = int64_t{a.groups} * K * V;
   const int64_t rcb_elems = has_res ? int64_t{a.groups} * Kr * V : 0;
   size_t off = 0;
   const T* cbm = static_cast<const T*>(a.centroids);
   const T* cbr = static_cast<const T*>(a.res_centroids);
-  if (p.cb_smem) {
+  if (kSmem) {
     T* s_cb = reinterpret_cast<T*>(smem);
     const size_t main_bytes = ((cb_elems * sizeof(T)) + 15) / 16 * 16;
     T* s_rcb = reinterpret_cast<T*>(smem + main_bytes);
@@ -119,14 +185,65 @@ __global__ void __launch_bounds__(Cfg<NT, V>::kThreads, 1) main_kernel(Params p)
     cbr = s_rcb;
     off = main_bytes + ((rcb_elems * sizeof(T)) + 15) / 16 * 16;
   }
-  float* s_x = reinterpret_cast<float*>(smem + off);
-  float* s_part = s_x + NT * tile_n<NT>();
+  float* s_stage = reinterpret_cast<float*>(smem + off);
+  float* s_part = s_stage + p.stages * stage_sz;
 
   const int R = a.num_vectors;
-  const int nrb = (R + rows_per_block - 1) / rows_per_block;
+  const int gs = a.group_size;
+  const int tiles_per_group = (gs + tile - 1) / tile;
+  const int nsteps = a.groups * tiles_per_group;
+  const int share = tile / S;  // columns of a tile one warp handles
+  const int nrb = (R + rpb - 1) / rpb;
+
   for (int rb = blockIdx.x; rb < nrb; rb += gridDim.x) {
-    const int rv = rb * rows_per_block + my_row;
+    const int rv = rb * rpb + my_row;
     const bool active = rv < R;
+
+    // Step st of this row block: group st / tiles_per_group, column tile st % tiles_per_group.
+    auto issue = [&](int st) {
+      if (st < nsteps) {
+        const int g = st / tiles_per_group;
+        const int c0 = (st - g * tiles_per_group) * tile;
+        const int cn = min(tile, gs - c0);
+        float* buf = s_stage + (st % p.stages) * stage_sz;
+        const int64_t xbase = a.outlier_size + int64_t{g} * gs + c0;
+        for (int t = 0; t < NT; ++t) {
+          uint32_t* dst = reinterpret_cast<uint32_t*>(buf + t * tile);
+          if (t < p.tokens) {
+            stage_copy(dst, reinterpret_cast<const uint32_t*>(p.xs + int64_t{t} * a.cols + xbase),
+                       cn, tile, p.x_vec);
+          } else {
+            stage_copy(dst, nullptr, 0, tile, true);
+          }
+        }
+        // words of this tile: bits [c0*tb, (c0+cn)*tb) of each row (c0*tb is a multiple of
+        // 128); the S warps of a row copy its words, coalesced, with no index arithmetic
+        const int64_t w0 = int64_t{c0} * tb / 32;
+        const int nw = active ? static_cast<int>(min(int64_t{tw}, int64_t{a.words} - w0)) : 0;
+        uint32_t* dst = reinterpret_cast<uint32_t*>(buf + NT * tile) + my_row * row_stride;
+        const uint32_t* src = reinterpret_cast<const uint32_t*>(
+            a.indices + (int64_t{g} * R + min(rv, R - 1)) * a.words + w0);
+        if (p.words_vec) {
+          for (int k = 4 * (split * 32 + lane); k < row_stride; k += 128 * S) {
+            if (k < nw) {
+              cp_async16(dst + k, src + k, min(nw - k, 4) * 4);  // zero-fills the rest
+            } else {
+              *reinterpret_cast<uint4*>(dst + k) = make_uint4(0u, 0u, 0u, 0u);
+            }
+          }
+        } else {
+          for (int k = split * 32 + lane; k < row_stride; k += 32 * S) {
+            if (k < nw) {
+              cp_async4(dst + k, src + k);
+            } else {
+              dst[k] = 0u;
+            }
+          }
+        }
+      }
+      cp_commit();  // an empty group past the end keeps the wait counts uniform
+    };
+
     float acc[NT][V];
 #pragma unroll
     for (int t = 0; t < NT; ++t)
@@ -155,70 +272,67 @@ __global__ void __launch_bounds__(Cfg<NT, V>::kThreads, 1) main_kernel(Params p)
       }
     }
 
-    constexpr int kTileN = tile_n<NT>();
+    __syncthreads();  // the previous row block is done with every stage buffer
+    for (int st = 0; st < p.stages - 1; ++st) issue(st);
+
     constexpr int kCodes = codes_per_lane<V>();
-    for (int g = 0; g < a.groups; ++g) {
-      const int32_t* rowp = a.indices + (int64_t{g} * R + (active ? rv : 0)) * a.words;
+    for (int st = 0; st < nsteps; ++st) {
+      if (p.stages == 3) {
+        cp_wait<1>();
+      } else {
+        cp_wait<0>();
+      }
+      __syncthreads();  // step st is staged for every thread; step st-1's buffer is free
+      issue(st + p.stages - 1);
+      if (!active) continue;
+
+      const int g = st / tiles_per_group;
+      const int c0 = (st - g * tiles_per_group) * tile;
+      const int cn = min(tile, gs - c0);
+      const float* sx = s_stage + (st % p.stages) * stage_sz;
+      const uint32_t* sw =
+          reinterpret_cast<const uint32_t*>(sx + NT * tile) + my_row * row_stride;
       const T* cbg = cbm + int64_t{g} * K * V;
       const T* rcbg = has_res ? cbr + int64_t{g} * Kr * V : nullptr;
-      for (int c0 = 0; c0 < a.group_size; c0 += kTileN) {
-        const int cn = min(kTileN, a.group_size - c0);
-        __syncthreads();  // the previous tile is consumed
-        const int64_t xbase = a.outlier_size + int64_t{g} * a.group_size + c0;
-        for (int i = threadIdx.x; i < NT * kTileN; i += blockDim.x) {
-          const int t = i / kTileN;
-          const int c = i - t * kTileN;
-          s_x[i] = (t < p.tokens && c < cn) ? p.xs[int64_t{t} * a.cols + xbase + c] : 0.f;
-        }
-        __syncthreads();
-        if (!active) continue;
-        // Lanes take consecutive codes (coalesced word reads, mostly L1 hits); kCodes codes
-        // per lane are decoded before any codebook row is used, so that many independent
-        // gathers are in flight per lane.
-        const int cend = c0 + cn;
-        const int step = 32 * kCodes * S;
-        uint32_t code[kCodes];
+      const int qend = min(cn, (split + 1) * share);
+      // Lanes take consecutive codes: the words they read are consecutive (conflict-free),
+      // and kCodes codes per lane are decoded before any codebook row is used, so that many
+      // independent gathers are in flight per lane.
+      for (int q0 = split * share; q0 < qend; q0 += 32 * kCodes) {
+        Entry<T, V> e[kCodes];
+        Entry<T, V> re[kCodes];
 #pragma unroll
         for (int u = 0; u < kCodes; ++u) {
-          const int c = c0 + split * 32 * kCodes + u * 32 + lane;
-          code[u] = c < cend ? read_code(rowp, a.words, c, tb) : 0u;
+          const int q = min(q0 + u * 32 + lane, qend - 1);
+          const uint32_t bit = static_cast<uint32_t>(q) * tb;
+          const uint32_t w = bit >> 5;
+          const uint32_t code = __funnelshift_r(sw[w], sw[w + 1], bit & 31) & code_mask;
+          if (kSmem) {
+            e[u].load(cbg + (code & main_mask) * V);
+            if (rcbg) re[u].load(rcbg + (code >> a.index_bits) * V);
+          } else {
+            e[u].load_global(cbg + (code & main_mask) * V);
+            if (rcbg) re[u].load_global(rcbg + (code >> a.index_bits) * V);
+          }
         }
-        for (int cb = c0 + split * 32 * kCodes; cb < cend; cb += step) {
-          Entry<T, V> e[kCodes];
-          Entry<T, V> re[kCodes];
 #pragma unroll
-          for (int u = 0; u < kCodes; ++u) {
-            e[u].load(cbg + int64_t{code[u] & main_mask} * V);
-            if (rcbg) re[u].load(rcbg + int64_t{code[u] >> a.index_bits} * V);
-          }
-          // the next step's packed words load while this step's rows are gathered
-          uint32_t next[kCodes];
+        for (int u = 0; u < kCodes; ++u) {
+          const int q = q0 + u * 32 + lane;
+          if (q >= qend) continue;
+          float cv[V];
+          e[u].get(cv);
+          if (rcbg) {
+            float rv2[V];
+            re[u].get(rv2);
 #pragma unroll
-          for (int u = 0; u < kCodes; ++u) {
-            const int c = cb + step + u * 32 + lane;
-            next[u] = c < cend ? read_code(rowp, a.words, c, tb) : 0u;
+            for (int l = 0; l < V; ++l) cv[l] += rv2[l];
           }
 #pragma unroll
-          for (int u = 0; u < kCodes; ++u) {
-            const int c = cb + u * 32 + lane;
-            if (c >= cend) continue;
-            float cv[V];
-            e[u].get(cv);
-            if (rcbg) {
-              float rv2[V];
-              re[u].get(rv2);
+          for (int t = 0; t < NT; ++t) {
+            const float xv = sx[t * tile + q];
 #pragma unroll
-              for (int l = 0; l < V; ++l) cv[l] += rv2[l];
-            }
-#pragma unroll
-            for (int t = 0; t < NT; ++t) {
-              const float xv = s_x[t * kTileN + (c - c0)];
-#pragma unroll
-              for (int l = 0; l < V; ++l) acc[t][l] = fmaf(cv[l], xv, acc[t][l]);
-            }
+            for (int l = 0; l < V; ++l) acc[t][l] = fmaf(cv[l], xv, acc[t][l]);
           }
-#pragma unroll
-          for (int u = 0; u < kCodes; ++u) code[u] = next[u];
         }
       }
     }

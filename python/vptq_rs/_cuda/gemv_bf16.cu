@@ -1,7 +1,10 @@
-// GEMV instantiations for bf16 codebooks/activations.
+// GEMV kernels for bf16 codebooks/activations staged in shared memory.
 #include "gemv_launch.cuh"
 
 namespace vptq {
+namespace gemv {
+template cudaError_t run<__nv_bfloat16, true>(const Params&, cudaStream_t);
+}  // namespace gemv
 
 cudaError_t launch_gemv_bf16(const LayerArgs& a, const void* x, int tokens, const int32_t* perm,
                              const void* bias, void* y, float* workspace, int mode,

@@ -1,7 +1,11 @@
-// GEMV instantiations for fp16 codebooks/activations, and the dtype dispatch.
+// GEMV kernels for fp16 codebooks/activations staged in shared memory, and the dtype
+// dispatch.
 #include "gemv_launch.cuh"
 
 namespace vptq {
+namespace gemv {
+template cudaError_t run<__half, true>(const Params&, cudaStream_t);
+}  // namespace gemv
 
 cudaError_t launch_gemv_bf16(const LayerArgs& a, const void* x, int tokens, const int32_t* perm,
                              const void* bias, void* y, float* workspace, int mode,

@@ -1,6 +1,9 @@
-// Host-side launch of the GEMV kernels for one codebook dtype (instantiated per dtype in
-// gemv_f16.cu / gemv_bf16.cu so the two compile in parallel).
+// Host-side launch of the GEMV kernels. The kernels of one codebook dtype and codebook
+// placement (shared memory or L1/L2) are instantiated in their own translation unit
+// (gemv_{f16,bf16}{,_l2}.cu) so the four compile in parallel.
 #pragma once
+
+#include <algorithm>
 
 #include "gemv.cuh"
 
@@ -40,58 +43,123 @@ inline int next_pow2(int x) {
   return p;
 }
 
-template <typename T, int V, int NT>
-cudaError_t launch_main(Params p, int mode, cudaStream_t s) {
-  constexpr int kThreads = Cfg<NT, V>::kThreads;
-  constexpr int kWarps = kThreads / 32;
+inline int64_t partial_bytes(int nt, int v) {
+  return int64_t{threads_for(nt, v) / 32} * nt * v * 4;
+}
+
+// Shared memory of the smallest pipeline (2 stages of 128 columns, one row per warp).
+inline int64_t min_pipeline_bytes(const LayerArgs& a, int nt) {
+  const int tb = a.index_bits + a.res_bits;
+  const int rpb = threads_for(nt, a.v) / 32;
+  return 2 * stage_floats(nt, 128, tb, rpb) * 4 + partial_bytes(nt, a.v);
+}
+
+// Picks splits per row, column tile and pipeline depth, then launches one configuration.
+template <typename T, int V, int NT, bool kSmem>
+cudaError_t launch_main(Params p, cudaStream_t s) {
+  using C = Cfg<NT, V, kSmem>;
+  constexpr int kWarps = C::kThreads / 32;
   const DeviceInfo dev = device_info();
   const LayerArgs& a = p.a;
-  const int64_t base = int64_t{NT} * tile_n<NT>() * 4 + int64_t{kWarps} * NT * V * 4;
-  const int64_t cb = codebook_bytes<T>(a);
-  const bool fits = cb + base + 1024 <= dev.smem_block_optin;
-  const int64_t index_bytes = int64_t{a.groups} * a.num_vectors * a.words * 4;
-  bool use_smem = false;
-  if (mode == 1) use_smem = fits;
-  if (mode == 0) use_smem = fits && cb * dev.sms <= 2 * index_bytes;
-  const int64_t bytes = base + (use_smem ? cb : 0);
+  const int tb = a.index_bits + a.res_bits;
   const int R = a.num_vectors;
+  const int64_t cb = kSmem ? codebook_bytes<T>(a) : 0;
+  const int64_t part = int64_t{kWarps} * NT * V * 4;
+  // enough rows x splits for one block on every SM
+  const int64_t target = int64_t{dev.sms} * kWarps;
   int S = 1;
-  int grid = 0;
-  if (use_smem) {
-    const int by_smem = static_cast<int>(dev.smem_sm / (bytes + 1024));
-    const int bps = max(1, min(by_smem, 2048 / kThreads));
-    const int cap = dev.sms * bps;
-    while (S < kWarps && (R + kWarps / S - 1) / (kWarps / S) < cap) S <<= 1;
-    const int nrb = (R + kWarps / S - 1) / (kWarps / S);
-    grid = min(nrb, cap);
-  } else {
-    const int target = dev.sms * 16;  // a block's worth of warps per SM
-    while (S < kWarps && R * S < target) S <<= 1;
-    grid = (R + kWarps / S - 1) / (kWarps / S);
+  while (S < 8 && S < kWarps && int64_t{R} * S < target) S <<= 1;
+  // more splits when they balance the row blocks over the SMs clearly better (tail effect)
+  auto balance = [&](int s_) {
+    const int64_t n = (R + kWarps / s_ - 1) / (kWarps / s_);
+    const int64_t rounds = (n + dev.sms - 1) / dev.sms;
+    return static_cast<double>(n) / static_cast<double>(rounds * dev.sms);
+  };
+  for (int s2 = S * 2; s2 <= 8 && s2 <= kWarps; s2 <<= 1)
+    if (balance(s2) > balance(S) + 0.05) S = s2;
+  const int rpb = kWarps / S;
+  // about 1024 codes per warp per step (the wait + barrier + copy issue of a step cost about
+  // as much as 8 codes per lane); never wider than the group
+  const int min_tile = std::max(128, 32 * S);
+  int tile = std::min(4096, 1024 * S);
+  tile = std::min(tile, std::max(min_tile, next_pow2(a.group_size)));
+  int stages = 3;
+  const int64_t budget = dev.smem_block_optin - 1024;
+  auto need = [&](int t, int st) { return cb + st * stage_floats(NT, t, tb, rpb) * 4 + part; };
+  while (need(tile, stages) > budget) {
+    if (tile > std::max(min_tile, 512 * S)) {
+      tile >>= 1;
+    } else if (stages == 3) {
+      stages = 2;
+    } else if (tile > min_tile) {
+      tile >>= 1;
+    } else {
+      return cudaErrorInvalidConfiguration;
+    }
   }
+  const int64_t bytes = need(tile, stages);
   p.splits = S;
-  p.cb_smem = use_smem ? 1 : 0;
-  auto kern = main_kernel<T, V, NT>;
+  p.tile = tile;
+  p.stages = stages;
+  p.cb_smem = kSmem ? 1 : 0;
+  auto kern = main_kernel<T, V, NT, kSmem>;
   if (bytes > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(bytes));
     if (e != cudaSuccess) return e;
   }
-  kern<<<grid, kThreads, bytes, s>>>(p);
+  int bps = 0;
+  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kern, C::kThreads,
+                                                                static_cast<size_t>(bytes));
+  if (e != cudaSuccess) return e;
+  const int nrb = (R + rpb - 1) / rpb;
+  const int grid = std::max(1, std::min(nrb, dev.sms * std::max(1, bps)));
+  kern<<<grid, C::kThreads, bytes, s>>>(p);
   return cudaGetLastError();
 }
 
-template <typename T, int V>
-cudaError_t launch_v(const Params& p, int mode, cudaStream_t s) {
+template <typename T, int V, bool kSmem>
+cudaError_t launch_v(const Params& p, cudaStream_t s) {
   switch (next_pow2(p.tokens)) {
-    case 1: return launch_main<T, V, 1>(p, mode, s);
-    case 2: return launch_main<T, V, 2>(p, mode, s);
-    case 4: return launch_main<T, V, 4>(p, mode, s);
-    case 8: return launch_main<T, V, 8>(p, mode, s);
+    case 1: return launch_main<T, V, 1, kSmem>(p, s);
+    case 2: return launch_main<T, V, 2, kSmem>(p, s);
+    case 4: return launch_main<T, V, 4, kSmem>(p, s);
+    case 8: return launch_main<T, V, 8, kSmem>(p, s);
     default: return cudaErrorInvalidValue;
   }
 }
 
+// Every vector length for one dtype and codebook placement (explicitly instantiated per TU).
+template <typename T, bool kSmem>
+cudaError_t run(const Params& p, cudaStream_t s) {
+  switch (p.a.v) {
+    case 1: return launch_v<T, 1, kSmem>(p, s);
+    case 2: return launch_v<T, 2, kSmem>(p, s);
+    case 3: return launch_v<T, 3, kSmem>(p, s);
+    case 4: return launch_v<T, 4, kSmem>(p, s);
+    case 5: return launch_v<T, 5, kSmem>(p, s);
+    case 6: return launch_v<T, 6, kSmem>(p, s);
+    case 7: return launch_v<T, 7, kSmem>(p, s);
+    case 8: return launch_v<T, 8, kSmem>(p, s);
+    case 9: return launch_v<T, 9, kSmem>(p, s);
+    case 10: return launch_v<T, 10, kSmem>(p, s);
+    case 11: return launch_v<T, 11, kSmem>(p, s);
+    case 12: return launch_v<T, 12, kSmem>(p, s);
+    case 13: return launch_v<T, 13, kSmem>(p, s);
+    case 14: return launch_v<T, 14, kSmem>(p, s);
+    case 15: return launch_v<T, 15, kSmem>(p, s);
+    case 16: return launch_v<T, 16, kSmem>(p, s);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+extern template cudaError_t run<__half, true>(const Params&, cudaStream_t);
+extern template cudaError_t run<__half, false>(const Params&, cudaStream_t);
+extern template cudaError_t run<__nv_bfloat16, true>(const Params&, cudaStream_t);
+extern template cudaError_t run<__nv_bfloat16, false>(const Params&, cudaStream_t);
+
+// Prologue, then the main kernel with the codebooks in shared memory (mode 1, or mode 0
+// when they fit and staging them per block costs less than the index stream) or in L2.
 template <typename T>
 cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const int32_t* perm,
                          const void* bias, void* y, float* workspace, int mode,
@@ -105,30 +173,25 @@ cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const in
   p.xbias = workspace + int64_t{tokens} * a.cols;
   p.bias = bias;
   p.y = y;
-  const int tb = a.index_bits + a.res_bits;
-  p.magic = ((uint64_t{1} << 32) + tb - 1) / tb;
+  p.splits = 1;
+  p.cb_smem = 0;
+  p.tile = 128;
+  p.stages = 2;
+  // 16-byte copies need 16-byte aligned rows: whole multiples of 4 words / floats
+  p.words_vec = (a.words % 4 == 0 && reinterpret_cast<uintptr_t>(a.indices) % 16 == 0) ? 1 : 0;
+  p.x_vec = (a.cols % 4 == 0 && a.outlier_size % 4 == 0 && a.group_size % 4 == 0) ? 1 : 0;
   prologue_kernel<T><<<dim3(p.nchunks, tokens), 256, 0, s>>>(p, static_cast<const T*>(x), perm);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  switch (a.v) {
-    case 1: return launch_v<T, 1>(p, mode, s);
-    case 2: return launch_v<T, 2>(p, mode, s);
-    case 3: return launch_v<T, 3>(p, mode, s);
-    case 4: return launch_v<T, 4>(p, mode, s);
-    case 5: return launch_v<T, 5>(p, mode, s);
-    case 6: return launch_v<T, 6>(p, mode, s);
-    case 7: return launch_v<T, 7>(p, mode, s);
-    case 8: return launch_v<T, 8>(p, mode, s);
-    case 9: return launch_v<T, 9>(p, mode, s);
-    case 10: return launch_v<T, 10>(p, mode, s);
-    case 11: return launch_v<T, 11>(p, mode, s);
-    case 12: return launch_v<T, 12>(p, mode, s);
-    case 13: return launch_v<T, 13>(p, mode, s);
-    case 14: return launch_v<T, 14>(p, mode, s);
-    case 15: return launch_v<T, 15>(p, mode, s);
-    case 16: return launch_v<T, 16>(p, mode, s);
-    default: return cudaErrorInvalidValue;
-  }
+  const DeviceInfo dev = device_info();
+  const int nt = next_pow2(tokens);
+  const int64_t cb = codebook_bytes<T>(a);
+  const bool fits = cb + min_pipeline_bytes(a, nt) + 1024 <= dev.smem_block_optin;
+  const int64_t index_bytes = int64_t{a.groups} * a.num_vectors * a.words * 4;
+  bool use_smem = false;
+  if (mode == 1) use_smem = fits;
+  if (mode == 0) use_smem = fits && cb * dev.sms <= 2 * index_bytes;
+  return use_smem ? run<T, true>(p, s) : run<T, false>(p, s);
 }
 
 }  // namespace gemv

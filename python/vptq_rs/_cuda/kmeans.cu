@@ -6,7 +6,10 @@
 // chunks with a 64-bit atomicMin on (order-preserving score bits << 32 | index), so the
 // result does not depend on block scheduling and ties go to the lowest index. The score is
 // |c|^2 - 2 x.c; mode 1 computes x.c on TF32 tensor cores (mma.sync m16n8k8, split into
-// hi + lo parts, 3 products: about fp32 accuracy) with |c|^2 as the accumulator's initial value. A final pass decodes labels and recomputes each
+// hi + lo parts, 3 products: about fp32 accuracy) with |c|^2 as the accumulator's initial
+// value; mode 2 uses one TF32 product (x and c rounded to 10-bit mantissas: near-ties may
+// pick a neighbour whose distance is larger by ~1e-3 relative, for a third of the tensor
+// work and twice the points per warp). A final pass decodes labels and recomputes each
 // point's exact fp32 squared distance.
 #include <algorithm>
 #include <cfloat>
@@ -112,8 +115,10 @@ __global__ void __launch_bounds__(256) assign_simt(const float* __restrict__ x, 
   }
 }
 
-// ---- mode 1: TF32 tensor cores ----------------------------------------------------------
-constexpr int kMt = 4;  // 16-point m-tiles per warp
+// ---- modes 1 and 2: TF32 tensor cores -----------------------------------------------------
+// 16-point m-tiles per warp: independent accumulators hide the mma latency
+template <int NP>
+__host__ __device__ constexpr int m_tiles() { return NP == 1 ? 8 : 4; }
 
 __device__ __forceinline__ uint32_t to_tf32(float v) {
   uint32_t t;
@@ -129,7 +134,8 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4],
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-template <int KS>  // k-steps of 8 dimensions: d <= 8 * KS
+// KS: k-steps of 8 dimensions (d <= 8 * KS); NP: products per step (3 = split hi/lo, 1 = hi)
+template <int KS, int NP>
 __global__ void __launch_bounds__(256) assign_mma(const float* __restrict__ x, int64_t n, int d,
                                                   const float* __restrict__ cent, int k, int kc,
                                                   unsigned long long* __restrict__ keys) {
@@ -139,6 +145,7 @@ __global__ void __launch_bounds__(256) assign_mma(const float* __restrict__ x, i
   float* s_lo = sm + kc * kStride;
   float* s_n = s_lo + kc * kStride;
   const int c0 = blockIdx.x * kc;
+  constexpr int kMt = m_tiles<NP>();
   stage_chunk(cent, k, d, c0, kc, kStride, true, s_c, s_n, s_lo);
   __syncthreads();
   const int lane = threadIdx.x & 31;
@@ -152,7 +159,7 @@ __global__ void __launch_bounds__(256) assign_mma(const float* __restrict__ x, i
   for (int64_t tb = blockIdx.y; tb < ntiles; tb += gridDim.y) {
     const int64_t m0 = tb * tile + warp * warp_pts;
     uint32_t a[kMt][KS][4];
-    uint32_t al[kMt][KS][4];
+    uint32_t al[NP == 3 ? kMt : 1][KS][4];
     float best[kMt][2];
     int bi[kMt][2];
 #pragma unroll
@@ -171,10 +178,12 @@ __global__ void __launch_bounds__(256) assign_mma(const float* __restrict__ x, i
         a[mt][s][1] = to_tf32(v1);
         a[mt][s][2] = to_tf32(v2);
         a[mt][s][3] = to_tf32(v3);
-        al[mt][s][0] = to_tf32(v0 - __uint_as_float(a[mt][s][0]));
-        al[mt][s][1] = to_tf32(v1 - __uint_as_float(a[mt][s][1]));
-        al[mt][s][2] = to_tf32(v2 - __uint_as_float(a[mt][s][2]));
-        al[mt][s][3] = to_tf32(v3 - __uint_as_float(a[mt][s][3]));
+        if (NP == 3) {
+          al[NP == 3 ? mt : 0][s][0] = to_tf32(v0 - __uint_as_float(a[mt][s][0]));
+          al[NP == 3 ? mt : 0][s][1] = to_tf32(v1 - __uint_as_float(a[mt][s][1]));
+          al[NP == 3 ? mt : 0][s][2] = to_tf32(v2 - __uint_as_float(a[mt][s][2]));
+          al[NP == 3 ? mt : 0][s][3] = to_tf32(v3 - __uint_as_float(a[mt][s][3]));
+        }
       }
       best[mt][0] = best[mt][1] = INFINITY;
       bi[mt][0] = bi[mt][1] = 0;
@@ -185,8 +194,10 @@ __global__ void __launch_bounds__(256) assign_mma(const float* __restrict__ x, i
       for (int s = 0; s < KS; ++s) {
         b[s][0] = __float_as_uint(s_c[(n0 + g) * kStride + t + 8 * s]);
         b[s][1] = __float_as_uint(s_c[(n0 + g) * kStride + t + 4 + 8 * s]);
-        bl[s][0] = __float_as_uint(s_lo[(n0 + g) * kStride + t + 8 * s]);
-        bl[s][1] = __float_as_uint(s_lo[(n0 + g) * kStride + t + 4 + 8 * s]);
+        if (NP == 3) {
+          bl[s][0] = __float_as_uint(s_lo[(n0 + g) * kStride + t + 8 * s]);
+          bl[s][1] = __float_as_uint(s_lo[(n0 + g) * kStride + t + 4 + 8 * s]);
+        }
       }
       const float2 nn = *reinterpret_cast<const float2*>(s_n + n0 + 2 * t);
       const int j0 = n0 + 2 * t;
@@ -195,8 +206,10 @@ __global__ void __launch_bounds__(256) assign_mma(const float* __restrict__ x, i
         float c[4] = {nn.x, nn.y, nn.x, nn.y};
 #pragma unroll
         for (int s = 0; s < KS; ++s) {  // small terms first: lo*hi, hi*lo, then hi*hi
-          mma_tf32(c, al[mt][s], b[s]);
-          mma_tf32(c, a[mt][s], bl[s]);
+          if (NP == 3) {
+            mma_tf32(c, al[NP == 3 ? mt : 0][s], b[s]);
+            mma_tf32(c, a[mt][s], bl[s]);
+          }
           mma_tf32(c, a[mt][s], b[s]);
         }
         if (c[0] < best[mt][0]) { best[mt][0] = c[0]; bi[mt][0] = j0; }
@@ -446,7 +459,7 @@ cudaError_t run_simt(const float* x, int64_t n, const float* cent, int k,
   return cudaGetLastError();
 }
 
-template <int KS>
+template <int KS, int NP>
 cudaError_t run_mma(const float* x, int64_t n, int d, const float* cent, int k,
                     unsigned long long* keys, cudaStream_t s) {
   constexpr int kStride = 8 * KS + 4;
@@ -454,11 +467,11 @@ cudaError_t run_mma(const float* x, int64_t n, int d, const float* cent, int k,
   kc = std::min(kc, (k + 7) / 8 * 8);
   const size_t smem = size_t{static_cast<size_t>(kc)} * (2 * kStride + 1) * 4;
   const int nchunks = (k + kc - 1) / kc;
-  const int64_t tile = 16 * kMt * 8;
+  const int64_t tile = 16 * m_tiles<NP>() * 8;
   const int64_t ntiles = (n + tile - 1) / tile;
   const int64_t want = (int64_t{sm_count()} * 4 + nchunks - 1) / nchunks;
   const int ys = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(std::min<int64_t>(ntiles, want), 65535)));
-  auto kern = assign_mma<KS>;
+  auto kern = assign_mma<KS, NP>;
   if (smem > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
@@ -483,8 +496,11 @@ cudaError_t launch_kmeans_assign(const float* x, int64_t n, int d, const float* 
   cudaError_t e = cudaMemsetAsync(keys, 0xff, sizeof(unsigned long long) * n, stream);
   if (e != cudaSuccess) return e;
   if (mode == 1) {
-    e = d <= 8 ? run_mma<1>(x, n, d, centroids, k, keys, stream)
-               : run_mma<2>(x, n, d, centroids, k, keys, stream);
+    e = d <= 8 ? run_mma<1, 3>(x, n, d, centroids, k, keys, stream)
+               : run_mma<2, 3>(x, n, d, centroids, k, keys, stream);
+  } else if (mode == 2) {
+    e = d <= 8 ? run_mma<1, 1>(x, n, d, centroids, k, keys, stream)
+               : run_mma<2, 1>(x, n, d, centroids, k, keys, stream);
   } else {
     switch (d) {
 #define VPTQ_D(N) \

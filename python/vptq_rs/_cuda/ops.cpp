@@ -250,7 +250,7 @@ std::tuple<Tensor, Tensor> kmeans_assign(const Tensor& x, const Tensor& centroid
                   centroids.size(1) == x.size(1) && centroids.size(0) >= 1,
               "centroids must be float32 [k, ", x.size(1), "], got ", centroids.sizes());
   TORCH_CHECK(centroids.size(0) <= (int64_t{1} << 24), "k must be <= 2^24");
-  TORCH_CHECK(mode == 0 || mode == 1, "mode must be 0 (fp32) or 1 (tf32)");
+  TORCH_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (fp32), 1 (tf32) or 2 (tf32x1)");
   const int64_t n = x.size(0);
   Tensor keys = at::empty({n}, x.options().dtype(at::kLong));
   Tensor labels = at::empty({n}, x.options().dtype(at::kInt));

@@ -46,7 +46,8 @@ int64_t gemv_workspace_floats(int cols, int tokens);
 
 // k-means on fp32 points x [n, d] (d <= 16), centroids [k, d].
 // keys: uint64 [n] scratch; labels int32 [n]; dist float [n] squared distance.
-// mode 0: exact fp32 CUDA cores; 1: TF32 tensor cores for the dot products.
+// mode 0: exact fp32 CUDA cores; 1: TF32 tensor cores, 3 split products (~fp32);
+// 2: one TF32 product (faster, near-ties may resolve differently).
 cudaError_t launch_kmeans_assign(const float* x, int64_t n, int d, const float* centroids,
                                  int k, int mode, unsigned long long* keys, int32_t* labels,
                                  float* dist, cudaStream_t stream);

@@ -265,19 +265,32 @@ pub fn read_header(path: &Path) -> Result<Metadata> {
     let meta: Metadata = serde_json::from_slice(&header)
         .map_err(|e| corrupt(format!("header is not valid safetensors JSON: {e}")))?;
     let data_len = file_len - 8 - n;
-    for (name, info) in meta.tensors() {
+    // The same rules the safetensors crate applies when the file is loaded: tensors, in
+    // offset order, tile the data section exactly (no gaps, overlaps or trailing bytes).
+    let mut infos: Vec<_> = meta.tensors().into_iter().collect();
+    infos.sort_by_key(|(_, info)| info.data_offsets);
+    let mut next = 0usize;
+    for (name, info) in infos {
         let (start, end) = info.data_offsets;
-        let elems = info.shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
-        let want = elems
-            .and_then(|e| e.checked_mul(info.dtype.bitsize()))
-            .map(|b| b.div_ceil(8));
-        if start > end || end as u64 > data_len || want != Some(end - start) {
+        let bits = info
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+            .and_then(|e| e.checked_mul(info.dtype.bitsize()));
+        let want = bits.filter(|b| b % 8 == 0).map(|b| b / 8);
+        if start != next || start > end || end as u64 > data_len || want != Some(end - start) {
             return Err(corrupt(format!(
                 "tensor {name} has offsets {start}..{end}, inconsistent with its shape {:?} {} \
-                 or the {data_len}-byte data section",
+                 or the {data_len}-byte data section (expected to start at {next})",
                 info.shape, info.dtype
             )));
         }
+        next = end;
+    }
+    if next as u64 != data_len {
+        return Err(corrupt(format!(
+            "the tensors cover {next} of the {data_len}-byte data section"
+        )));
     }
     Ok(meta)
 }
@@ -962,5 +975,30 @@ mod tests {
             data: &data,
         };
         assert!(save_sharded(d.path(), &[t.clone(), t], 100, None).is_err());
+    }
+
+    /// Found by fuzzing (read_header): trailing bytes after the last tensor, or a gap between
+    /// tensors, passed the header check but the safetensors crate refused to load the file.
+    #[test]
+    fn header_check_agrees_with_the_loader() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(SINGLE_FILE);
+        let write = |header: &str, data_len: usize| {
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(header.as_bytes());
+            bytes.extend(std::iter::repeat_n(0u8, data_len));
+            fs::write(&p, bytes).unwrap();
+        };
+        let one = r#"{"a":{"dtype":"U16","shape":[2,64],"data_offsets":[0,256]}}"#;
+        write(one, 256);
+        assert!(read_header(&p).is_ok() && load_dir(d.path()).is_ok());
+        write(one, 262);
+        assert!(read_header(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("cover 256 of the 262"));
+        let gap = r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[8,12]}}"#;
+        write(gap, 12);
+        assert!(read_header(&p).is_err() && load_dir(d.path()).is_err());
     }
 }

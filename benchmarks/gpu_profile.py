@@ -1,0 +1,47 @@
+"""Launch the hot kernels a few times for Nsight Compute (``benchmarks/gpu_profile.sh``).
+
+    python benchmarks/gpu_profile.py [gemv|kmeans|all]
+
+GEMV: batch 1 on the two largest issue-5 shapes with v6/k4096 (codebook in shared memory)
+and v8/k65536 (codebook through L2); k-means: one TF32 assignment of 1M x d8 points
+against 65,536 centroids. Layers are random (speed does not depend on the values).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from gpu_suite import DEV, random_layer
+
+from vptq_rs import cuda_ext
+
+
+def main() -> None:
+    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if cuda_ext.load() is None:
+        raise SystemExit(f"CUDA kernels unavailable: {cuda_ext.unavailable_reason()}")
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    if what in ("gemv", "all"):
+        for (o, i), (v, k, kr) in (
+            ((28672, 8192), (6, 4096, 0)),
+            ((8192, 28672), (8, 65536, 0)),
+            ((8192, 28672), (12, 4096, 4096)),
+        ):
+            cfg, t = random_layer(o, i, v, k, kr, gen)
+            x = torch.randn(1, i, device=DEV, generator=gen).half()
+            cuda_ext.gemv(x, cfg, t)
+            torch.cuda.synchronize()
+    if what in ("kmeans", "all"):
+        x = torch.randn(1 << 20, 8, device=DEV, generator=gen)
+        c = torch.randn(65536, 8, device=DEV, generator=gen)
+        for mode in cuda_ext.KMEANS_MODES.values():
+            for _ in range(2):
+                torch.ops.vptq_rs.kmeans_assign(x, c, mode)
+        torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()

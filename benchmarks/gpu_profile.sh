@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Nsight Compute profile of the GEMV and k-means kernels on the device machine (issue 5):
+# one report per kernel family under $OUT/profile/ (text: speed of light, memory, occupancy,
+# warp stalls). Expects the abi3 wheel in .device/wheels/ like gpu_run.sh.
+#
+#   bash benchmarks/gpu_profile.sh [gemv|kmeans|all]
+set -uo pipefail
+WHAT=${1:-all}
+OUT=${OUT:-/tmp/vptq_out}
+mkdir -p "$OUT/profile"
+export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 VPTQ_RS_CACHE_DIR=/tmp/vptq_cache
+python3 -m pip install -q --upgrade --no-deps --no-index --target /tmp/vptq_site .device/wheels/*.whl
+cp /tmp/vptq_site/vptq_rs/_core*.so python/vptq_rs/
+export PYTHONPATH="$PWD/python"
+/usr/bin/time -f "build %es" python3 -m vptq_rs.cuda_ext 2>&1 | tail -2
+SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+  --section LaunchStats --section WarpStateStats --section SchedulerStats"
+if [ "$WHAT" != kmeans ]; then
+  timeout 240 ncu $SECTIONS -k regex:main_kernel -c 3 \
+    python3 benchmarks/gpu_profile.py gemv > "$OUT/profile/gemv.txt" 2>&1
+  echo "gemv ncu exit $?"; grep -E "Duration|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" "$OUT/profile/gemv.txt" | head -40
+fi
+if [ "$WHAT" != gemv ]; then
+  timeout 200 ncu $SECTIONS -k regex:"assign_|update_kernel" -c 4 \
+    python3 benchmarks/gpu_profile.py kmeans > "$OUT/profile/kmeans.txt" 2>&1
+  echo "kmeans ncu exit $?"; grep -E "Duration|Achieved Occupancy|Registers Per" "$OUT/profile/kmeans.txt" | head -20
+fi
