@@ -4,7 +4,9 @@
 # 4-layer Llama-3-8B-shaped random model. Same .device/ layout as gpu_quantize.sh (model
 # split in model_a/ + model_b/, wheels/, whl/, data/); results land in $OUT/results.
 #
-#   [WORKLOADS="smollm2 llama3-8b-shape"] [KITER=100] bash benchmarks/gpu_multi.sh
+#   [WORKLOADS="smollm2 llama3-8b-shape"] [KITER=100] [RUN_T=540] bash benchmarks/gpu_multi.sh
+# A device call is limited to 10 minutes: pass one workload per call (Hessians and the
+# joined model stay on the machine while it is warm).
 set -uo pipefail
 OUT=${OUT:-/tmp/vptq_out}
 mkdir -p "$OUT/results"
@@ -35,7 +37,7 @@ timeout 240 python3 -m vptq_rs.cuda_ext 2>&1 | tail -2 | tee -a "$LOG"
 
 for w in ${WORKLOADS:-smollm2 llama3-8b-shape}; do
   step "multigpu $w"
-  timeout "${RUN_T:-1500}" python3 benchmarks/multigpu.py --workload "$w" --gpus 2 \
+  timeout "${RUN_T:-540}" python3 benchmarks/multigpu.py --workload "$w" --gpus 2 \
     --model "$MODEL" --work /tmp/multigpu --kiter "${KITER:-100}" 2>&1 | tail -30 | tee -a "$LOG"
   cp benchmarks/results/multigpu-"$w".json "$OUT/results/" 2>/dev/null
 done
