@@ -105,6 +105,7 @@ def main() -> None:
         "packed": str(packed),
         "teacher": str(args.teacher),
         "device": device,
+        "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
         "settings": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()
