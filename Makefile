@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(abspath ../shared/data)
 export VPTQ_RS_DATA_DIR ?= $(DATA)
 
-.PHONY: test venv build rust-test lint pytest pytest-slow wheel-check demo bench model clean
+.PHONY: test venv build rust-test lint pytest pytest-slow wheel-check demo bench-quality bench model clean
 
 ## test: venv + build + cargo test + clippy + fmt + ruff + pytest + release-wheel check
 test: venv build rust-test lint pytest wheel-check
@@ -53,6 +53,11 @@ wheel-check: venv
 ## demo: the main job on the default model: SmolLM2-135M to ~2 bits on CPU, ppl before/after
 demo: build model
 	$(PY) benchmarks/demo.py $(MODEL)
+
+## bench-quality: CPU subset of the quality table (k <= 4096, 32 WikiText-2 windows),
+## resumable; QUALITY_ARGS="--time-budget 3600" stops starting rows after an hour
+bench-quality: build model
+	$(PY) benchmarks/quality.py --mode cpu --model $(MODEL) --resume $(QUALITY_ARGS)
 
 ## bench: CPU benchmarks of the Rust core (results/*.json), then README tables
 bench: build

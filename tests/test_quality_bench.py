@@ -62,7 +62,8 @@ def _argv(s: dict[str, Path], rows: str, *extra: str) -> list[str]:
         "--mode", "cpu", "--model", str(s["model"]), "--data-dir", str(s["data"]),
         "--rows", rows, "--out", str(s["root"] / "quality-test.json"),
         "--work-dir", str(s["root"] / "work"), "--nsamples", "2", "--calib-seqlen", "32",
-        "--kiter", "3", "--seqlen", "64", "--limit", "2", "--quiet", "--no-report", *extra,
+        "--kiter", "3", "--seqlen", "64", "--limit", "2", "--limit-other", "2", "--quiet",
+        "--no-report", *extra,
     ]  # fmt: skip
 
 
@@ -74,7 +75,8 @@ def test_rows_json_schema_and_resume(setup: dict[str, Path]) -> None:
     assert on_disk["settings"]["eval_limits"] == {"wikitext2": 2, "c4": 2, "ptb": 2}
     assert not on_disk["hessians"]["reused_from_work_dir"]
     rows = {r["row"]: r for r in on_disk["rows"]}
-    assert list(rows) == ["fp", "rtn2-g128", "gptq3", "vptq-v2k256"]  # execution order
+    # cpu execution order: FP, VPTQ and GPTQ by width, then RTN
+    assert list(rows) == ["fp", "gptq3", "vptq-v2k256", "rtn2-g128"]
     for r in rows.values():
         assert r["status"] == "ok", r.get("traceback")
         assert r["model"] == quality.MODEL_LABEL
@@ -110,7 +112,7 @@ def test_rows_json_schema_and_resume(setup: dict[str, Path]) -> None:
         quality.main(_argv(setup, "fp"))
     # a spent time budget starts no row and says which were left
     left = quality.main(_argv(setup, "rtn3,gptq2", "--resume", "--time-budget", "0"))
-    assert left["stopped_by_time_budget"] == ["rtn3", "gptq2"]
+    assert left["stopped_by_time_budget"] == ["gptq2", "rtn3"]
     assert {r["row"] for r in left["rows"]} == set(rows2)
 
 
@@ -123,7 +125,8 @@ def test_row_table_and_selection() -> None:
     cpu = [r.name for r in quality.select_rows(None, "cpu")]
     assert "vptq-v12k4096r4096-refine" in cpu and "vptq-v8k65536" not in cpu
     assert len(quality.select_rows(None, "gpu")) == len(quality.ROWS) == 27
-    assert cpu[0] == "fp"
+    assert cpu[:4] == ["fp", "vptq-v6k4096", "gptq2", "gptq2-g128"]
+    assert cpu[-1] == "vptq-v2k256-refine"
     with pytest.raises(SystemExit, match="unknown row"):
         quality.select_rows("fp,vptq-v9k7", "cpu")
 

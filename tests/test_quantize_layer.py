@@ -199,3 +199,19 @@ def test_layer_shape_checks() -> None:
     big = QuantOptions(enable_perm=True, npercent=50, vector_lens=(-1, 1))
     with pytest.raises(InvalidValueError, match="65536"):
         big.check_layer(4096, 4096)
+
+
+def test_rust_nearest_matches_brute_force_argmin() -> None:
+    from vptq_rs.quantize.codebook import nearest
+
+    g = torch.Generator().manual_seed(3)
+    for n, d, k in ((300, 6, 4096), (5000, 4, 256), (7, 3, 5)):
+        x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+        want = torch.cdist(x.double(), c.double()).argmin(1)
+        got = nearest(x, c)
+        assert got.dtype == torch.long
+        # fp32 distances may flip exact near-ties only
+        dx = ((x[:, None] - c[None]) ** 2).sum(-1)
+        picked, best = dx.gather(1, got[:, None])[:, 0], dx.gather(1, want[:, None])[:, 0]
+        assert torch.allclose(picked, best, rtol=1e-5, atol=1e-6)
+    assert nearest(torch.zeros(0, 4), torch.randn(8, 4)).shape == (0,)

@@ -125,6 +125,10 @@ def test_same_seed_byte_identical_and_resume(
     assert len(files) == 14
     for f in files:
         assert (first / "layers" / f).read_bytes() == (second / "layers" / f).read_bytes(), f
+    # worker processes run each layer on one torch thread, like the in-process run
+    workers = quantize(tmp_path, model, *flags, "--workers", "2", out="w")
+    for f in files:
+        assert (first / "layers" / f).read_bytes() == (workers / "layers" / f).read_bytes(), f
 
     # interrupt a third run after 5 layers, then resume it
     real = run_mod._run_job

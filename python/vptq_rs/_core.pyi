@@ -38,6 +38,9 @@ def kmeans(
     seed: int = 0,
     return_info: Literal[True],
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], dict[str, Any]]: ...
+def nearest(
+    x: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]
+) -> npt.NDArray[np.int32]: ...
 def save_tensors(
     directory: str,
     tensors: list[tuple[str, str, list[int], bytes]],

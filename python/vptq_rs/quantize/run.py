@@ -300,6 +300,9 @@ _worker_state: dict[str, Any] = {}
 
 
 def _worker_init(run_dir: str, threads: int, ids: Any) -> None:
+    # workers share the cores: the Rust k-means pool (created on first use) gets this
+    # worker's share instead of every core
+    os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, threads)))
     import torch
 
     worker = ids.get()

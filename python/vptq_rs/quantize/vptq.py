@@ -16,9 +16,11 @@ the same for both orientations; only the sweep differs:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,6 +232,20 @@ def _vector_weights(
     return w.clamp_min(peak * 1e-8 if peak > 0 else 1.0)
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (restored after)."""
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def quantize_layer(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -244,9 +260,30 @@ def quantize_layer(
     weight: float ``[O, I]``; hessian: float ``[I, I]`` = ``E[x xᵀ]`` of its input (any
     positive scale); bias: ``[O]`` or None; inv: a precomputed inverse-Hessian factor
     (``--inv_hessian_path``), else computed with ``opts.percdamp``/act-order.
+
+    On the CPU the layer runs on one torch thread: the sweep is thousands of small
+    operations, where a second OpenMP thread costs more than it brings (10-100x more on a
+    busy machine, where every barrier waits for a descheduled thread), and a fixed thread
+    count keeps results identical whatever ``--workers`` is. Parallelism comes from
+    ``--workers`` (one layer per process) and the Rust k-means.
     """
-    t_start = time.perf_counter()
     dev = torch.device(device) if device is not None else weight.device
+    if dev.type != "cpu":
+        return _quantize_layer(weight, hessian, opts, bias, inv, dev, name)
+    with _torch_threads(1):
+        return _quantize_layer(weight, hessian, opts, bias, inv, dev, name)
+
+
+def _quantize_layer(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    opts: QuantOptions,
+    bias: torch.Tensor | None,
+    inv: InverseHessian | None,
+    dev: torch.device,
+    name: str,
+) -> LayerResult:
+    t_start = time.perf_counter()
     store_dtype = resolve_store_dtype(opts, weight.dtype)
     w = weight.detach().to(dev, torch.float32)
     o, n_in = w.shape

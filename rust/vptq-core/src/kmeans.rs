@@ -134,6 +134,67 @@ pub fn kmeans(
     }
 }
 
+/// Index of the nearest of `k` row-major centroids (squared L2) for each of `n` points.
+///
+/// `x` is `n x d` row-major. Ties go to the lowest index. Batches of at most one chunk run
+/// on the calling thread (the GPTQ sweep calls this once per column with a few hundred
+/// points, where handing work to a pool costs more than it saves); larger ones are split
+/// over rayon. The result does not depend on the number of threads.
+pub fn nearest(x: &[f32], n: usize, d: usize, centroids: &[f32], k: usize) -> Result<Vec<u32>> {
+    if d == 0 || k == 0 || k > MAX_K {
+        return Err(invalid!(
+            "need d >= 1 and 1 <= k <= {MAX_K}, got d={d}, k={k}"
+        ));
+    }
+    if x.len() != n * d || centroids.len() != k * d {
+        return Err(invalid!(
+            "x has {} values and centroids {}, expected {} and {}",
+            x.len(),
+            centroids.len(),
+            n * d,
+            k * d
+        ));
+    }
+    let (cm2, cnorm, kp) = prepare_centroids(centroids, k, d);
+    let kern = Kernel {
+        cm2: &cm2,
+        cnorm: &cnorm,
+        kp,
+        d,
+    };
+    let mut labels = vec![0u32; n];
+    let mut best = vec![0f32; n];
+    if n <= CHUNK {
+        kern.run(x, &mut labels, &mut best);
+    } else {
+        labels
+            .par_chunks_mut(CHUNK)
+            .zip(best.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, (lab, dst))| {
+                let start = c * CHUNK;
+                kern.run(&x[start * d..(start + lab.len()) * d], lab, dst);
+            });
+    }
+    Ok(labels)
+}
+
+/// `-2c` row-major with `k` padded to whole centroid groups, `|c|^2` (+inf for padding,
+/// never chosen) and the padded count.
+fn prepare_centroids(centroids: &[f32], k: usize, d: usize) -> (Vec<f32>, Vec<f32>, usize) {
+    let kp = k.div_ceil(CENTS) * CENTS;
+    let mut cm2 = vec![0f32; kp * d];
+    let mut cnorm = vec![f32::INFINITY; kp];
+    for j in 0..k {
+        let c = &centroids[j * d..(j + 1) * d];
+        for t in 0..d {
+            cm2[j * d + t] = -2.0 * c[t];
+        }
+        cnorm[j] = c.iter().map(|v| v * v).sum();
+    }
+    (cm2, cnorm, kp)
+}
+
 /// `k >= n`: each point is a centroid; the rest repeat the last point (they stay empty).
 fn every_point_a_centroid(x: &[f32], n: usize, d: usize, k: usize, _w: &[f32]) -> KMeansResult {
     let mut centroids = Vec::with_capacity(k * d);
@@ -323,17 +384,7 @@ fn assign(
     labels: &mut [u32],
     dist: &mut [f32],
 ) -> f64 {
-    // -2c row-major, k padded to whole centroid groups with +inf norms (never chosen)
-    let kp = k.div_ceil(CENTS) * CENTS;
-    let mut cm2 = vec![0f32; kp * d];
-    let mut cnorm = vec![f32::INFINITY; kp];
-    for j in 0..k {
-        let c = &centroids[j * d..(j + 1) * d];
-        for t in 0..d {
-            cm2[j * d + t] = -2.0 * c[t];
-        }
-        cnorm[j] = c.iter().map(|v| v * v).sum();
-    }
+    let (cm2, cnorm, kp) = prepare_centroids(centroids, k, d);
     let kern = Kernel {
         cm2: &cm2,
         cnorm: &cnorm,
@@ -677,6 +728,28 @@ mod tests {
         assert!(kmeans(&[1.0, 2.0], 2, 1, Some(&[0.0, 0.0]), opts(1)).is_err());
         assert!(kmeans(&[1.0, 2.0], 2, 1, Some(&[-1.0, 1.0]), opts(1)).is_err());
         assert!(kmeans(&[1.0, 2.0, 3.0], 2, 1, None, opts(1)).is_err());
+    }
+
+    #[test]
+    fn nearest_matches_brute_force_on_both_paths() {
+        for (n, d, k) in [(37usize, 6usize, 13usize), (CHUNK + 77, 4, 9), (50, 5, 3)] {
+            let x: Vec<f32> = (0..n * d)
+                .map(|i| ((i * 7919) % 997) as f32 / 97.0)
+                .collect();
+            let c: Vec<f32> = (0..k * d)
+                .map(|i| ((i * 104729) % 991) as f32 / 89.0)
+                .collect();
+            let lab = nearest(&x, n, d, &c, k).unwrap();
+            for i in 0..n {
+                let p = &x[i * d..(i + 1) * d];
+                let own = sq_dist(p, &c[lab[i] as usize * d..][..d]);
+                for j in 0..k {
+                    assert!(own <= sq_dist(p, &c[j * d..][..d]) + 1e-3, "n={n} i={i}");
+                }
+            }
+        }
+        assert!(nearest(&[1.0, 2.0], 2, 1, &[], 0).is_err());
+        assert!(nearest(&[1.0, 2.0], 1, 1, &[0.0], 1).is_err());
     }
 
     #[test]

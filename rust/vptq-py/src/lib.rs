@@ -293,6 +293,31 @@ fn kmeans<'py>(
     }
 }
 
+/// Index of the nearest centroid (squared L2) per row; returns int32 (N,).
+///
+/// x: float32 (N, d); centroids: float32 (K, d). Ties go to the lowest index.
+#[pyfunction]
+fn nearest<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f32>,
+    centroids: PyReadonlyArray2<'py, f32>,
+) -> PyResult<Bound<'py, PyArray1<i32>>> {
+    let xv = x.as_array();
+    let cv = centroids.as_array();
+    let (n, d) = xv.dim();
+    let (k, dc) = cv.dim();
+    if dc != d {
+        return Err(InvalidValueError::new_err(format!(
+            "centroids have {dc} columns, x has {d}"
+        )));
+    }
+    let xs = contiguous(xv);
+    let cs = contiguous(cv);
+    let labels = detached(py, || core_kmeans::nearest(&xs, n, d, &cs, k)).map_err(to_py)?;
+    let labels: Vec<i32> = labels.into_iter().map(|l| l as i32).collect();
+    Ok(labels.into_pyarray(py))
+}
+
 /// The compiled core of vptq-rs.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -300,6 +325,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack_indices, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_indices, m)?)?;
     m.add_function(wrap_pyfunction!(kmeans, m)?)?;
+    m.add_function(wrap_pyfunction!(nearest, m)?)?;
     checkpoint::register(m)?;
     Ok(())
 }
