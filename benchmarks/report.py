@@ -101,7 +101,9 @@ def runtime_cpu() -> str | None:
 
 
 def gpu() -> str | None:
-    gemv, km, gemm, e2e = (_load(n) for n in ("gpu-gemv", "gpu-kmeans", "gpu-gemm", "gpu-e2e"))
+    gemv, km, gemm, e2e, lut = (
+        _load(n) for n in ("gpu-gemv", "gpu-kmeans", "gpu-gemm", "gpu-e2e", "gpu-lut")
+    )
     if gemv is None:
         return None
     env = gemv["env"]
@@ -121,14 +123,41 @@ def gpu() -> str | None:
             f"{100 * x['fraction_of_copy_bw_auto']:.1f}% |"
         )
     if km is not None:
+        modes = [m for m in ("tf32x1", "tf32", "fp32") if f"ours_{m}_s" in km]
+        names = {"tf32x1": "1xTF32", "tf32": "3xTF32", "fp32": "fp32"}
+        it = km["torch_baseline_iters"]
         lines += [
             "",
             f"GPU weighted k-means, N = {km['n']:,}, d = {km['d']}, K = {km['k']:,}, "
-            f"{km['iters']} iterations: {km['ours_tf32_s']:.1f} s (3xTF32), "
-            f"{km['speedup_tf32_per_iter']:.1f}x a chunked PyTorch cdist+argmin per iteration; "
-            f"inertia after 10 iterations from the same start differs by "
-            f"{km['inertia_rel_diff_tf32_at_10']:+.1e} (relative).",
+            f"{km['iters']} iterations from the same k-means++ start, against a chunked "
+            f"PyTorch cdist+argmin timed for {it} iterations: "
+            + "; ".join(
+                f"{names[m]} {km[f'ours_{m}_s']:.1f} s ({km[f'speedup_{m}_per_iter']:.1f}x per "
+                f"iteration, inertia after {it} iterations "
+                f"{km[f'inertia_rel_diff_{m}_at_{it}']:+.1e} relative)"
+                for m in modes
+            )
+            + ".",
         ]
+    if lut is not None:
+        cfgs = {b: lut["rows"][0].get(f"ours_{b}bit_config", "?") for b in (2, 3, 4)}
+        lines += [
+            "",
+            "GEMV latency, 1 token, LUT-GEMM's shapes (us; speedup vs cuBLAS fp16 in brackets):",
+            "",
+            "| n x k | cuBLAS fp16 | "
+            + " | ".join(f"{b}-bit ({cfgs[b]})" for b in (2, 3, 4))
+            + " |",
+            "|---|---|---|---|---|",
+        ]
+        for x in lut["rows"]:
+            lines.append(
+                f"| {x['n']}x{x['k']} | {x['cublas_fp16_us']:.1f} | "
+                + " | ".join(
+                    f"{x[f'ours_{b}bit_us']:.1f} ({x[f'speedup_{b}bit']:.2f}x)" for b in (2, 3, 4)
+                )
+                + " |"
+            )
     if gemm is not None:
         worst = max(x["ratio_ours_over_cublas"] for x in gemm["rows"])
         best = min(x["ratio_ours_over_cublas"] for x in gemm["rows"])
@@ -336,6 +365,39 @@ def quantize() -> str | None:
     return "\n".join(lines)
 
 
+def finetune() -> str | None:
+    r = _load("finetune_smollm2")
+    if r is None or not r.get("modes"):
+        return None
+    st = r["settings"]
+    fp, before = r["ppl_fp"], r["ppl_before"]
+    corpora = list(fp)
+    n_eval = {c: fp[c]["windows"] for c in corpora}
+    bpw = next((x.get("bits_per_weight") for x in r["modes"].values()), None)
+    lines = [
+        f"**{r['model']}** at v6/k4096 ({'' if bpw is None else f'{bpw:.2f} '}true bits per "
+        f"weight), {st['steps']} steps of batch {st['batch_size']} x {st['seq_len']} tokens "
+        f"(training text: {r['training_text']}); perplexity at seqlen {st['eval_seqlen']} on "
+        + ", ".join(f"{c} ({n_eval[c]} windows)" for c in corpora)
+        + f"; {r.get('device_name') or r.get('device', '?')}; `{r['command']}`.",
+        "",
+        "| model | " + " | ".join(f"{c} ppl" for c in corpora) + " | gap to FP closed |",
+        "|---|" + "---|" * len(corpora) + "---|",
+        "| FP teacher | " + " | ".join(f"{fp[c]['ppl']:.2f}" for c in corpora) + " | |",
+        "| packed, before | " + " | ".join(f"{before[c]['ppl']:.2f}" for c in corpora) + " | |",
+    ]
+    for mode, x in r["modes"].items():
+        after, gap = x["ppl_after"], x["gap_closed"]
+        lines.append(
+            f"| after `{mode}` ({x['train_seconds']:.0f} s) | "
+            + " | ".join(f"{after[c]['ppl']:.2f}" for c in corpora)
+            + " | "
+            + ", ".join(f"{c} {gap[c]:.0%}" for c in corpora)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 SECTIONS: dict[str, Callable[[], str | None]] = {
     "bitpack": bitpack,
     "kmeans": kmeans,
@@ -343,6 +405,7 @@ SECTIONS: dict[str, Callable[[], str | None]] = {
     "gpu": gpu,
     "quantize": quantize,
     "quality": quality,
+    "finetune": finetune,
 }
 
 
