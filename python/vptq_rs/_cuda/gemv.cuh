@@ -33,7 +33,7 @@ struct Params {
   const float* xbias;   // [T, nchunks] partial sums of weight_bias[j] * x[t, j]
   const void* bias;     // [rows] or null
   void* y;              // [T, rows]
-  int tokens, nchunks, splits, cb_smem;
+  int tokens, nchunks, splits;
   int tile;             // columns per pipeline step (power of two, >= 128, multiple of 32*S)
   int stages;           // tiles in flight (2 or 3)
   int words_vec;        // packed rows are 16-byte aligned: copy words 16 bytes at a time

@@ -101,7 +101,6 @@ cudaError_t launch_main(Params p, cudaStream_t s) {
   p.splits = S;
   p.tile = tile;
   p.stages = stages;
-  p.cb_smem = kSmem ? 1 : 0;
   auto kern = main_kernel<T, V, NT, kSmem>;
   if (bytes > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -174,7 +173,6 @@ cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const in
   p.bias = bias;
   p.y = y;
   p.splits = 1;
-  p.cb_smem = 0;
   p.tile = 128;
   p.stages = 2;
   // 16-byte copies need 16-byte aligned rows: whole multiples of 4 words / floats
