@@ -6,7 +6,8 @@
 # wheels/ (our abi3 wheel), whl/ (gguf, missing on the device), data/ (the corpora).
 # Each step runs under its own time limit; results land in $OUT/results as they finish.
 #
-#   [QUANT_T=270] [QUANT=0] [FINETUNE=0] [R256=1] bash benchmarks/gpu_quantize.sh
+#   [QUANT_T=270] [QUANT=0] [FINETUNE=0] [R256=1] [FT_MODES=codebooks,lora FT_STEPS=100
+#    FT_LIMIT=16 FT_NAME=finetune_smollm2 FTQ_T=90 FT_T=150] bash benchmarks/gpu_quantize.sh
 # QUANT=0 skips quantize_real.py's two runs; R256=1 runs only its v8/k65536 + 256 residual
 # configuration last and keeps that child's JSON output (summary + BENCH line) as a log.
 set -uo pipefail
@@ -56,8 +57,9 @@ PACKED=$(ls -d /tmp/ftruns/*/v6_c4096/*/packed_model 2>/dev/null | grep -v parti
 if [ -n "$PACKED" ]; then
   timeout "${FT_T:-150}" python3 benchmarks/finetune_smollm2.py --packed "$PACKED" \
     --teacher "$MODEL" --modes "${FT_MODES:-codebooks,lora}" --steps "${FT_STEPS:-100}" --batch-size 4 \
-    --seq-len 2048 --limit 16 --work-dir /tmp/ftwork 2>&1 | tail -30 | tee -a "$LOG"
-  save benchmarks/results/finetune_smollm2.json
+    --seq-len 2048 --limit "${FT_LIMIT:-16}" --work-dir /tmp/ftwork --name "${FT_NAME:-finetune_smollm2}" \
+    2>&1 | tail -30 | tee -a "$LOG"
+  save "benchmarks/results/${FT_NAME:-finetune_smollm2}.json"
 fi
 if [ "${R256:-0}" = 1 ]; then
   step "quantize on the GPU: v8/k65536 + 256 residual centroids (one run)"

@@ -3,9 +3,10 @@
 # sm_90, run the GPU tests, compute-sanitizer memcheck over the kernel test sweep, then the
 # benchmark suite. Everything it writes lands in $OUT (log.txt + results/gpu-*.json).
 #
-#   bash benchmarks/gpu_run.sh quick|full|suite|tests|sanitizer [suite sections]
+#   bash benchmarks/gpu_run.sh quick|full|suite|tests|sanitizer|tune [suite sections]
 # (suite: build + benchmarks only; tests: build + GPU tests only; sanitizer: build +
-# memcheck only -- a device call is limited to 10 minutes, so a full run takes two calls)
+# memcheck only; tune: build + benchmarks/gpu_tune.py [its sections] -- a device call is
+# limited to 10 minutes, so a full run takes two calls)
 #
 # Expects the abi3 wheel in .device/wheels/ (maturin build --release -o .device/wheels).
 set -uo pipefail
@@ -35,6 +36,13 @@ fi
 
 step "build the CUDA extension"
 /usr/bin/time -f "build %es" python3 -m vptq_rs.cuda_ext 2>&1 | tail -5 | tee -a "$LOG"
+
+if [ "$MODE" = tune ]; then
+  step "tuning measurements"
+  timeout "${TUNE_T:-420}" python3 benchmarks/gpu_tune.py --out "$OUT/results" \
+    --sections "${2:-quantize,gemv}" 2>&1 | tee -a "$LOG" | tail -120
+  step "end"; exit 0
+fi
 
 if [ "$MODE" != suite ] && [ "$MODE" != sanitizer ]; then
 step "gpu tests"

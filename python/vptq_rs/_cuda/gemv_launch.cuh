@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "gemv.cuh"
 
@@ -28,6 +29,20 @@ inline DeviceInfo device_info() {
 }
 
 inline int64_t round16(int64_t b) { return (b + 15) / 16 * 16; }
+
+// Pipeline steps per group the tile choice aims for. VPTQ_RS_GEMV_MIN_STEPS (1..64, a power
+// of two) overrides the default for tuning and for tests that need multi-step pipelines on
+// small layers. Measured on an H100 (benchmarks/results/gpu-tune-gemv.json): splitting
+// small groups into more steps did not help (the launch and the codebook staging dominate
+// there), so by default the tile follows the group. Read at every launch (a getenv per call
+// is noise next to a kernel) so a benchmark can sweep it in one process.
+constexpr int kDefaultMinSteps = 1;
+inline int min_steps() {
+  const char* e = std::getenv("VPTQ_RS_GEMV_MIN_STEPS");
+  if (e == nullptr) return kDefaultMinSteps;
+  const int v = std::atoi(e);
+  return (v >= 1 && v <= 64 && (v & (v - 1)) == 0) ? v : kDefaultMinSteps;
+}
 
 template <typename T>
 int64_t codebook_bytes(const LayerArgs& a) {
@@ -80,9 +95,10 @@ cudaError_t launch_main(Params p, cudaStream_t s) {
   const int rpb = kWarps / S;
   // about 1024 codes per warp per step (the wait + barrier + copy issue of a step cost about
   // as much as 8 codes per lane); never wider than the group
+  // at least min_steps() tiles per group (see min_steps)
   const int min_tile = std::max(128, 32 * S);
   int tile = std::min(4096, 1024 * S);
-  tile = std::min(tile, std::max(min_tile, next_pow2(a.group_size)));
+  tile = std::min(tile, std::max(min_tile, next_pow2(a.group_size) / min_steps()));
   int stages = 3;
   const int64_t budget = dev.smem_block_optin - 1024;
   auto need = [&](int t, int st) { return cb + st * stage_floats(NT, t, tb, rpb) * 4 + part; };

@@ -7,13 +7,20 @@ import math
 import torch
 
 
-def nearest(x: torch.Tensor, cents: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+def nearest(
+    x: torch.Tensor,
+    cents: torch.Tensor,
+    chunk: int = 1 << 16,
+    cnorm: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Index of the nearest centroid (squared L2) for each row.
 
-    x: float ``[N, d]``; cents: float ``[K, d]`` on the same device. Returns int64 ``[N]``.
-    Ties go to the lowest index (argmin). On the CPU the Rust kernel fuses distances and
-    argmin (no ``[N, K]`` matrix; 8-20x faster on the sweep's per-column batches); elsewhere
-    rows are processed ``chunk`` at a time so the ``[chunk, K]`` distance matrix stays bounded.
+    x: float ``[N, d]``; cents: float ``[K, d]`` on the same device; cnorm: ``|c|²`` ``[K]``
+    if already known. Returns int64 ``[N]``. Ties go to the lowest index (argmin). On the
+    CPU the Rust kernel fuses distances and argmin (no ``[N, K]`` matrix; 8-20x faster on
+    the sweep's per-column batches); elsewhere rows go ``chunk * 512 / K`` at a time, which
+    bounds the distance matrix at 128 MiB and keeps a sweep column (a few hundred vectors)
+    in one matrix product even for 65,536 centroids.
     """
     if x.device.type == "cpu" and x.shape[0] and cents.shape[0]:
         from vptq_rs._core import nearest as rust_nearest
@@ -21,9 +28,11 @@ def nearest(x: torch.Tensor, cents: torch.Tensor, chunk: int = 1 << 16) -> torch
         xs = x.detach().float().contiguous().numpy()
         cs = cents.detach().float().contiguous().numpy()
         return torch.from_numpy(rust_nearest(xs, cs)).long()
-    cn = (cents * cents).sum(1)
+    cn = (cents * cents).sum(1) if cnorm is None else cnorm
+    step = max(1, chunk * 512 // max(cents.shape[0], 1))
+    if x.shape[0] <= step:
+        return torch.addmm(cn[None, :], x, cents.t(), alpha=-2).argmin(1)
     out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    step = max(1, chunk * 64 // max(cents.shape[0], 1))
     for s in range(0, x.shape[0], step):
         xs = x[s : s + step]
         # ||x||² is constant per row and does not change the argmin

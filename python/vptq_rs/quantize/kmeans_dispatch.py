@@ -16,6 +16,8 @@ import torch
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
+# distance precision of the CUDA k-means (see vptq_rs.cuda_ext.kmeans)
+GPU_PRECISION = "fp32"
 
 
 def _cuda_ext() -> object | None:
@@ -52,7 +54,9 @@ def kmeans(
         if x.is_cuda:
             ext = _cuda_ext()
             if ext is not None:
-                c, lab = ext.kmeans(x, k, weights=weights, iters=iters, tol=tol, seed=seed)
+                c, lab = ext.kmeans(
+                    x, k, weights=weights, iters=iters, tol=tol, seed=seed, precision=GPU_PRECISION
+                )
                 return c.float(), lab.long()
             if "cuda" not in _warned:
                 _warned.add("cuda")

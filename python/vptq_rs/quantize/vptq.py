@@ -81,17 +81,24 @@ def _unit_vectors(mu: torch.Tensor, vlen: int) -> torch.Tensor:
     """``[units, len]`` -> ``[units * R, vlen]`` zero-padded (unit-major, then vector)."""
     units, length = mu.shape
     r = -(-length // vlen)
+    if r * vlen == length:
+        return mu.reshape(units * r, vlen)
     pad = torch.zeros(units, r * vlen, dtype=mu.dtype, device=mu.device)
     pad[:, :length] = mu
     return pad.reshape(units * r, vlen)
 
 
-def _nearest_vectors(x: torch.Tensor, cents: torch.Tensor, length: int) -> torch.Tensor:
-    """Nearest centroid per vector of ONE unit ``x [R, vlen]`` whose last vector may be short."""
+def _nearest_vectors(
+    x: torch.Tensor, cents: torch.Tensor, length: int, cnorm: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Nearest centroid per vector of ONE unit ``x [R, vlen]`` whose last vector may be short.
+
+    cnorm: ``|c|²`` per centroid ``[K]`` when known (the sweep computes it once per set).
+    """
     vlen = cents.shape[1]
     lanes = length - (x.shape[0] - 1) * vlen
     if lanes == vlen:
-        return nearest(x, cents)
+        return nearest(x, cents, cnorm=cnorm)
     head = nearest(x[:-1], cents) if x.shape[0] > 1 else x.new_zeros(0, dtype=torch.long)
     return torch.cat([head, nearest(x[-1:, :lanes], cents[:, :lanes])])
 
@@ -124,6 +131,10 @@ class _Quantizer:
         self.unit_set = torch.empty(sum(s.size for s in sets), dtype=torch.long)
         for k, s in enumerate(sets):
             self.unit_set[s.u0 : s.u1] = k
+        # |c|² per centroid, once per set rather than once per column (codebooks are fixed
+        # during a sweep); host-side copies of the per-column scalars avoid device indexing
+        self.cnorm = [None if s.cents is None else (s.cents * s.cents).sum(1) for s in sets]
+        self.set_of = self.unit_set.tolist()
 
     def dense_units(self) -> torch.Tensor:
         """Unit-major quantized values ``[units, len]`` (scale and bias applied)."""
@@ -141,13 +152,14 @@ class _Quantizer:
         return lambda c, wb, i, q: self._in_at(c, wb, i, q, u_chol)
 
     def _out_at(self, c: int, wb: torch.Tensor, i: int, q: torch.Tensor) -> None:
-        s = self.sets[int(self.unit_set[c])]
+        k = self.set_of[c]
+        s = self.sets[k]
         if s.cents is None:
             q[:, c] = self.bias[c]
             return
         x = (wb[:, i] - self.bias[c]) / self.sdiv[c]
         vecs = _unit_vectors(x[None, :], s.vlen)
-        idx = _nearest_vectors(vecs, s.cents, self.length)
+        idx = _nearest_vectors(vecs, s.cents, self.length, self.cnorm[k])
         s.idx[c - s.u0] = idx
         deq = s.cents[idx].reshape(-1)[: self.length]
         q[:, c] = deq * self.scale[c] + self.bias[c]

@@ -1,0 +1,163 @@
+"""Tuning measurements on the GPU: GEMV pipeline depth and the quantizer's time per stage.
+
+    python3 benchmarks/gpu_tune.py [--out DIR] [--sections gemv,quantize]
+
+gemv: 1-token GEMV latency for every ``VPTQ_RS_GEMV_MIN_STEPS`` in 1, 2, 4, 8 (the tile is
+capped so each codebook group takes at least that many pipeline steps) on the issue's five
+shapes plus SmolLM2-135M's three, and SmolLM2-shaped decode tokens/s, cuBLAS fp16 timed in
+the same process. Writes ``gpu-tune-gemv.json``.
+
+quantize: one Linear of each SmolLM2-135M shape at v8/k65536 (with and without 256 residual
+centroids, perm + norm, 100 k-means iterations) through ``quantize_layer`` on the GPU, with
+the exact k-means++ seeding (one centroid per launch) and the batched one; per-stage times,
+proxy errors, and a cProfile of one layer. Weights and Hessians are random (a Hessian from
+correlated Gaussian activations): timings do not depend on the values, and the proxy errors
+compare the two seedings on equal terms. Writes ``gpu-tune-quantize.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_suite
+from gpu_suite import DEV, GEMV_CONFIGS, GEMV_SHAPES, Timer, med, random_layer, write
+
+from vptq_rs import cuda_ext
+
+SMOL_SHAPES = [(576, 576), (1536, 576), (576, 1536)]
+STEPS = (1, 2, 4, 8)
+
+
+def gemv_sweep() -> dict[str, Any]:
+    timer = Timer()
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    rows = []
+    for o, i in SMOL_SHAPES + GEMV_SHAPES:
+        x = torch.randn(1, i, device=DEV, generator=gen).half()
+        w = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).half()
+        cublas = med(timer(lambda w=w, x=x: F.linear(x, w)))
+        del w
+        for name, (v, k, kr) in GEMV_CONFIGS.items():
+            cfg, t = random_layer(o, i, v, k, kr, gen)
+            row: dict[str, Any] = {"out": o, "in": i, "config": name, "cublas_fp16_us": cublas}
+            for steps in STEPS:
+                os.environ["VPTQ_RS_GEMV_MIN_STEPS"] = str(steps)
+                raw = timer(lambda x=x, cfg=cfg, t=t: cuda_ext.gemv(x, cfg, t, mode=0))
+                row[f"steps{steps}_us"] = med(raw)
+            os.environ.pop("VPTQ_RS_GEMV_MIN_STEPS")
+            rows.append(row)
+            print(
+                f"gemv {o}x{i} {name}: cublas {cublas:.1f} "
+                + " ".join(f"s{s} {row[f'steps{s}_us']:.1f}" for s in STEPS),
+                flush=True,
+            )
+    e2e = {}
+    for steps in STEPS:
+        os.environ["VPTQ_RS_GEMV_MIN_STEPS"] = str(steps)
+        e2e[f"steps{steps}"] = gpu_suite.e2e_section(quick=True)
+        print(f"e2e steps {steps}: {e2e[f'steps{steps}']['vptq_median']:.1f} tok/s", flush=True)
+    os.environ.pop("VPTQ_RS_GEMV_MIN_STEPS")
+    return {"tokens": 1, "rows": rows, "e2e": e2e}
+
+
+def _hessian(n: int, gen: torch.Generator) -> torch.Tensor:
+    """``E[x xᵀ]`` of correlated Gaussian activations ``[4n, n]`` with a nonzero mean."""
+    mix = torch.randn(n, n, device=DEV, generator=gen) / n**0.5
+    x = torch.randn(4 * n, n, device=DEV, generator=gen) @ mix + 0.1
+    x = x * torch.rand(n, device=DEV, generator=gen).add(0.1)
+    return (x.t() @ x / x.shape[0]).double()
+
+
+def quantize_profile() -> dict[str, Any]:
+    from vptq_rs.quantize import kmeans_dispatch
+    from vptq_rs.quantize.options import QuantOptions
+    from vptq_rs.quantize.vptq import quantize_layer
+
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    configs = {
+        "v8_k65536": QuantOptions(
+            vector_lens=(-1, 8), num_centroids=(-1, 65536), enable_perm=True, enable_norm=True
+        ),
+        "v8_k65536_r256": QuantOptions(
+            vector_lens=(-1, 8),
+            num_centroids=(-1, 65536),
+            num_res_centroids=(-1, 256),
+            enable_perm=True,
+            enable_norm=True,
+        ),
+    }
+    keys = ("time_kmeans_s", "time_sweep_s", "time_residual_s", "time_total_s")
+    proxies = ("proxy_kmeans", "proxy_sweep", "proxy_residual", "proxy_final")
+    rows = []
+    default_max = cuda_ext.KPP_EXACT_MAX
+    default_precision = kmeans_dispatch.GPU_PRECISION
+    layers = {}
+    for o, i in SMOL_SHAPES:
+        layers[(o, i)] = (torch.randn(o, i, device=DEV, generator=gen) * 0.05, _hessian(i, gen))
+    # warm-up: kernels, cuBLAS handles, the extension
+    w, h = layers[SMOL_SHAPES[0]]
+    quantize_layer(w, h, QuantOptions(vector_lens=(-1, 8), num_centroids=(-1, 256)), device=DEV)
+    for cname, opts in configs.items():
+        for seeding, precision in (("exact", "fp32"), ("batched", "fp32"), ("batched", "tf32")):
+            cuda_ext.KPP_EXACT_MAX = 1 << 30 if seeding == "exact" else default_max
+            kmeans_dispatch.GPU_PRECISION = precision
+            for (o, i), (w, h) in layers.items():
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                res = quantize_layer(w, h, opts, device=DEV, name=f"{o}x{i}")
+                torch.cuda.synchronize()
+                wall = time.perf_counter() - t0
+                row = {"config": cname, "seeding": seeding, "precision": precision}
+                row.update({"out": o, "in": i, "wall_s": wall})
+                row.update({k: res.stats.get(k) for k in keys + proxies})
+                rows.append(row)
+                print(
+                    f"quantize {cname} {seeding} {precision} {o}x{i}: {wall:.2f}s "
+                    + " ".join(f"{k[5:-2]} {row[k] or 0:.2f}" for k in keys)
+                    + f" proxy {row['proxy_final']:.5f}",
+                    flush=True,
+                )
+    cuda_ext.KPP_EXACT_MAX = default_max
+    kmeans_dispatch.GPU_PRECISION = default_precision
+    profiles = {}
+    for cname, opts in configs.items():
+        w, h = layers[(1536, 576)]
+        prof = cProfile.Profile()
+        prof.enable()
+        quantize_layer(w, h, opts, device=DEV)
+        torch.cuda.synchronize()
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(30)
+        profiles[cname] = buf.getvalue()
+        print(buf.getvalue()[:3000], flush=True)
+    return {"rows": rows, "cprofile_1536x576_tottime": profiles}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--sections", default="gemv,quantize")
+    args = ap.parse_args()
+    out = Path(args.out)
+    sections = args.sections.split(",")
+    if "quantize" in sections:
+        write(out, "tune-quantize", quantize_profile())
+    if "gemv" in sections:
+        write(out, "tune-gemv", gemv_sweep())
+
+
+if __name__ == "__main__":
+    main()
