@@ -98,11 +98,28 @@ def model_name(model: str | os.PathLike[str]) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name) or "model"
 
 
+def _load_source(model: str | os.PathLike[str]) -> tuple[str, dict[str, Any], Path | None]:
+    """``(path, from_pretrained kwargs, GGUF file still to convert or None)``.
+
+    A GGUF file converted before is read from its cached folder (:mod:`vptq_rs.gguf_cache`).
+    """
+    from vptq_rs import gguf_cache
+
+    path, extra = resolve_model_path(model)
+    if "gguf_file" not in extra:
+        return path, extra, None
+    gguf = Path(path) / extra["gguf_file"]
+    cached = gguf_cache.lookup(gguf)
+    if cached is not None:
+        return str(cached), {}, None
+    return path, extra, gguf
+
+
 def load_config(model: str | os.PathLike[str]) -> Any:
     """The transformers config of ``--model`` without loading weights; checks support."""
     from transformers import AutoConfig
 
-    path, extra = resolve_model_path(model)
+    path, extra, _ = _load_source(model)
     try:
         config = AutoConfig.from_pretrained(path, **extra)
     except OSError as exc:
@@ -117,25 +134,30 @@ def load_model(
     """Load ``(model, tokenizer)`` from a local folder, a ``.gguf`` file or a hub id.
 
     ``dtype`` defaults to the checkpoint's dtype (float32 for GGUF, which transformers
-    dequantizes). The tokenizer is None when the folder has none.
+    dequantizes). The tokenizer is None when the folder has none. A GGUF file's first
+    float32 load is cached as a Hugging Face folder that later loads read instead.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, extra = resolve_model_path(model)
-    load_config(model)
+    from vptq_rs import gguf_cache
+
+    path, extra, gguf = _load_source(model)
+    load_config(path if gguf is None else model)
     kwargs: dict[str, Any] = dict(extra)
     kwargs["dtype"] = dtype if dtype is not None else ("auto" if not extra else torch.float32)
     try:
         lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise InvalidValueError(f"--model: cannot load {model}: {exc}") from exc
-    lm.eval().to(device)
     try:
         tok = AutoTokenizer.from_pretrained(path, **extra)
     except (OSError, ValueError, TypeError) as exc:
         log.warning("no tokenizer for %s (%s)", model, exc)
         tok = None
+    if gguf is not None:
+        gguf_cache.store(gguf, lm, tok)
+    lm.eval().to(device)
     return lm, tok
 
 
