@@ -6,8 +6,9 @@
 # wheels/ (our abi3 wheel), whl/ (gguf, missing on the device), data/ (the corpora).
 # Each step runs under its own time limit; results land in $OUT/results as they finish.
 #
-#   [QUANT_T=270] [QUANT=0] [FINETUNE=0] [R256=1] [FT_MODES=codebooks,lora FT_STEPS=100
+#   [QUANT_T=270] [QUANT=0] [FINETUNE=0] [R256=1] [GGUF_WARM=1] [FT_MODES=codebooks,lora FT_STEPS=100
 #    FT_LIMIT=16 FT_NAME=finetune_smollm2 FTQ_T=90 FT_T=150] bash benchmarks/gpu_quantize.sh
+# GGUF_WARM=1 converts the GGUF once before the timed runs (they then load the cached copy);
 # QUANT=0 skips quantize_real.py's two runs; R256=1 runs only its v8/k65536 + 256 residual
 # configuration last and keeps that child's JSON output (summary + BENCH line) as a log.
 set -uo pipefail
@@ -40,6 +41,15 @@ python3 -c "import vptq_rs, gguf; print('vptq_rs', vptq_rs.__version__)" 2>&1 | 
 
 step "build the CUDA extension"
 timeout 240 python3 -m vptq_rs.cuda_ext 2>&1 | tail -3 | tee -a "$LOG"
+
+if [ "${GGUF_WARM:-0}" = 1 ]; then
+  # the GGUF -> float32 conversion is cached after a model's first load (vptq_rs.gguf_cache);
+  # with GGUF_WARM=1 the timed runs below start from that cache, as every command but the
+  # first does on a user's machine
+  step "convert the GGUF once (cached)"
+  timeout 90 python3 -c "import sys; from vptq_rs.models import load_model; load_model(sys.argv[1])" \
+    "$MODEL" 2>&1 | grep -v "it/s" | tail -3 | tee -a "$LOG"
+fi
 
 if [ "${QUANT:-1}" = 1 ]; then
 step "quantize on the GPU: v8/k65536 with and without 256 residual centroids"
