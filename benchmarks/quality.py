@@ -335,7 +335,9 @@ def settings_of(args: argparse.Namespace, limits: dict[str, int | None]) -> dict
     """What makes two runs' rows comparable (checked by --resume)."""
     return {
         "mode": args.mode,
-        "model": str(args.model),
+        # resolved, so `make bench-quality` (a relative --model) resumes a table started
+        # with an absolute one
+        "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
         "model_label": MODEL_LABEL,
         "calibration": f"C4 documents 0-999, {args.nsamples} windows x {args.calib_seqlen}"
         f" tokens, seed {args.seed}",
@@ -515,6 +517,11 @@ def quantize_row(bench: Bench, row: Row) -> tuple[Path, dict[str, Any]]:
         quant=_quant_options(row, a),
         output_dir=str(root),
         hessian_path=str(bench.hessian_dir),
+        # unused with hessian_path, but run.json should name the calibration the Hessians had
+        calib="c4",
+        nsamples=a.nsamples,
+        seq_len=a.calib_seqlen,
+        seed=a.seed,
         data_dir=a.data_dir,
         num_gpus=1 if bench.device == "cuda" else 0,
         # one single-threaded layer per core (quantize_layer runs on one torch thread)
@@ -912,10 +919,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         limits=limits,
         machine_line=_machine_line(device),
     )
-    collect_once(bench, result)
+    done = {r["row"] for r in result["rows"] if r.get("status") == "ok"}
+    # a finished table resumed again (or an FP-only run) needs no Hessians
+    if any(r.method != "fp" and r.name not in done for r in rows):
+        collect_once(bench, result)
     _atomic_json(args.out, result)
 
-    done = {r["row"] for r in result["rows"] if r.get("status") == "ok"}
     result["stopped_by_time_budget"] = []
     for row in rows:
         if row.name in done:
