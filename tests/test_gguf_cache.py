@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from _runtime_helpers import tiny_llama, tiny_tokenizer
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 from vptq_rs import gguf_cache
 
@@ -26,17 +27,7 @@ def _fake_gguf(tmp_path: Path, body: bytes = b"GGUF" + bytes(100)) -> Path:
 
 
 def _tiny() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=100,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_llama(100)
 
 
 def test_entry_changes_with_content_and_mtime(cache: Path, tmp_path: Path) -> None:
@@ -52,9 +43,11 @@ def test_entry_changes_with_content_and_mtime(cache: Path, tmp_path: Path) -> No
 def test_store_then_lookup_loads_the_same_weights(cache: Path, tmp_path: Path) -> None:
     g = _fake_gguf(tmp_path)
     assert gguf_cache.lookup(g) is None
-    model = _tiny()
-    folder = gguf_cache.store(g, model, None)
+    model, tok = _tiny(), tiny_tokenizer()
+    folder = gguf_cache.store(g, model, tok)
     assert folder is not None and gguf_cache.lookup(g) == folder
+    text = "Vector quantization maps weights to codebook entries."
+    assert AutoTokenizer.from_pretrained(folder)(text).input_ids == tok(text).input_ids
     assert not list(cache.glob("*.partial"))
     again = LlamaForCausalLM.from_pretrained(folder).eval()
     for k, v in model.state_dict().items():
