@@ -128,13 +128,11 @@ class _Quantizer:
         self.sdiv = safe_scale(scale)
         self.bias = bias if with_bias else torch.zeros_like(bias)
         self.length = length
-        self.unit_set = torch.empty(sum(s.size for s in sets), dtype=torch.long)
-        for k, s in enumerate(sets):
-            self.unit_set[s.u0 : s.u1] = k
+        # set index of every unit (a plain list: read once per sweep column on the host)
+        self.set_of = [k for k, s in enumerate(sets) for _ in range(s.size)]
         # |c|² per centroid, once per set rather than once per column (codebooks are fixed
-        # during a sweep); host-side copies of the per-column scalars avoid device indexing
+        # during a sweep)
         self.cnorm = [None if s.cents is None else (s.cents * s.cents).sum(1) for s in sets]
-        self.set_of = self.unit_set.tolist()
 
     def dense_units(self) -> torch.Tensor:
         """Unit-major quantized values ``[units, len]`` (scale and bias applied)."""
