@@ -6,7 +6,7 @@
 # wheels/ (our abi3 wheel), whl/ (gguf, missing on the device), data/ (the corpora).
 # Each step runs under its own time limit; results land in $OUT/results as they finish.
 #
-#   [QUANT_T=270] [QUANT=0] [FINETUNE=0] [R256=1] [GGUF_WARM=1] [FT_MODES=codebooks,lora FT_STEPS=100
+#   [QUANT_T=270] [GPU_WORKERS=1] [QUANT=0] [FINETUNE=0] [R256=1] [GGUF_WARM=1] [FT_MODES=codebooks,lora FT_STEPS=100
 #    FT_LIMIT=16 FT_NAME=finetune_smollm2 FTQ_T=90 FT_T=150] bash benchmarks/gpu_quantize.sh
 # GGUF_WARM=1 converts the GGUF once before the timed runs (they then load the cached copy);
 # QUANT=0 skips quantize_real.py's two runs; R256=1 runs only its v8/k65536 + 256 residual
@@ -53,8 +53,8 @@ fi
 
 if [ "${QUANT:-1}" = 1 ]; then
 step "quantize on the GPU: v8/k65536 with and without 256 residual centroids"
-timeout "${QUANT_T:-270}" python3 benchmarks/quantize_real.py --gpu --model "$MODEL" \
-  --output-dir /tmp/runs --eval-limit "${EVAL_LIMIT:-8}" 2>&1 | tail -40 | tee -a "$LOG"
+timeout "${QUANT_T:-270}" python3 benchmarks/quantize_real.py --gpu --gpu-workers "${GPU_WORKERS:-1}" \
+  --model "$MODEL" --output-dir /tmp/runs --eval-limit "${EVAL_LIMIT:-8}" 2>&1 | tail -40 | tee -a "$LOG"
 save benchmarks/results/quantize-gpu-smollm2.json
 fi
 

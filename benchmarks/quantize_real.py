@@ -8,11 +8,12 @@ minutes on a shared 2-core machine), act-order + normalization, 10 k-means itera
 The second run reuses the first run's Hessians (same calibration) unless --no-reuse.
 Writes ``benchmarks/results/quantize-cpu-smollm2.json``.
 
-With ``--gpu`` (one CUDA device, ``--num_gpus 1``): ``v8_k65536`` and ``v8_k65536_r256``
-(8 + 8 residual bits), 128 calibration windows, 100 k-means iterations, written to
-``benchmarks/results/quantize-gpu-smollm2.json``.
+With ``--gpu`` (one CUDA device, ``--num_gpus 1 --workers GPU_WORKERS``): ``v8_k65536`` and
+``v8_k65536_r256`` (8 + 8 residual bits), 128 calibration windows, 100 k-means iterations,
+written to ``benchmarks/results/quantize-gpu-smollm2.json``.
 
-    .venv/bin/python benchmarks/quantize_real.py [--gpu] [--model PATH] [--eval-limit 4]
+    .venv/bin/python benchmarks/quantize_real.py [--gpu [--gpu-workers 4]] [--model PATH]
+        [--eval-limit 4]
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def one(args: argparse.Namespace) -> None:
     if args.gpu:
         for flag, value in GPU_OVERRIDES.items():
             common[common.index(flag) + 1] = value
-        common += ["--num_gpus", "1"]
+        common += ["--num_gpus", "1", "--workers", str(args.gpu_workers)]
     else:
         # one layer per core; each layer runs single-threaded (see quantize_layer)
         common += ["--workers", str(os.cpu_count() or 1)]
@@ -154,6 +155,13 @@ def main() -> None:
     ap.add_argument("--eval-limit", dest="eval_limit", type=int, default=4)
     ap.add_argument("--no-reuse", dest="reuse", action="store_false")
     ap.add_argument("--gpu", action="store_true", help="GPU configurations on one CUDA device.")
+    ap.add_argument(
+        "--gpu-workers",
+        dest="gpu_workers",
+        type=int,
+        default=1,
+        help="With --gpu: worker processes sharing the device (--workers of the run).",
+    )
     ap.add_argument("--one", choices=sorted({**CONFIGS, **GPU_CONFIGS}), help=argparse.SUPPRESS)
     ap.add_argument("--hessian-path", dest="hessian_path", help=argparse.SUPPRESS)
     ap.add_argument("--eval-base", dest="eval_base", action="store_true", help=argparse.SUPPRESS)
@@ -176,7 +184,7 @@ def main() -> None:
             args.output_dir,
             "--eval-limit",
             str(args.eval_limit),
-            *(["--gpu"] if args.gpu else []),
+            *(["--gpu", "--gpu-workers", str(args.gpu_workers)] if args.gpu else []),
         ]
         if hessians:
             cmd += ["--hessian-path", hessians]

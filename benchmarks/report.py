@@ -404,7 +404,8 @@ def _load_avg(x: dict) -> str:
 
 
 def quantize() -> str | None:
-    runs = [r for r in (_load(f"quantize-{k}-smollm2") for k in ("cpu", "gpu")) if r is not None]
+    names = ("cpu-smollm2", "gpu-smollm2", "gpu-smollm2-h100-workers1", "gpu-smollm2-h200-workers4")
+    runs = [r for r in (_load(f"quantize-{n}") for n in names) if r is not None]
     demo = _load("demo-cpu")
     if not runs and demo is None:
         return None
@@ -415,12 +416,13 @@ def quantize() -> str | None:
         "time splits into Hessian collection (`-`: reused from the run above), the layers, "
         "evaluation (before and after), model loading (transformers' GGUF conversion; later "
         "commands read the converted copy from the GGUF cache) and packing; load average "
-        "(1 min) at start / end of the run:",
+        "(1 min) at start / end of the run. Workers: `--workers` processes (on a GPU they share "
+        "the device and overlap their host-side work):",
         "",
-        "| machine | config | true bpw | index bpw | wall s | Hessians s | layers s | eval s "
-        "| load s | peak RSS MiB | mean proxy error | ppl before | ppl after | windows "
+        "| machine | workers | config | true bpw | index bpw | wall s | Hessians s | layers s "
+        "| eval s | load s | peak RSS MiB | mean proxy error | ppl before | ppl after | windows "
         "| load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         where = r["machine"].get("gpu") or f"CPU, {r['machine']['cpus']} cores"
@@ -432,7 +434,7 @@ def quantize() -> str | None:
             t = x.get("timings")
             rss = max(x["peak_rss_mib"], x.get("peak_rss_worker_mib") or 0)
             lines.append(
-                f"| {where} | {x['config']} | {x['bits']['bpw']:.2f} | "
+                f"| {where} | {_workers(x)} | {x['config']} | {x['bits']['bpw']:.2f} | "
                 f"{x['bits']['index_bpw']:.2f} | {x['wall_s']:.0f} | {_secs(t, 'hessians_s')} | "
                 f"{_secs(t, 'quantize_layers_s')} | {_secs(t, 'eval_s')} | "
                 f"{_secs(t, 'load_model_s')} | {rss:.0f} | "
@@ -445,7 +447,8 @@ def quantize() -> str | None:
         m = demo.get("machine", {})
         before, after = demo.get("ppl_before"), demo.get("ppl_after")
         lines.append(
-            f"| CPU, {m.get('cpus')} cores | `make demo`: v4_k256, 16 windows, 20 iters | "
+            f"| CPU, {m.get('cpus')} cores | {_workers(demo)} | "
+            "`make demo`: v4_k256, 16 windows, 20 iters | "
             f"{demo['bpw']:.2f} | {demo.get('index_bpw', float('nan')):.2f} | "
             f"{demo['wall_s']:.0f} | {_secs(t, 'hessians_s')} | "
             f"{_secs(t, 'quantize_layers_s')} | {_secs(t, 'eval_s')} | "
@@ -455,6 +458,13 @@ def quantize() -> str | None:
             f"{'-' if after is None else f'{after:.2f}'} | 4 | {_load_avg(m)} |"
         )
     return "\n".join(lines)
+
+
+def _workers(run: dict) -> str:
+    """``--workers`` of a recorded quantize command (1 when absent)."""
+    cmd = run.get("command") or []
+    cmd = cmd.split() if isinstance(cmd, str) else cmd
+    return cmd[cmd.index("--workers") + 1] if "--workers" in cmd else "1"
 
 
 FINETUNE_RESULTS = ("finetune_smollm2", "finetune_smollm2_lora")

@@ -152,6 +152,18 @@ def test_same_seed_byte_identical_and_resume(
         assert (first / "layers" / f).read_bytes() == (final / "layers" / f).read_bytes(), f
 
 
+def test_worker_devices_spread_over_gpus() -> None:
+    # --workers 4 --num_gpus 2: two processes per GPU; no GPUs: every worker on the CPU
+    assert [run_mod.worker_device(w, 2) for w in (1, 2, 3, 4)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:0",
+        "cuda:1",
+    ]
+    assert [run_mod.worker_device(w, 1) for w in (1, 2, 3)] == ["cuda:0"] * 3
+    assert run_mod.worker_device(3, 0) == "cpu"
+
+
 @pytest.mark.parametrize("method", ["rtn", "gptq"])
 def test_scalar_baseline_runs(tmp_path: Path, method: str, tiny_llama: Path) -> None:
     model = tiny_llama

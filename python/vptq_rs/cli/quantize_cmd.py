@@ -29,8 +29,15 @@ def _opt(*names: str, **kw: Any) -> Any:
 @_opt("--seed", type=int, default=0, show_default=True, help="Calibration sampling seed.")
 @_opt("--resume", type=click.Path(file_okay=False), help="Continue an interrupted RUN_DIR.")
 @_opt("--overwrite", is_flag=True, help="Replace an existing run folder of the same name.")
-@_opt("--workers", type=int, default=1, show_default=True, help="CPU worker processes.")
-@_opt("--num_gpus", type=int, default=0, show_default=True, help="One worker per GPU.")
+@_opt(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Worker processes, one layer each at a time (CPU: one per core; with --num_gpus: "
+    "spread over the GPUs, 2-4 per GPU overlap their host-side work).",
+)
+@_opt("--num_gpus", type=int, default=0, show_default=True, help="GPUs to use (>= 1 worker each).")
 @_opt("--method", type=click.Choice(["vptq", "rtn", "gptq"]), default="vptq", show_default=True)
 @_opt(
     "--vector_lens",

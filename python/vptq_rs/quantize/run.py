@@ -299,7 +299,7 @@ def _run_job(job: _Job) -> dict[str, Any]:
 _worker_state: dict[str, Any] = {}
 
 
-def _worker_init(run_dir: str, threads: int, ids: Any) -> None:
+def _worker_init(run_dir: str, threads: int, ids: Any, num_gpus: int) -> None:
     # workers share the cores: the Rust k-means pool (created on first use) gets this
     # worker's share instead of every core
     os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, threads)))
@@ -307,13 +307,23 @@ def _worker_init(run_dir: str, threads: int, ids: Any) -> None:
 
     worker = ids.get()
     _worker_state["worker"] = worker
+    _worker_state["num_gpus"] = num_gpus
     torch.set_num_threads(max(1, threads))
     _setup_logging(Path(run_dir), worker)
 
 
+def worker_device(worker: int, num_gpus: int) -> str:
+    """Device of 1-based worker ``worker``: ``cpu`` without GPUs, else GPUs round-robin.
+
+    Several workers per GPU overlap their host-side work (the column sweep launches small
+    kernels one column at a time, so one process leaves a large GPU mostly idle).
+    """
+    return "cpu" if num_gpus <= 0 else f"cuda:{(worker - 1) % num_gpus}"
+
+
 def _worker_run(job: _Job) -> dict[str, Any]:
     if job.device.startswith("cuda"):
-        job.device = f"cuda:{_worker_state['worker'] - 1}"
+        job.device = worker_device(_worker_state["worker"], _worker_state["num_gpus"])
     return _run_job(job)
 
 
@@ -585,7 +595,8 @@ def _run(
     bar = tqdm(
         total=len(names), initial=done, desc="quantize", unit="layer", disable=not opts.progress
     )
-    n_workers = opts.num_gpus if opts.num_gpus > 1 else opts.workers
+    # --workers processes in all; with GPUs at least one per GPU, spread round-robin
+    n_workers = max(opts.num_gpus, opts.workers)
     if n_workers <= 1 or len(jobs) <= 1:
         dev = "cuda:0" if device == "cuda" else "cpu"
         for job in jobs:
@@ -605,7 +616,7 @@ def _run(
             n_workers,
             mp_context=ctx,
             initializer=_worker_init,
-            initargs=(str(run_dir), threads, ids),
+            initargs=(str(run_dir), threads, ids, opts.num_gpus),
         ) as pool:
             futures = {pool.submit(_worker_run, job): job for job in jobs}
             for fut in as_completed(futures):
