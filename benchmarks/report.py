@@ -259,7 +259,7 @@ def _quality_one(name: str) -> list[str] | None:
         f"Calibration: {st['calibration']}; Hessians collected once "
         f"({hs.get('wall_s', float('nan')):.0f} s) and shared by every row; "
         f"k-means {st['kiter']} iterations. Perplexity at seqlen {st['eval_seqlen']} "
-        f"(float32): {_windows(r)}. True bits per weight count the quantized Linears "
+        f"({_eval_dtype(r)}): {_windows(r)}. True bits per weight count the quantized Linears "
         "(indices with padding, codebooks, scale/bias, perm; embeddings and lm_head stay "
         "float in every row): from the packed checkpoint (`validate_checkpoint`), for the "
         "group-128 rows (kept dense by the quantizer) as codes packed in 32-bit words + fp16 "
@@ -382,6 +382,16 @@ def _gptq_vs_rtn() -> list[str]:
             "(same windows).",
         ]
     return lines
+
+
+def _eval_dtype(r: dict) -> str:
+    """Evaluation precision of a quality result, with the FP row's float32 check if any."""
+    dt = r["settings"].get("eval_dtype", "float32")
+    fp = next((x for x in r["rows"] if x.get("method") == "fp" and "ppl_float32" in x), None)
+    if dt == "float32" or fp is None:
+        return dt
+    diffs = ", ".join(f"{ds} {fp['ppl'][ds]:.3f} vs {v:.3f}" for ds, v in fp["ppl_float32"].items())
+    return f"{dt}; the FP row in {dt} vs float32: {diffs}"
 
 
 def quality() -> str | None:

@@ -85,6 +85,12 @@ def test_rows_json_schema_and_resume(setup: dict[str, Path]) -> None:
         assert all(e["windows"] == 2 for e in r["eval"].values())
         assert r["machine"] and r["peak_rss_mib" if r["method"] != "fp" else "bpw"] > 0
     assert rows["fp"]["bpw"] == 16.0
+    # cpu mode evaluates in bfloat16 and checks the FP row against float32 once
+    assert on_disk["settings"]["eval_dtype"] == "bfloat16"
+    assert set(rows["fp"]["ppl_float32"]) == {"wikitext2", "c4", "ptb"}
+    for ds, ref in rows["fp"]["ppl_float32"].items():
+        assert rows["fp"]["ppl"][ds] == pytest.approx(ref, rel=0.05)
+    assert "ppl_float32" not in rows["gptq3"]
     # packed rows are counted from the checkpoint; the grouped scalar row by formula
     assert rows["gptq3"]["bits"]["source"].startswith("validate_checkpoint")
     assert rows["vptq-v2k256"]["bits"]["source"].startswith("validate_checkpoint")
