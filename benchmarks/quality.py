@@ -22,7 +22,7 @@ What a row measures:
     dequantization of what the packed checkpoint stores (``load_packed``, the reference
     dequantizer), or by the dense layer result for group-128 rows; compute in
     ``--eval-dtype``: float32 on GPU, bfloat16 on CPU (a cast copy of the model; AMX makes
-    it ~2.8x faster on 2 cores), where the FP row is also evaluated in float32 to show what
+    it about 2x faster on 2 cores), where the FP row is also evaluated in float32 to show what
     the lower precision moves the baseline by;
   * quantization wall time (``run_quantize``: model load, every layer, packing; the shared
     Hessian collection is reported once, separately), peak process RSS during quantization
@@ -797,7 +797,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-dtype",
         choices=("float32", "bfloat16"),
         default=None,
-        help="Evaluation precision (cpu default bfloat16: ~2.8x faster on AMX cores; the FP "
+        help="Evaluation precision (cpu default bfloat16: about 2x faster on AMX cores; the FP "
         "row is evaluated in float32 too; gpu default float32).",
     )
     ap.add_argument(
