@@ -527,8 +527,9 @@ def quantize_row(bench: Bench, row: Row) -> tuple[Path, dict[str, Any]]:
         seed=a.seed,
         data_dir=a.data_dir,
         num_gpus=1 if bench.device == "cuda" else 0,
-        # one single-threaded layer per core (quantize_layer runs on one torch thread)
-        workers=1 if bench.device == "cuda" else os.cpu_count() or 1,
+        # cpu: one single-threaded layer per core (quantize_layer runs on one torch thread);
+        # gpu: --gpu-workers processes share the device and overlap their host-side work
+        workers=a.gpu_workers if bench.device == "cuda" else os.cpu_count() or 1,
         save_packed_model=True,
         eval_dataset=None,
         progress=not a.quiet,
@@ -717,6 +718,11 @@ def run_row(bench: Bench, row: Row) -> dict[str, Any]:
         rec["run_dir"] = str(run_dir)
         summary = json.loads((run_dir / "summary.json").read_text())
         rec["timings"] = summary.get("timings")
+        worker_peaks = [st.get("gpu_process_peak_bytes", 0) for st in summary.get("layers", [])]
+        if "peak_gpu_mib" in rec and worker_peaks:
+            # the largest process: this one, or a layer worker sharing the GPU
+            rec["peak_gpu_mib"] = max(rec["peak_gpu_mib"], max(worker_peaks) / 2**20)
+            rec["gpu_workers"] = bench.args.gpu_workers
         for key in ("mean_proxy_kmeans", "mean_proxy_sweep", "mean_proxy_final"):
             if key in summary:
                 rec[key] = summary[key]
@@ -793,6 +799,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kiter", type=int, default=None, help="k-means iterations (gpu 100, cpu 10).")
     ap.add_argument("--seqlen", type=int, default=2048, help="Evaluation window.")
+    ap.add_argument(
+        "--gpu-workers",
+        type=int,
+        default=4,
+        help="gpu: quantizer worker processes sharing the device (an H100 runs the "
+        "v8/k65536 layers about 2x faster with 4 than with 1).",
+    )
     ap.add_argument(
         "--eval-dtype",
         choices=("float32", "bfloat16"),

@@ -265,7 +265,8 @@ def _quality_one(name: str) -> list[str] | None:
         "group-128 rows (kept dense by the quantizer) as codes packed in 32-bit words + fp16 "
         "scale and fp16 zero per 128 inputs (+ int16 act-order perm for GPTQ). Quantize s: the "
         "quantizer's wall time without the shared Hessians; peak memory: process RSS during "
-        f"quantization{' / GPU max_memory_allocated' if gpu else ''}. "
+        f"quantization{' / GPU max_memory_allocated of the largest process' if gpu else ''}"
+        f"{_gpu_workers(rows)}. "
         f"Machine: {_machine(r)}{f', {gpu}' if gpu else ''}; `{r['command']}`.",
         "",
         "| row | bits | true bpw | WikiText-2 | C4 | PTB | proxy err | quantize s | peak MiB |",
@@ -382,6 +383,11 @@ def _gptq_vs_rtn() -> list[str]:
             "(same windows).",
         ]
     return lines
+
+
+def _gpu_workers(rows: list[dict]) -> str:
+    n = {x["gpu_workers"] for x in rows if "gpu_workers" in x}
+    return f" ({', '.join(map(str, sorted(n)))} quantizer processes share the GPU)" if n else ""
 
 
 def _eval_dtype(r: dict) -> str:

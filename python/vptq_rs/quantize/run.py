@@ -280,6 +280,12 @@ def _run_job(job: _Job) -> dict[str, Any]:
     inv = load_inverse_hessian(job.inv_file) if job.inv_file else None
     quant = QuantOptions.from_json(job.quant)
     res = quantize_layer(job.weight, h, quant, job.bias, inv, job.device, job.name)
+    if job.device.startswith("cuda"):
+        import torch
+
+        # this process's running peak (never reset here: the run's phase peak reads it too);
+        # the only GPU memory figure a worker process leaves behind
+        res.stats["gpu_process_peak_bytes"] = torch.cuda.max_memory_allocated(job.device)
     st_path, js_path = _layer_paths(Path(job.run_dir), job.name)
     # measurements first: the safetensors file marks the layer as done
     _atomic_write_text(js_path, json.dumps(res.stats, indent=1, sort_keys=True))
