@@ -1,0 +1,52 @@
+"""benchmarks/report.py's VPTQ-vs-GPTQ comparison: pairs by true bits, never by name."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import report  # noqa: E402
+
+
+def _row(name: str, method: str, bpw: float, ppl: dict[str, float]) -> dict:
+    return {
+        "row": name,
+        "label": name,
+        "method": method,
+        "bpw": bpw,
+        "ppl": ppl,
+        "status": "ok",
+        "mean_proxy_final": 0.01,
+    }
+
+
+def test_each_vptq_row_meets_the_cheapest_gptq_row_with_no_fewer_bits() -> None:
+    ppl = {"wikitext2": 50.0, "c4": 60.0, "ptb": 70.0}
+    rows = [
+        _row("gptq2", "gptq", 2.05, {k: 1e6 for k in ppl}),
+        _row("gptq3", "gptq", 3.05, {"wikitext2": 40.0, "c4": 90.0, "ptb": 80.0}),
+        _row("gptq4", "gptq", 4.05, {k: 30.0 for k in ppl}),
+        _row("v6", "vptq", 2.85, ppl),
+        _row("big", "vptq", 18.7, ppl),
+        _row("broken", "vptq", 2.0, ppl) | {"status": "failed"},
+    ]
+    text = "\n".join(report._quality_goal(rows))
+    lines = [ln for ln in text.splitlines() if ln.startswith("| v6")]
+    # 2.85 bpw is matched with the 3.05-bpw GPTQ row, not the 2-bit one it is named after
+    assert len(lines) == 1 and "gptq3 (3.05)" in lines[0]
+    assert "**higher** (50.00 vs 40.00)" in lines[0]
+    assert "lower (60.00 vs 90.00)" in lines[0] and "lower (70.00 vs 80.00)" in lines[0]
+    # no GPTQ row has 18.7 bits: listed as not compared; failed rows are left out
+    assert "Not compared" in text and "big (18.66)" not in text and "big (18.70)" in text
+    assert "broken" not in text
+
+
+def test_corpora_not_evaluated_show_a_dash() -> None:
+    rows = [
+        _row("gptq3", "gptq", 3.05, {"wikitext2": 40.0}),
+        _row("v6", "vptq", 2.85, {"wikitext2": 30.0}),
+    ]
+    line = next(ln for ln in report._quality_goal(rows) if ln.startswith("| v6"))
+    assert "lower (30.00 vs 40.00) | - | - |" in line
