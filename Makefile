@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 DATA ?= $(abspath ../shared/data)
 export VPTQ_RS_DATA_DIR ?= $(DATA)
 
-.PHONY: test venv build rust-test lint pytest pytest-slow wheel-check demo bench-quality bench model clean
+.PHONY: test venv build rust-test lint pytest pytest-slow wheel-check demo bench-quality bench model \
+	cuda-toolchain cuda-check clean
 
 ## test: venv + build + cargo test + clippy + fmt + ruff + pytest + release-wheel check
 test: venv build rust-test lint pytest wheel-check
@@ -30,8 +31,8 @@ rust-test:
 	cargo test --workspace -q
 
 lint: venv
-	$(VENV)/bin/ruff check python tests benchmarks
-	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/ruff check python tests benchmarks scripts
+	$(VENV)/bin/ruff format --check python tests benchmarks scripts
 
 pytest: build
 	$(PY) -m pytest -q -m "not slow and not gpu" tests
@@ -49,6 +50,18 @@ wheel-check: venv
 		p = vptq_rs.pack_indices(np.arange(8).reshape(1, 8), 3); \
 		assert (vptq_rs.unpack_indices(p, 3, 8)[0] == np.arange(8)).all(); \
 		print('wheel ok:', vptq_rs.__version__, 'abi3' in '$$(ls dist)')"
+
+## cuda-toolchain: nvcc, its headers and ninja from PyPI into the venv, CUDA_HOME laid out in
+## .cache/cuda-home (the kernels then compile on a machine without a CUDA toolkit or GPU)
+CUDA_HOME_DIR := .cache/cuda-home
+cuda-toolchain: venv
+	$(PY) scripts/cuda_toolchain.py --out $(CUDA_HOME_DIR)
+
+## cuda-check: compile every CUDA kernel here (sm_90) and trace the ops' fake shapes; no GPU
+cuda-check: cuda-toolchain build
+	CUDA_HOME=$(abspath $(CUDA_HOME_DIR)) TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$$(nproc) \
+		VPTQ_RS_CACHE_DIR=$(abspath .cache/vptq_rs) PATH=$(abspath $(VENV))/bin:$$PATH \
+		$(PY) -m pytest -q -m slow tests/test_cuda_ext.py
 
 ## demo: the main job on the default model: SmolLM2-135M to ~2 bits on CPU, ppl before/after
 demo: build model

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +42,25 @@ def test_disabled_by_environment(monkeypatch):
     assert "VPTQ_RS_NO_CUDA_EXT" in cuda_ext.toolchain_problem()
     with pytest.raises(VptqError, match="cannot build"):
         cuda_ext.build()
+
+
+def _aot_build(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vptq_rs.cuda_ext"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=900,
+    )
+
+
+def test_aot_build_without_toolchain_is_a_one_line_error():
+    res = _aot_build(VPTQ_RS_NO_CUDA_EXT="1")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: cannot build the CUDA extension: disabled by VPTQ_RS_NO_CUDA_EXT"
+    )
+    assert "Traceback" not in res.stderr and res.stdout == ""
 
 
 def test_source_dir_and_build_name(tmp_path, monkeypatch):
@@ -146,10 +169,25 @@ def test_gemv_falls_back_where_the_kernel_does_not_apply(monkeypatch, case):
     assert y.shape == (2, 24) and y.dtype == x.dtype
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    cuda_ext.toolchain_problem() is not None, reason="no CUDA toolchain to build with"
+needs_toolchain = pytest.mark.skipif(
+    cuda_ext.toolchain_problem() is not None,
+    reason="no CUDA toolchain to build with (make cuda-toolchain provides one)",
 )
+
+
+@pytest.mark.slow
+@needs_toolchain
+def test_aot_build_compiles_every_kernel_without_a_gpu():
+    """`python -m vptq_rs.cuda_ext` compiles and loads the extension, GPU or not."""
+    res = _aot_build()
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = Path(res.stdout.strip().splitlines()[-1])
+    assert out.name == cuda_ext.build_name(cuda_ext.source_dir())
+    assert list(out.glob(f"{out.name}*.so")), sorted(p.name for p in out.iterdir())
+
+
+@pytest.mark.slow
+@needs_toolchain
 def test_fake_kernels_trace_shapes():
     cuda_ext.build()
     ops = torch.ops.vptq_rs

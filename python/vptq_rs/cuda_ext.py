@@ -595,6 +595,17 @@ def _torch_nearest_sqdist(x: torch.Tensor, cents: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x.double(), cents.double()).pow(2).min(1).values.float()
 
 
-if __name__ == "__main__":  # ahead-of-time build: python -m vptq_rs.cuda_ext
+def _main(argv: list[str]) -> int:
+    """Ahead-of-time build: ``python -m vptq_rs.cuda_ext [-v]``; prints the build folder."""
     logging.basicConfig(level=logging.INFO)
-    print(build(verbose="-v" in sys.argv))
+    try:
+        print(build(verbose="-v" in argv))
+    except VptqError as exc:
+        # the compiler's own output (with -v) is above; one line says what went wrong
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
