@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA ?= $(abspath ../shared/data)
 export VPTQ_RS_DATA_DIR ?= $(DATA)
 
-.PHONY: test venv build rust-test lint pytest pytest-slow wheel-check demo bench-quality bench model \
+.PHONY: test venv build rust-test lint pytest pytest-slow wheel-check demo bench-quality bench-quality-gpu bench model \
 	cuda-toolchain cuda-check clean
 
 ## test: venv + build + cargo test + clippy + fmt + ruff + pytest + release-wheel check
@@ -71,6 +71,12 @@ demo: build model
 ## resumable; QUALITY_ARGS="--time-budget 3600" stops starting rows after an hour
 bench-quality: build model
 	$(PY) benchmarks/quality.py --mode cpu --model $(MODEL) --resume $(QUALITY_ARGS)
+
+## bench-quality-gpu: the full quality table (every row, whole corpora) on a CUDA machine,
+## resumable (QUALITY_ARGS=--overwrite starts a new table where the committed one was made
+## from another model path); results/quality-gpu.json, README and RESULTS.md tables
+bench-quality-gpu: build model
+	$(PY) benchmarks/quality.py --mode gpu --model $(MODEL) --resume $(QUALITY_ARGS)
 
 ## bench: CPU benchmarks of the Rust core (results/*.json), then README tables
 bench: build
