@@ -880,7 +880,8 @@ def load_result(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str,
                 if settings.get(k) != old.get("settings", {}).get(k)
             )
             raise SystemExit(
-                f"error: --resume: {args.out} was made with other settings ({', '.join(diff)})"
+                f"error: --resume: {args.out} was made with other settings ({', '.join(diff)});"
+                " pass --overwrite to start a new table or --out to write another file"
             )
         return old
     return {"format": FORMAT, "settings": settings, "rows": []}
@@ -1006,4 +1007,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        print(exc.code, file=sys.stderr)  # bad input: one line, exit 2 like the CLI
+        raise SystemExit(2) from None

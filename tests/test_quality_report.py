@@ -50,3 +50,24 @@ def test_corpora_not_evaluated_show_a_dash() -> None:
     ]
     line = next(ln for ln in report._quality_goal(rows) if ln.startswith("| v6"))
     assert "lower (30.00 vs 40.00) | - | - |" in line
+
+
+def test_quality_script_bad_input_is_one_line_and_exit_2() -> None:
+    import subprocess
+
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "quality.py"),
+            "--mode",
+            "cpu",
+            "--rows",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown row(s) nope")
