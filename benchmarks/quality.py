@@ -139,6 +139,11 @@ def _rows() -> list[Row]:
         (3, 8, 65536, 256),
         (4, 4, 65536, -1),
         (4, 2, 256, -1),
+        # not in issue 6's list: on a 135M model codebooks lift every row above to more
+        # true bits than GPTQ's at the same width; these two land next to GPTQ's 2- and
+        # 3-bit rows (about 2.1 and 3.1 bpw), chosen by their bits before any was evaluated
+        (2, 4, 256, -1),
+        (3, 3, 512, -1),
     ]
     for b, v, k, kr in vq:
         base = f"vptq-v{v}k{k}" + (f"r{kr}" if kr > 0 else "")

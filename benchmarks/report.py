@@ -311,7 +311,7 @@ def _quality_one(name: str) -> list[str] | None:
         done = {x["row"] for x in rows if x.get("status") == "ok"}
         left = [x.name for x in select_rows(None, st["mode"]) if x.name not in done]
     if left:
-        lines += ["", f"Not run yet (stopped by the time budget): {', '.join(left)}."]
+        lines += ["", f"Not run yet (time budget reached, or rows added since): {', '.join(left)}."]
     hs_s = hs.get("wall_s")
     row_s = [x["row_wall_s"] for x in rows if x.get("status") == "ok" and "row_wall_s" in x]
     if isinstance(hs_s, (int, float)) and hs_s == hs_s and row_s:

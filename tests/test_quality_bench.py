@@ -127,11 +127,11 @@ def test_row_table_and_selection() -> None:
     for b in (2, 3, 4):
         assert {f"rtn{b}", f"rtn{b}-g128", f"gptq{b}", f"gptq{b}-g128"} <= names
     vq = [n for n in names if n.startswith("vptq")]
-    assert len(vq) == 14 and sum(n.endswith("-refine") for n in vq) == 7
+    assert len(vq) == 18 and sum(n.endswith("-refine") for n in vq) == 9
     cpu = [r.name for r in quality.select_rows(None, "cpu")]
     assert "vptq-v12k4096r4096-refine" in cpu and "vptq-v8k65536" not in cpu
-    assert len(quality.select_rows(None, "gpu")) == len(quality.ROWS) == 27
-    assert cpu[:4] == ["fp", "vptq-v6k4096", "gptq2", "gptq2-g128"]
+    assert len(quality.select_rows(None, "gpu")) == len(quality.ROWS) == 31
+    assert cpu[:4] == ["fp", "vptq-v6k4096", "vptq-v4k256", "gptq2"]
     assert cpu[-1] == "vptq-v2k256-refine"
     with pytest.raises(SystemExit, match="unknown row"):
         quality.select_rows("fp,vptq-v9k7", "cpu")
