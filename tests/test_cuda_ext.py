@@ -211,3 +211,38 @@ def test_fake_kernels_trace_shapes():
         s, ws = ops.kmeans_update(pts, None, lab, 7)
         assert s.shape == (7, 5) and s.dtype == torch.float64 and ws.shape == (7,)
         assert ops.kmeans_seed(pts, None, 7, 0).shape == (7, 5)
+
+
+@pytest.mark.slow
+@needs_toolchain
+def test_one_token_gemv_kernels_do_not_spill(tmp_path):
+    """ptxas report of the fp16 GEMV kernels (shared-memory and L2 codebooks): the 1-token
+    instantiations, the decode hot path, keep every value in registers."""
+    import re
+
+    from torch.utils import cpp_extension
+
+    src = cuda_ext.source_dir()
+    nvcc = str(Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc")
+    procs = [
+        subprocess.Popen(
+            [nvcc, "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-I", str(src)]
+            + ["-c", str(src / tu), "-o", str(tmp_path / f"{tu}.o")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for tu in ("gemv_f16.cu", "gemv_f16_l2.cu")
+    ]
+    report = "".join(p.communicate(timeout=600)[0] for p in procs)
+    assert all(p.returncode == 0 for p in procs), report[-3000:]
+    spills = re.findall(
+        r"Function properties for \S*main_kernelI6__halfLi(\d+)ELi(\d+)ELb([01])E\S*\s+"
+        r"\d+ bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+        report,
+    )
+    one_token = [s for s in spills if s[1] == "1"]
+    # 16 vector lengths x 2 codebook placements
+    assert len(one_token) == 32, report[-3000:]
+    spilling = [f"v={v} smem={m}" for v, _, m, st, ld in one_token if int(st) or int(ld)]
+    assert not spilling, spilling
