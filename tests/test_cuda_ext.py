@@ -224,10 +224,10 @@ def test_one_token_gemv_kernels_do_not_spill(tmp_path):
 
     src = cuda_ext.source_dir()
     nvcc = str(Path(cpp_extension.CUDA_HOME) / "bin" / "nvcc")
+    flags = ["-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-I", str(src)]
     procs = [
         subprocess.Popen(
-            [nvcc, "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-I", str(src)]
-            + ["-c", str(src / tu), "-o", str(tmp_path / f"{tu}.o")],
+            [nvcc, *flags, "-c", str(src / tu), "-o", str(tmp_path / f"{tu}.o")],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
