@@ -22,9 +22,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 
-def fail(msg: str) -> None:
+def fail(msg: str) -> NoReturn:
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -35,18 +36,17 @@ def runtime_version() -> str:
         return md.version("nvidia-cuda-runtime")
     except md.PackageNotFoundError:
         fail("nvidia-cuda-runtime is not installed: this torch has no CUDA runtime wheels")
-    raise AssertionError  # unreachable
 
 
 def cuda_root(major: str) -> Path:
     """site-packages/nvidia/cu<major>, where the CUDA wheels of this major version live."""
     spec = importlib.util.find_spec("nvidia")
-    for loc in spec.submodule_search_locations or [] if spec else []:
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
         root = Path(loc) / f"cu{major}"
         if (root / "include" / "cuda_runtime.h").is_file():
             return root
     fail(f"no nvidia/cu{major} folder with cuda_runtime.h in this environment")
-    raise AssertionError  # unreachable
 
 
 def install(version: str) -> None:
