@@ -6,7 +6,7 @@ DATA ?= $(abspath ../shared/data)
 export VPTQ_RS_DATA_DIR ?= $(DATA)
 
 .PHONY: test venv build rust-test lint pytest pytest-slow wheel-check demo bench-quality bench-quality-gpu bench model \
-	cuda-toolchain cuda-check clean
+	cuda-toolchain cuda-check sass clean
 
 ## test: venv + build + cargo test + clippy + fmt + ruff + pytest + release-wheel check
 test: venv build rust-test lint pytest wheel-check
@@ -62,6 +62,11 @@ cuda-check: cuda-toolchain build
 	CUDA_HOME=$(abspath $(CUDA_HOME_DIR)) TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$$(nproc) \
 		VPTQ_RS_CACHE_DIR=$(abspath .cache/vptq_rs) PATH=$(abspath $(VENV))/bin:$$PATH \
 		$(PY) -m pytest -q -m slow tests/test_cuda_ext.py
+
+## sass: instruction mix of the k-means kernels' hot loops from their SASS (no GPU)
+sass: cuda-toolchain
+	$(PY) scripts/sass_loops.py python/vptq_rs/_cuda/kmeans.cu --kernels assign_ \
+		--cuda-home $(CUDA_HOME_DIR) --out benchmarks/results/sass-kmeans.json
 
 ## demo: the main job on the default model: SmolLM2-135M to ~2 bits on CPU, ppl before/after
 demo: build model

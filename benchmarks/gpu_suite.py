@@ -308,6 +308,17 @@ def torch_kmeans(x, w, init, iters):
     return c, inertia, times
 
 
+def kmeans_phase_ms(timer, x, w, init, mode: int, design: int) -> tuple[float, float]:
+    """CUDA-event medians (ms) of one assignment and one centroid update from ``init``."""
+    mu = x.mean(0)
+    xc, cc = (x - mu).contiguous(), (init - mu).contiguous()
+    k = init.shape[0]
+    assign = med(timer(lambda: torch.ops.vptq_rs.kmeans_assign(xc, cc, mode, design), 5, 1))
+    labels = torch.ops.vptq_rs.kmeans_assign(xc, cc, mode, design)[0]
+    update = med(timer(lambda: torch.ops.vptq_rs.kmeans_update(xc, w, labels, k), 5, 1))
+    return assign / 1e3, update / 1e3
+
+
 def kmeans_section(quick: bool, baseline_iters: int) -> dict[str, Any]:
     n = 1_048_576 if quick else 7_340_032
     k, d = 65536, 8
@@ -327,15 +338,36 @@ def kmeans_section(quick: bool, baseline_iters: int) -> dict[str, Any]:
     init = cuda_ext.seed_centroids(x, w, k, 0)
     torch.cuda.synchronize()
     out["seed_kmeanspp_s"] = time.perf_counter() - t0
-    for prec in ("tf32x1", "tf32", "fp32"):
+    # keys: ours_{prec}_* for the merged design (the default so far), ours_tiled_{prec}_*
+    # for the tiled one; both run from the same start
+    variants = [
+        (f"{prec}" if design == "merged" else f"tiled_{prec}", prec, design)
+        for design in cuda_ext.KMEANS_DESIGNS
+        for prec in ("tf32x1", "tf32", "fp32")
+    ]
+    timer = Timer()
+    for key, prec, design in variants:
+        mode, des = cuda_ext.KMEANS_MODES[prec], cuda_ext.KMEANS_DESIGNS[design]
+        # one assignment and one update of the start: where an iteration's time goes
+        assign_ms, update_ms = kmeans_phase_ms(timer, x, w, init, mode, des)
+        out[f"ours_{key}_assign_ms"] = assign_ms
+        out[f"ours_{key}_update_ms"] = update_ms
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         _, _, info = cuda_ext.kmeans(
-            x, k, weights=w, iters=iters, tol=0, init=init, precision=prec, return_info=True
+            x,
+            k,
+            weights=w,
+            iters=iters,
+            tol=0,
+            init=init,
+            precision=prec,
+            design=design,
+            return_info=True,
         )
         torch.cuda.synchronize()
-        out[f"ours_{prec}_s"] = time.perf_counter() - t0
-        out[f"ours_{prec}_inertia"] = info["inertia"]
+        out[f"ours_{key}_s"] = time.perf_counter() - t0
+        out[f"ours_{key}_inertia"] = info["inertia"]
         _, _, info_b = cuda_ext.kmeans(
             x,
             k,
@@ -344,13 +376,15 @@ def kmeans_section(quick: bool, baseline_iters: int) -> dict[str, Any]:
             tol=0,
             init=init,
             precision=prec,
+            design=design,
             return_info=True,
         )
-        out[f"ours_{prec}_inertia_at_{baseline_iters}"] = info_b["inertia"]
-        out[f"ours_{prec}_s_per_iter"] = out[f"ours_{prec}_s"] / iters
+        out[f"ours_{key}_inertia_at_{baseline_iters}"] = info_b["inertia"]
+        out[f"ours_{key}_s_per_iter"] = out[f"ours_{key}_s"] / iters
         print(
-            f"kmeans ours {prec}: {out[f'ours_{prec}_s']:.2f}s for {iters} iters, "
-            f"inertia {info['inertia']:.6g}",
+            f"kmeans ours {key}: {out[f'ours_{key}_s']:.2f}s for {iters} iters, "
+            f"inertia {info['inertia']:.6g}; assign {out[f'ours_{key}_assign_ms']:.1f} ms, "
+            f"update {out[f'ours_{key}_update_ms']:.1f} ms",
             flush=True,
         )
     _, inertia_t, times = torch_kmeans(x, w, init, baseline_iters)
@@ -364,15 +398,14 @@ def kmeans_section(quick: bool, baseline_iters: int) -> dict[str, Any]:
             "torch_s_extrapolated_to_iters": per_iter * iters,
         }
     )
-    for prec in ("tf32x1", "tf32", "fp32"):
-        out[f"speedup_{prec}_per_iter"] = per_iter / out[f"ours_{prec}_s_per_iter"]
-        out[f"inertia_rel_diff_{prec}_at_{baseline_iters}"] = (
-            out[f"ours_{prec}_inertia_at_{baseline_iters}"] / inertia_t - 1
+    for key, _, _ in variants:
+        out[f"speedup_{key}_per_iter"] = per_iter / out[f"ours_{key}_s_per_iter"]
+        out[f"inertia_rel_diff_{key}_at_{baseline_iters}"] = (
+            out[f"ours_{key}_inertia_at_{baseline_iters}"] / inertia_t - 1
         )
     print(
-        f"kmeans torch: {per_iter:.3f}s/iter; speedup tf32x1 x{out['speedup_tf32x1_per_iter']:.1f}"
-        f" tf32 x{out['speedup_tf32_per_iter']:.1f}"
-        f" fp32 x{out['speedup_fp32_per_iter']:.1f}",
+        f"kmeans torch: {per_iter:.3f}s/iter; speedup "
+        + " ".join(f"{key} x{out[f'speedup_{key}_per_iter']:.1f}" for key, _, _ in variants),
         flush=True,
     )
     return out

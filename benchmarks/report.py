@@ -123,8 +123,13 @@ def gpu() -> str | None:
             f"{100 * x['fraction_of_copy_bw_auto']:.1f}% |"
         )
     if km is not None:
-        modes = [m for m in ("tf32x1", "tf32", "fp32") if f"ours_{m}_s" in km]
         names = {"tf32x1": "1xTF32", "tf32": "3xTF32", "fp32": "fp32"}
+        if "ours_tiled_fp32_s" in km:  # both assignment designs ran
+            names = {
+                **{m: f"merged {n}" for m, n in names.items()},
+                **{f"tiled_{m}": f"tiled {n}" for m, n in names.items()},
+            }
+        modes = [m for m in names if f"ours_{m}_s" in km]
         it = km["torch_baseline_iters"]
         lines += [
             "",

@@ -5,7 +5,8 @@ the ops (their fake implementations then trace shapes), so a kernel that no long
 fails CI instead of the next GPU session. Running the kernels still needs a GPU.
 
 Installs ``nvidia-cuda-nvcc``, ``nvidia-cuda-crt`` and ``nvidia-nvvm`` at the version of the
-installed ``nvidia-cuda-runtime`` (the one torch was built against), plus ``ninja``, into
+installed ``nvidia-cuda-runtime`` (the one torch was built against), ``nvidia-cuda-cuobjdump``
+and ``nvidia-cuda-nvdisasm`` (SASS for ``scripts/sass_loops.py``), plus ``ninja``, into
 this interpreter's environment, then lays out a CUDA_HOME of symlinks at ``--out`` (the
 wheels put headers and libraries where torch.utils.cpp_extension does not look: ``lib``
 instead of ``lib64``, no unversioned ``libcudart.so``). Prints the CUDA_HOME.
@@ -50,7 +51,14 @@ def cuda_root(major: str) -> Path:
 
 
 def install(version: str) -> None:
-    pkgs = [f"{p}=={version}" for p in ("nvidia-cuda-nvcc", "nvidia-cuda-crt", "nvidia-nvvm")]
+    names = (
+        "nvidia-cuda-nvcc",
+        "nvidia-cuda-crt",
+        "nvidia-nvvm",
+        "nvidia-cuda-cuobjdump",
+        "nvidia-cuda-nvdisasm",
+    )
+    pkgs = [f"{p}=={version}" for p in names]
     cmd = [sys.executable, "-m", "pip", "install", "-q", *pkgs, "ninja"]
     if subprocess.run(cmd).returncode != 0:
         fail(f"pip could not install {' '.join(pkgs)} ninja")

@@ -107,6 +107,7 @@ def test_kmeans_falls_back_to_cpu_core(fresh_state, monkeypatch):
         ({"x": np.zeros((4, 17), np.float32), "k": 2}, "1 <= d <= 16"),
         ({"x": np.zeros((4, 2), np.float32), "k": 0}, "k must be"),
         ({"x": np.zeros((4, 2), np.float32), "k": 2, "precision": "fp16"}, "precision"),
+        ({"x": np.zeros((4, 2), np.float32), "k": 2, "design": "fast"}, "design"),
         (
             {"x": np.zeros((4, 2), np.float32), "k": 2, "weights": -np.ones(4, np.float32)},
             "non-negative",
@@ -208,6 +209,8 @@ def test_fake_kernels_trace_shapes():
         pts = torch.empty(100, 5, device="cuda")
         lab, dist = ops.kmeans_assign(pts, torch.empty(7, 5, device="cuda"), 1)
         assert lab.dtype == torch.int32 and dist.shape == (100,)
+        lab, dist = ops.kmeans_assign(pts, torch.empty(7, 5, device="cuda"), 2, 1)
+        assert lab.shape == (100,) and dist.dtype == torch.float32
         s, ws = ops.kmeans_update(pts, None, lab, 7)
         assert s.shape == (7, 5) and s.dtype == torch.float64 and ws.shape == (7,)
         assert ops.kmeans_seed(pts, None, 7, 0).shape == (7, 5)
@@ -246,3 +249,52 @@ def test_one_token_gemv_kernels_do_not_spill(tmp_path):
     assert len(one_token) == 32, report[-3000:]
     spilling = [f"v={v} smem={m}" for v, _, m, st, ld in one_token if int(st) or int(ld)]
     assert not spilling, spilling
+
+
+@pytest.mark.slow
+@needs_toolchain
+def test_tiled_kmeans_loop_stays_lean(tmp_path):
+    """SASS of the k-means assignment kernels (scripts/sass_loops.py): the tiled 1xTF32 hot
+    loop spends a few instructions per mma on finding the minimum, the merged one ~20."""
+    import json
+
+    from torch.utils import cpp_extension
+
+    bin_dir = Path(cpp_extension.CUDA_HOME) / "bin"
+    if not (bin_dir / "cuobjdump").exists():
+        pytest.skip("no cuobjdump (make cuda-toolchain installs it)")
+    out = tmp_path / "sass.json"
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "scripts" / "sass_loops.py"),
+            str(cuda_ext.source_dir() / "kmeans.cu"),
+            "--kernels",
+            "assign_mma",
+            "--cuda-home",
+            cpp_extension.CUDA_HOME,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    k = json.loads(out.read_text())["kernels"]
+    tiled, merged = k["tiled::assign_mma<1,1>"], k["merged::assign_mma<1,1>"]
+    assert tiled["work"] == "HMMA" and tiled["instructions_per_work"] <= 6, tiled
+    assert merged["instructions_per_work"] > 3 * tiled["instructions_per_work"], (merged, tiled)
+
+
+def test_sass_loops_rejects_a_missing_source(tmp_path):
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "scripts" / "sass_loops.py"),
+            str(tmp_path / "nope.cu"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "nope.cu" in res.stderr

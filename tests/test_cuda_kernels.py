@@ -192,14 +192,18 @@ def brute_labels(x, c):
     return d.argmin(1), d.min(1).values ** 2
 
 
+DESIGNS = list(cuda_ext.KMEANS_DESIGNS.values())
+
+
+@pytest.mark.parametrize("design", DESIGNS)
 @pytest.mark.parametrize("d", [1, 3, 8, 9, 16])
 @pytest.mark.parametrize("k", [1, 7, 300, 5000])
-def test_assign_fp32_exact(d, k):
+def test_assign_fp32_exact(d, k, design):
     gen = torch.Generator(device=DEV).manual_seed(d * 1000 + k)
     n = 3000 if SMALL else 20000
     x = torch.randn(n, d, device=DEV, generator=gen)
     c = torch.randn(k, d, device=DEV, generator=gen)
-    labels, dist = torch.ops.vptq_rs.kmeans_assign(x, c, 0)
+    labels, dist = torch.ops.vptq_rs.kmeans_assign(x, c, 0, design)
     _, refd = brute_labels(x, c)
     # the score |c|^2 - 2 x.c is exact up to fp32 rounding of terms of size |x|^2 + |c|^2
     got_d = ((x.double() - c.double()[labels.long()]) ** 2).sum(1)
@@ -207,36 +211,67 @@ def test_assign_fp32_exact(d, k):
     assert torch.allclose(dist.double(), got_d, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("d", [2, 8, 16])
+def test_tiled_fp32_labels_equal_merged(d):
+    """Both designs compute the same fp32 scores in the same order: identical labels, ties
+    (duplicate centroids here) to the lowest index; k spans several shared-memory chunks."""
+    gen = torch.Generator(device=DEV).manual_seed(40 + d)
+    n, k = (5000, 3000) if SMALL else (30001, 12000)
+    x = torch.randn(n, d, device=DEV, generator=gen)
+    c = torch.randn(k, d, device=DEV, generator=gen)
+    c[k // 2 :: 7] = c[1 : 1 + len(range(k // 2, k, 7))]
+    a, da = torch.ops.vptq_rs.kmeans_assign(x, c, 0, 0)
+    b, db = torch.ops.vptq_rs.kmeans_assign(x, c, 0, 1)
+    assert torch.equal(a, b) and torch.equal(da, db)
+
+
 def rounding_slack(x, c):
     return 1e-6 * (x.double().pow(2).sum(1) + c.double().pow(2).sum(1).max())
 
 
+@pytest.mark.parametrize("design", DESIGNS)
 @pytest.mark.parametrize("d", [2, 8, 12, 16])
-def test_assign_tf32_close(d):
+def test_assign_tf32_close(d, design):
     gen = torch.Generator(device=DEV).manual_seed(d)
     n, k = (4000, 3000) if SMALL else (20000, 70000 // d)
     x = torch.randn(n, d, device=DEV, generator=gen)
     c = torch.randn(k, d, device=DEV, generator=gen)
     _, refd = brute_labels(x, c)
-    labels, _ = torch.ops.vptq_rs.kmeans_assign(x, c, 1)
+    labels, dist = torch.ops.vptq_rs.kmeans_assign(x, c, 1, design)
     got_d = ((x.double() - c.double()[labels.long()]) ** 2).sum(1)
     assert (got_d <= refd + 4 * rounding_slack(x, c)).all()
     assert (labels >= 0).all() and (labels < k).all()
+    assert torch.allclose(dist.double(), got_d, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("design", DESIGNS)
 @pytest.mark.parametrize("d", [4, 8, 12])
-def test_assign_tf32x1_close(d):
+def test_assign_tf32x1_close(d, design):
     gen = torch.Generator(device=DEV).manual_seed(10 + d)
     n, k = (4000, 3000) if SMALL else (20000, 70000 // d)
     x = torch.randn(n, d, device=DEV, generator=gen)
     c = torch.randn(k, d, device=DEV, generator=gen)
     _, refd = brute_labels(x, c)
-    labels, dist = torch.ops.vptq_rs.kmeans_assign(x, c, 2)
+    labels, dist = torch.ops.vptq_rs.kmeans_assign(x, c, 2, design)
     got_d = ((x.double() - c.double()[labels.long()]) ** 2).sum(1)
     # one TF32 product: scores are off by ~2^-10 of |x|^2 + |c|^2, not more
     assert (got_d <= refd + 1e3 * rounding_slack(x, c)).all()
     assert float(got_d.sum() / refd.sum()) < 1.001
     assert torch.allclose(dist.double(), got_d, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+def test_tiled_tensor_core_labels_not_worse_than_merged(mode):
+    """The tiled design re-ranks each point's 8 TF32 candidates in exact fp32, which
+    contain the merged design's pick unless TF32 rounding differs: over many points its
+    total distance is no larger (up to rounding)."""
+    gen = torch.Generator(device=DEV).manual_seed(50 + mode)
+    n, k = (4000, 3000) if SMALL else (50000, 9000)
+    x = torch.randn(n, 8, device=DEV, generator=gen)
+    c = torch.randn(k, 8, device=DEV, generator=gen)
+    _, dm = torch.ops.vptq_rs.kmeans_assign(x, c, mode, 0)
+    _, dt = torch.ops.vptq_rs.kmeans_assign(x, c, mode, 1)
+    assert float(dt.double().sum()) <= float(dm.double().sum()) * (1 + 1e-6)
 
 
 def test_update_sums():
@@ -269,17 +304,17 @@ def test_seed_is_deterministic_and_picks_weighted_points():
     assert torch.unique(a, dim=0).shape[0] == 64
 
 
+@pytest.mark.parametrize("design", list(cuda_ext.KMEANS_DESIGNS))
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "tf32x1"])
-def test_kmeans_finds_blobs_and_is_deterministic(precision):
+def test_kmeans_finds_blobs_and_is_deterministic(precision, design):
     gen = torch.Generator(device=DEV).manual_seed(3)
     centers = torch.randn(16, 8, device=DEV, generator=gen) * 10
     x = centers[torch.arange(4000, device=DEV) % 16] + 0.1 * torch.randn(
         4000, 8, device=DEV, generator=gen
     )
-    c1, l1, info = cuda_ext.kmeans(
-        x, 16, iters=50, tol=0, seed=1, precision=precision, return_info=True
-    )
-    c2, l2 = cuda_ext.kmeans(x, 16, iters=50, tol=0, seed=1, precision=precision)
+    kw = {"iters": 50, "tol": 0, "seed": 1, "precision": precision, "design": design}
+    c1, l1, info = cuda_ext.kmeans(x, 16, return_info=True, **kw)
+    c2, l2 = cuda_ext.kmeans(x, 16, **kw)
     assert torch.equal(l1, l2) and torch.allclose(c1, c2, atol=1e-6)
     assert info["inertia"] / 4000 < 0.1 * 8 * 1.5
     assert c1.shape == (16, 8) and l1.dtype == torch.int32
@@ -298,9 +333,10 @@ def test_kmeans_reseeds_empty_clusters_and_honours_weights():
     assert torch.allclose(torch.sort(c, 0).values, torch.sort(x[:10], 0).values, atol=1e-5)
 
 
-def test_kmeans_large_k():
+@pytest.mark.parametrize("design", list(cuda_ext.KMEANS_DESIGNS))
+def test_kmeans_large_k(design):
     gen = torch.Generator(device=DEV).manual_seed(5)
     n = 70000 if SMALL else 300000
     x = torch.randn(n, 8, device=DEV, generator=gen)
-    c, lab = cuda_ext.kmeans(x, 65536, iters=2, precision="tf32")
+    c, lab = cuda_ext.kmeans(x, 65536, iters=2, precision="tf32", design=design)
     assert c.shape == (65536, 8) and int(lab.max()) < 65536

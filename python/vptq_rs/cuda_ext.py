@@ -22,8 +22,11 @@ trace them):
   :meth:`vptq_rs.layout.QuantizedLayer.dequantize`.
 - ``gemv(x [T, cols], ..., bias?, ..., mode) -> [T, rows]`` for T <= 8 tokens; mode 0 picks
   where the codebooks live, 1 forces shared memory (when they fit), 2 forces L1/L2.
-- ``kmeans_assign(x, centroids, mode) -> (labels int32 [n], sq_dist float32 [n])``; mode 0
-  fp32 CUDA cores, 1 tensor cores (3xTF32: hi/lo split, about fp32 accuracy).
+- ``kmeans_assign(x, centroids, mode, design=0) -> (labels int32 [n], sq_dist float32 [n])``;
+  mode 0 fp32 CUDA cores, 1 tensor cores (3xTF32: hi/lo split, about fp32 accuracy), 2 one
+  TF32 product; design 0 "merged", 1 "tiled" (:data:`KMEANS_DESIGNS`; the tiled tensor-core
+  modes narrow each point to 8 candidates by TF32 score and return the candidate nearest
+  in exact fp32 distance).
 - ``kmeans_update(x, weights?, labels, k) -> (sums float64 [k, d], weight_sums float64 [k])``.
 - ``kmeans_seed(x, weights?, k, seed) -> centroids [k, d]``: weighted k-means++.
 """
@@ -55,9 +58,22 @@ SOURCES = (
     "gemv_bf16_l2.cu",
     "kmeans.cu",
 )
-HEADERS = ("common.cuh", "vptq_kernels.h", "gemv.cuh", "gemv_launch.cuh")
+HEADERS = (
+    "common.cuh",
+    "vptq_kernels.h",
+    "gemv.cuh",
+    "gemv_launch.cuh",
+    "kmeans_common.cuh",
+    "kmeans_merged.cuh",
+    "kmeans_tiled.cuh",
+)
 MAX_GEMV_TOKENS = 8
 KMEANS_MODES = {"fp32": 0, "tf32": 1, "tf32x1": 2}
+# Assignment kernel designs (kmeans_merged.cuh, kmeans_tiled.cuh). "tiled" is new and not yet
+# validated on a GPU: "merged" stays the default until the GPU tests and the benchmark in
+# benchmarks/gpu_suite.py (section kmeans, both designs) have run.
+KMEANS_DESIGNS = {"merged": 0, "tiled": 1}
+KMEANS_DESIGN = "merged"
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}  # "result": module or None, "reason": why not
@@ -229,7 +245,7 @@ def _register_fakes() -> None:
         return x.new_empty((x.shape[0], rows))
 
     @torch.library.register_fake(lib + "kmeans_assign")
-    def _assign_fake(x, centroids, mode):
+    def _assign_fake(x, centroids, mode, design=0):
         n = x.shape[0]
         return x.new_empty((n,), dtype=torch.int32), x.new_empty((n,))
 
@@ -394,6 +410,7 @@ def kmeans(
     *,
     init: Any = None,
     precision: str = "fp32",
+    design: str | None = None,
     return_info: bool = False,
 ) -> Any:
     """Weighted k-means on the GPU; the CPU core (``vptq_rs.kmeans``) when CUDA is absent.
@@ -406,7 +423,8 @@ def kmeans(
     precision: "fp32" (CUDA cores), "tf32" (tensor cores, 3xTF32 split products, about fp32)
     or "tf32x1" (one TF32 product: fastest; scores carry ~1e-3 relative error, so near-ties
     may go to a slightly farther centroid); all score ``|c|^2 - 2 x.c`` in fp32 (labels may
-    differ from exact distances on near-ties).
+    differ from exact distances on near-ties). design: the assignment kernel,
+    :data:`KMEANS_DESIGNS` (default :data:`KMEANS_DESIGN`).
     Returns ``(centroids float32 [k, d], labels int32 [n])`` on the
     compute device, plus ``{"inertia", "iterations"}`` when return_info.
     """
@@ -414,6 +432,9 @@ def kmeans(
         raise InvalidValueError(
             f"precision must be one of {sorted(KMEANS_MODES)}, got {precision!r}"
         )
+    design = KMEANS_DESIGN if design is None else design
+    if design not in KMEANS_DESIGNS:
+        raise InvalidValueError(f"design must be one of {sorted(KMEANS_DESIGNS)}, got {design!r}")
     if int(k) < 1:
         raise InvalidValueError(f"k must be >= 1, got {k}")
     if iters < 0 or not tol >= 0:
@@ -476,7 +497,7 @@ def kmeans(
     prev = float("inf")
     it = 0
     while True:
-        labels, dist = ops.kmeans_assign(xc, cent, mode)
+        labels, dist = ops.kmeans_assign(xc, cent, mode, KMEANS_DESIGNS[design])
         wd = dist.double() * wt.double() if wt is not None else dist.double()
         inertia = float(wd.sum())
         converged = prev != float("inf") and abs(prev - inertia) <= tol * max(prev, 1e-30)

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "vptq_kernels.h"
@@ -242,7 +243,7 @@ void check_points(const Tensor& x) {
 }
 
 std::tuple<Tensor, Tensor> kmeans_assign(const Tensor& x, const Tensor& centroids,
-                                         int64_t mode) {
+                                         int64_t mode, int64_t design) {
   check_points(x);
   const c10::cuda::CUDAGuard guard(x.device());
   check_on(centroids, x, "centroids");
@@ -251,17 +252,21 @@ std::tuple<Tensor, Tensor> kmeans_assign(const Tensor& x, const Tensor& centroid
               "centroids must be float32 [k, ", x.size(1), "], got ", centroids.sizes());
   TORCH_CHECK(centroids.size(0) <= (int64_t{1} << 24), "k must be <= 2^24");
   TORCH_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (fp32), 1 (tf32) or 2 (tf32x1)");
+  TORCH_CHECK(design == 0 || design == 1, "design must be 0 (merged) or 1 (tiled), got ",
+              design);
   const int64_t n = x.size(0);
-  Tensor keys = at::empty({n}, x.options().dtype(at::kLong));
+  const int k = static_cast<int>(centroids.size(0));
+  const int d = static_cast<int>(x.size(1));
+  const auto bytes = static_cast<int64_t>(vptq::kmeans_assign_scratch_bytes(
+      n, k, d, static_cast<int>(mode), static_cast<int>(design)));
+  Tensor scratch = at::empty({std::max<int64_t>(bytes, 16)}, x.options().dtype(at::kByte));
   Tensor labels = at::empty({n}, x.options().dtype(at::kInt));
   Tensor dist = at::empty({n}, x.options());
-  check_cuda(vptq::launch_kmeans_assign(
-                 x.data_ptr<float>(), n, static_cast<int>(x.size(1)),
-                 centroids.data_ptr<float>(), static_cast<int>(centroids.size(0)),
-                 static_cast<int>(mode),
-                 reinterpret_cast<unsigned long long*>(keys.data_ptr<int64_t>()),
-                 labels.data_ptr<int32_t>(), dist.data_ptr<float>(),
-                 at::cuda::getCurrentCUDAStream().stream()),
+  check_cuda(vptq::launch_kmeans_assign(x.data_ptr<float>(), n, d, centroids.data_ptr<float>(),
+                                        k, static_cast<int>(mode), static_cast<int>(design),
+                                        scratch.data_ptr(), labels.data_ptr<int32_t>(),
+                                        dist.data_ptr<float>(),
+                                        at::cuda::getCurrentCUDAStream().stream()),
              "vptq_rs::kmeans_assign");
   return {labels, dist};
 }
@@ -333,7 +338,7 @@ TORCH_LIBRARY(vptq_rs, m) {
       "Tensor? weight_scale, Tensor? weight_bias, Tensor? bias, int rows, int cols, "
       "int vector_len, int index_bits, int res_bits, int group_num, int outlier_size, "
       "int outlier_vector_len, int mode) -> Tensor");
-  m.def("kmeans_assign(Tensor x, Tensor centroids, int mode) -> (Tensor, Tensor)");
+  m.def("kmeans_assign(Tensor x, Tensor centroids, int mode, int design=0) -> (Tensor, Tensor)");
   m.def("kmeans_update(Tensor x, Tensor? weights, Tensor labels, int k) -> (Tensor, Tensor)");
   m.def("kmeans_seed(Tensor x, Tensor? weights, int k, int seed) -> Tensor");
 }

@@ -44,12 +44,15 @@ cudaError_t launch_gemv(const LayerArgs& a, const void* x, int tokens, const int
                         cudaStream_t stream);
 int64_t gemv_workspace_floats(int cols, int tokens);
 
-// k-means on fp32 points x [n, d] (d <= 16), centroids [k, d].
-// keys: uint64 [n] scratch; labels int32 [n]; dist float [n] squared distance.
+// k-means assignment of fp32 points x [n, d] (d <= 16) to centroids [k, d].
+// labels int32 [n]; dist float [n] squared distance; scratch: kmeans_assign_scratch_bytes.
 // mode 0: exact fp32 CUDA cores; 1: TF32 tensor cores, 3 split products (~fp32);
 // 2: one TF32 product (faster, near-ties may resolve differently).
+// design 0: "merged" (centroid chunks per block, atomicMin merge); 1: "tiled" (point tiles
+// per block, every centroid streamed past them; see kmeans_tiled.cuh).
+size_t kmeans_assign_scratch_bytes(int64_t n, int k, int d, int mode, int design);
 cudaError_t launch_kmeans_assign(const float* x, int64_t n, int d, const float* centroids,
-                                 int k, int mode, unsigned long long* keys, int32_t* labels,
+                                 int k, int mode, int design, void* scratch, int32_t* labels,
                                  float* dist, cudaStream_t stream);
 // sums double [k, d] and wsum double [k], zeroed by the caller; weights may be null (all 1).
 cudaError_t launch_kmeans_update(const float* x, const float* weights, const int32_t* labels,

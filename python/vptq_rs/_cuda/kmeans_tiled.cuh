@@ -1,0 +1,400 @@
+// k-means assignment, "tiled" design: a block keeps a tile of points (1024 for fp32 and one
+// TF32 product) in registers and streams every centroid past it through shared memory,
+// chunk by chunk, so a point's running best never leaves its thread: no atomics, no merge
+// pass. Re-staging the centroids for each tile reads about 36 bytes per centroid from L2
+// per tile (2.4 MB at k = 65,536), small next to the distance work. The score is
+// |c|^2 - 2 x.c.
+// - mode 0 (fp32, CUDA cores): exact fp32 scores, ties to the lowest index; the same labels
+//   as the merged design.
+// - modes 1 and 2 (TF32 tensor cores, mma.sync m16n8k8 with |c|^2 as the accumulator's
+//   initial value; 3 split products or one): keeping an index beside every running minimum
+//   costs more than the minimum itself (the merged design's inner loop spends ~22 SASS
+//   instructions per mma on it), so a lane keeps only the minimum over groups of kGroup
+//   8-centroid steps and which group held it. The norms carry an offset >= every |x|^2
+//   that makes all scores non-negative, so two scores and the running minimum meet in one
+//   3-way integer min (VIMNMX3). The quad's best group leaves 2 * kGroup candidate
+//   centroids per point; the final pass picks the one nearest in exact fp32 (the offset
+//   costs the scores ~1e-7 of max |x|^2 in fp32 rounding; the re-ranking is exact).
+#pragma once
+
+#include <climits>
+
+#include "kmeans_common.cuh"
+
+namespace vptq {
+namespace km {
+namespace tiled {
+
+constexpr int kThreads = 256;
+constexpr int kGroup = 8;  // 8-centroid steps per group in the tensor-core kernel
+
+// ---- mode 0: exact fp32 on CUDA cores -------------------------------------------------
+template <int D>
+__global__ void __launch_bounds__(kThreads, 2) assign_simt(const float* __restrict__ x, int64_t n,
+                                                           const float* __restrict__ cent, int k,
+                                                           int kc, int32_t* __restrict__ labels) {
+  extern __shared__ __align__(16) float sm[];
+  float* s_c = sm;
+  float* s_n = sm + kc * D;
+  const int64_t tile = int64_t{kThreads} * kPts;
+  const int64_t ntiles = (n + tile - 1) / tile;
+  for (int64_t tb = blockIdx.x; tb < ntiles; tb += gridDim.x) {
+    float m2x[kPts][D];
+    float best[kPts];
+    int bi[kPts];
+#pragma unroll
+    for (int q = 0; q < kPts; ++q) {
+      const int64_t i = tb * tile + q * kThreads + threadIdx.x;
+#pragma unroll
+      for (int c = 0; c < D; ++c) m2x[q][c] = i < n ? -2.f * x[i * D + c] : 0.f;
+      best[q] = INFINITY;
+      bi[q] = 0;
+    }
+    for (int c0 = 0; c0 < k; c0 += kc) {
+      const int nc = min(kc, k - c0);
+      __syncthreads();  // the previous chunk is consumed
+      stage_chunk(cent, k, D, c0, nc, D, false, s_c, s_n);
+      __syncthreads();
+      for (int j = 0; j < nc; ++j) {
+        float cv[D];
+#pragma unroll
+        for (int c = 0; c < D; ++c) cv[c] = s_c[j * D + c];
+        const float nrm = s_n[j];
+#pragma unroll
+        for (int q = 0; q < kPts; ++q) {
+          float s = nrm;
+#pragma unroll
+          for (int c = 0; c < D; ++c) s = fmaf(m2x[q][c], cv[c], s);
+          if (s < best[q]) {
+            best[q] = s;
+            bi[q] = c0 + j;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < kPts; ++q) {
+      const int64_t i = tb * tile + q * kThreads + threadIdx.x;
+      if (i < n) labels[i] = bi[q];
+    }
+  }
+}
+
+template <int D>
+cudaError_t run_simt(const float* x, int64_t n, const float* cent, int k, int32_t* labels,
+                     cudaStream_t s) {
+  int kc = kSmemBudget / ((D + 1) * 4) / 64 * 64;
+  kc = std::min(kc, (k + 7) / 8 * 8);
+  const size_t smem = static_cast<size_t>(kc) * (D + 1) * 4;
+  const int64_t ntiles = (n + kThreads * kPts - 1) / (kThreads * kPts);
+  auto kern = assign_simt<D>;
+  if (smem > 48 * 1024) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  const int grid = static_cast<int>(std::min<int64_t>(ntiles, int64_t{1} << 30));
+  kern<<<grid, kThreads, smem, s>>>(x, n, cent, k, kc, labels);
+  return cudaGetLastError();
+}
+
+// ---- modes 1 and 2: TF32 tensor cores -----------------------------------------------------
+// KS: k-steps of 8 dimensions (d <= 8 * KS); NP: products per step (3 = split hi/lo, 1 = hi).
+// Centroids are pre-arranged in global memory in mma fragment order, one record per step of
+// 8 centroids: hi [32 lanes][2 KS], (NP == 3) lo [32 lanes][2 KS], norms [8]. A lane's B
+// fragment is then one vector load from shared memory, free of bank conflicts, and staging
+// a chunk is a straight copy.
+template <int KS, int NP>
+__host__ __device__ constexpr int step_floats() { return 64 * KS * (NP == 3 ? 2 : 1) + 8; }
+
+// 16-point m-tiles per warp: independent accumulators hide the mma latency (8 warps per
+// SM give little else to switch to)
+template <int KS, int NP>
+__host__ __device__ constexpr int m_tiles() { return (NP == 1 ? 8 : 4) / KS; }
+
+// *out = max over points of |x|^2 (out zeroed by the caller): non-negative floats order
+// like their bit patterns, so an integer atomicMax does
+__global__ void max_sq_norm(const float* __restrict__ x, int64_t n, int d, float* out) {
+  float m = 0.f;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    float s = 0.f;
+    for (int c = 0; c < d; ++c) s = fmaf(x[i * d + c], x[i * d + c], s);
+    m = fmaxf(m, s);
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31) == 0) atomicMax(reinterpret_cast<int*>(out), __float_as_int(m));
+}
+
+// One thread per (step, lane): step records for centroids [0, nsteps * 8). Norms carry the
+// offset *shift (>= every |x|^2), which makes every score |c|^2 + shift - 2 x.c =
+// |x - c|^2 + (shift - |x|^2) non-negative, so scores compare as integers (below). Slots
+// past k are zero with norm +inf so they never win.
+template <int KS, int NP>
+__global__ void prep_fragments(const float* __restrict__ cent, int k, int d, int nsteps,
+                               const float* __restrict__ shift, float* __restrict__ out) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= int64_t{nsteps} * 32) return;
+  const int step = static_cast<int>(i >> 5);
+  const int lane = static_cast<int>(i & 31);
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int j = step * 8 + g;
+  float* rec = out + int64_t{step} * step_floats<KS, NP>();
+#pragma unroll
+  for (int s = 0; s < KS; ++s)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int col = t + 4 * h + 8 * s;
+      const float v = j < k && col < d ? cent[int64_t{j} * d + col] : 0.f;
+      const uint32_t hi = to_tf32(v);
+      rec[lane * 2 * KS + 2 * s + h] = __uint_as_float(hi);
+      if (NP == 3) rec[64 * KS + lane * 2 * KS + 2 * s + h] = __uint_as_float(to_tf32(v - __uint_as_float(hi)));
+    }
+  if (t == 0) {
+    float nrm = INFINITY;
+    if (j < k) {
+      nrm = 0.f;
+      for (int col = 0; col < d; ++col) nrm = fmaf(cent[int64_t{j} * d + col], cent[int64_t{j} * d + col], nrm);
+      nrm += *shift;
+    }
+    rec[64 * KS * (NP == 3 ? 2 : 1) + g] = nrm;
+  }
+}
+
+__device__ __forceinline__ void cp_async16(float* smem, const float* gmem) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
+}
+
+// a lane's B fragments of one step: one 8- or 16-byte load (consecutive lanes, no conflicts)
+template <int KS>
+__device__ __forceinline__ void load_frag(const float* p, uint32_t (&b)[KS][2]) {
+  if constexpr (KS == 1) {
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    b[0][0] = __float_as_uint(v.x);
+    b[0][1] = __float_as_uint(v.y);
+  } else {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    b[0][0] = __float_as_uint(v.x);
+    b[0][1] = __float_as_uint(v.y);
+    b[1][0] = __float_as_uint(v.z);
+    b[1][1] = __float_as_uint(v.w);
+  }
+}
+
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// One block per SM (a persistent grid): with two, the 128-register cap made ptxas copy every
+// accumulator's initial value (~2 extra instructions per mma); ~180 registers fit one. Chunks of centroid records are double
+// buffered, the next one (of this tile or, after the last, the first of the next tile)
+// copied in while the current one is used.
+template <int KS, int NP>
+__global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restrict__ x, int64_t n,
+                                                          int d, const float* __restrict__ rec,
+                                                          int nsteps, int chunk_steps,
+                                                          int32_t* __restrict__ cand) {
+  constexpr int kSf = step_floats<KS, NP>();
+  constexpr int kMt = m_tiles<KS, NP>();
+  extern __shared__ __align__(16) float sm[];
+  const int nchunks = (nsteps + chunk_steps - 1) / chunk_steps;
+  // buffer b starts at sm + b * second (one buffer when a chunk holds every centroid)
+  const int second = nchunks > 1 ? chunk_steps * kSf : 0;
+  auto stage = [&](int ch, float* dst) {
+    const int cs = ch * chunk_steps;
+    const int nv = min(chunk_steps, nsteps - cs) * kSf / 4;
+    const float* src = rec + int64_t{cs} * kSf;
+    for (int i = threadIdx.x; i < nv; i += kThreads) cp_async16(dst + 4 * i, src + 4 * i);
+    cp_commit();
+  };
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  constexpr int64_t kWarpPts = 16 * kMt;
+  constexpr int64_t kTile = kWarpPts * (kThreads / 32);
+  const int64_t ntiles = (n + kTile - 1) / kTile;
+  if (blockIdx.x < ntiles) stage(0, sm);
+  int it = 0;  // chunks used so far by this block: buffer it & 1
+  for (int64_t tb = blockIdx.x; tb < ntiles; tb += gridDim.x) {
+    const int64_t m0 = tb * kTile + warp * kWarpPts;
+    uint32_t a[kMt][KS][4];
+    uint32_t al[NP == 3 ? kMt : 1][KS][4];
+    int best[kMt][2];  // scores as int bits: non-negative floats order like their bits
+    int bgrp[kMt][2];
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt) {
+      const int64_t r0 = m0 + mt * 16 + g;
+      const int64_t r1 = r0 + 8;
+#pragma unroll
+      for (int s = 0; s < KS; ++s) {
+        const int ca = t + 8 * s;
+        const int cb = ca + 4;
+        const float v[4] = {r0 < n && ca < d ? -2.f * x[r0 * d + ca] : 0.f,
+                            r1 < n && ca < d ? -2.f * x[r1 * d + ca] : 0.f,
+                            r0 < n && cb < d ? -2.f * x[r0 * d + cb] : 0.f,
+                            r1 < n && cb < d ? -2.f * x[r1 * d + cb] : 0.f};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          a[mt][s][e] = to_tf32(v[e]);
+          if (NP == 3) al[NP == 3 ? mt : 0][s][e] = to_tf32(v[e] - __uint_as_float(a[mt][s][e]));
+        }
+      }
+      best[mt][0] = best[mt][1] = INT_MAX;
+      bgrp[mt][0] = bgrp[mt][1] = 0;
+    }
+    for (int ch = 0; ch < nchunks; ++ch, ++it) {
+      const int cs = ch * chunk_steps;
+      const int ns = min(chunk_steps, nsteps - cs);  // a multiple of kGroup
+      asm volatile("cp.async.wait_group 0;\n" ::);  // this chunk's copy is done
+      // ... for every thread, and every thread is done with the other buffer
+      __syncthreads();
+      if (nchunks > 1 && (ch + 1 < nchunks || tb + gridDim.x < ntiles))
+        stage(ch + 1 < nchunks ? ch + 1 : 0, sm + ((it + 1) & 1) * second);
+      const float* sm_c = sm + (it & 1) * second;
+      for (int s0 = 0; s0 < ns; s0 += kGroup) {
+        int gm[kMt][2];
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt) gm[mt][0] = gm[mt][1] = INT_MAX;
+#pragma unroll
+        for (int u = 0; u < kGroup; ++u) {
+          const float* st = sm_c + (s0 + u) * kSf;
+          uint32_t b[KS][2], bl[KS][2];
+          load_frag<KS>(st + lane * 2 * KS, b);
+          if (NP == 3) load_frag<KS>(st + 64 * KS + lane * 2 * KS, bl);
+          const float2 nn =
+              *reinterpret_cast<const float2*>(st + 64 * KS * (NP == 3 ? 2 : 1) + 2 * t);
+#pragma unroll
+          for (int mt = 0; mt < kMt; ++mt) {
+            float c[4];
+#pragma unroll
+            for (int s = 0; s < KS; ++s) {  // small terms first: lo*hi, hi*lo, then hi*hi
+              if (NP == 3) {
+                if (s == 0) {
+                  mma_tf32_from(c, al[NP == 3 ? mt : 0][s], b[s], nn.x, nn.y);
+                } else {
+                  mma_tf32(c, al[NP == 3 ? mt : 0][s], b[s]);
+                }
+                mma_tf32(c, a[mt][s], bl[s]);
+                mma_tf32(c, a[mt][s], b[s]);
+              } else if (s == 0) {
+                mma_tf32_from(c, a[mt][s], b[s], nn.x, nn.y);
+              } else {
+                mma_tf32(c, a[mt][s], b[s]);
+              }
+            }
+            // one 3-way integer min per two scores (VIMNMX3 on sm_90); a score that rounds
+            // below zero is a near-exact match and wins, as it should
+            gm[mt][0] = __vimin3_s32(gm[mt][0], __float_as_int(c[0]), __float_as_int(c[1]));
+            gm[mt][1] = __vimin3_s32(gm[mt][1], __float_as_int(c[2]), __float_as_int(c[3]));
+          }
+        }
+        const int grp = (cs + s0) / kGroup;
+#pragma unroll
+        for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            if (gm[mt][h] < best[mt][h]) {
+              best[mt][h] = gm[mt][h];
+              bgrp[mt][h] = grp;
+            }
+      }
+    }
+    // the four lanes of a quad saw different columns of the same rows: keep the best
+    // (score, first candidate) and write the first candidate centroid of its group
+#pragma unroll
+    for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        int bs = best[mt][h];
+        int bc = bgrp[mt][h] * kGroup * 8 + 2 * t;
+#pragma unroll
+        for (int o = 1; o <= 2; o <<= 1) {
+          const int os = __shfl_xor_sync(0xffffffffu, bs, o);
+          const int oc = __shfl_xor_sync(0xffffffffu, bc, o);
+          if (os < bs || (os == bs && oc < bc)) {
+            bs = os;
+            bc = oc;
+          }
+        }
+        const int64_t r = m0 + mt * 16 + g + 8 * h;
+        if (t == 0 && r < n) cand[r] = bc;
+      }
+  }
+}
+
+// scratch: step records, then the shift (4 floats keep the records 16-byte aligned)
+inline int mma_steps(int k) {
+  return ((k + 7) / 8 + kGroup - 1) / kGroup * kGroup;
+}
+template <int KS, int NP>
+size_t mma_scratch_floats(int k) {
+  return static_cast<size_t>(mma_steps(k)) * step_floats<KS, NP>() + 4;
+}
+
+template <int KS, int NP>
+cudaError_t run_mma(const float* x, int64_t n, int d, const float* cent, int k, float* scratch,
+                    int32_t* cand, cudaStream_t s) {
+  constexpr int kSf = step_floats<KS, NP>();
+  const int nsteps = mma_steps(k);
+  float* shift = scratch + int64_t{nsteps} * kSf;
+  cudaError_t e = cudaMemsetAsync(shift, 0, sizeof(float), s);
+  if (e != cudaSuccess) return e;
+  max_sq_norm<<<grid_for(n, 256), 256, 0, s>>>(x, n, d, shift);
+  prep_fragments<KS, NP><<<(nsteps * 32 + 255) / 256, 256, 0, s>>>(cent, k, d, nsteps, shift,
+                                                                     scratch);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  // two buffers of up to 96 KB where the device allows (227 KB on an H100)
+  int optin = 0, dev = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  const int budget = std::min(kSmemBudget, optin / 2);
+  const int chunk_steps = std::min(nsteps, budget / (kSf * 4) / kGroup * kGroup);
+  const int nbuf = chunk_steps < nsteps ? 2 : 1;
+  const size_t smem = static_cast<size_t>(nbuf) * chunk_steps * kSf * 4;
+  constexpr int64_t kTile = 16 * m_tiles<KS, NP>() * (kThreads / 32);
+  const int64_t ntiles = (n + kTile - 1) / kTile;
+  auto kern = assign_mma<KS, NP>;
+  if (smem > 48 * 1024) {
+    e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  const int grid = static_cast<int>(std::min<int64_t>(ntiles, sm_count()));
+  kern<<<grid, kThreads, smem, s>>>(x, n, d, scratch, nsteps, chunk_steps, cand);
+  return cudaGetLastError();
+}
+
+inline size_t scratch_floats(int k, int d, int mode) {
+  if (mode == 1) return d <= 8 ? mma_scratch_floats<1, 3>(k) : mma_scratch_floats<2, 3>(k);
+  if (mode == 2) return d <= 8 ? mma_scratch_floats<1, 1>(k) : mma_scratch_floats<2, 1>(k);
+  return 0;
+}
+
+// cand int32 [n]: the label (mode 0) or the first of the candidates cand + 8 s + e,
+// s < kGroup, e < 2 (modes 1 and 2); scratch: float [scratch_floats(k, d, mode)].
+inline cudaError_t assign(const float* x, int64_t n, int d, const float* centroids, int k,
+                          int mode, float* scratch, int32_t* cand, cudaStream_t stream) {
+  if (mode == 1) {
+    return d <= 8 ? run_mma<1, 3>(x, n, d, centroids, k, scratch, cand, stream)
+                  : run_mma<2, 3>(x, n, d, centroids, k, scratch, cand, stream);
+  }
+  if (mode == 2) {
+    return d <= 8 ? run_mma<1, 1>(x, n, d, centroids, k, scratch, cand, stream)
+                  : run_mma<2, 1>(x, n, d, centroids, k, scratch, cand, stream);
+  }
+  switch (d) {
+#define VPTQ_D(N) \
+  case N: return run_simt<N>(x, n, centroids, k, cand, stream);
+    VPTQ_D(1) VPTQ_D(2) VPTQ_D(3) VPTQ_D(4) VPTQ_D(5) VPTQ_D(6) VPTQ_D(7) VPTQ_D(8)
+    VPTQ_D(9) VPTQ_D(10) VPTQ_D(11) VPTQ_D(12) VPTQ_D(13) VPTQ_D(14) VPTQ_D(15) VPTQ_D(16)
+#undef VPTQ_D
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace tiled
+}  // namespace km
+}  // namespace vptq
