@@ -564,11 +564,45 @@ def finetune() -> str | None:
     return "\n".join(lines)
 
 
+def sass() -> str | None:
+    """Hot-loop instruction counts of the two k-means assignment designs (static SASS)."""
+    r = _load("sass-kmeans")
+    if r is None:
+        return None
+    k = r["kernels"]
+    modes = [("<1,1>", "1xTF32", 1), ("<1,3>", "3xTF32", 3)]
+    lines = [
+        f"Instructions in the hot loop of the k-means assignment kernels, d <= 8, per 128 "
+        f"point-centroid scores (one m16n8k8 product's worth), from their {r['arch']} SASS "
+        f"({r['nvcc']}; `{r['command']}`). Static counts: they show where issue slots go, not "
+        "stalls; times need a GPU.",
+        "",
+        "| precision | merged | tiled | of which the products |",
+        "|---|---|---|---|",
+    ]
+    for tmpl, name, products in modes:
+        m, t = k.get(f"merged::assign_mma{tmpl}"), k.get(f"tiled::assign_mma{tmpl}")
+        if m is None or t is None:
+            continue
+        lines.append(
+            f"| {name} | {m['instructions_per_work'] * products:.1f} | "
+            f"{t['instructions_per_work'] * products:.1f} | {products} |"
+        )
+    m, t = k.get("merged::assign_simt<8>"), k.get("tiled::assign_simt<8>")
+    if m is not None and t is not None:  # 128 scores x 8 FMAs over 32 lanes: 32 FFMA
+        lines.append(
+            f"| fp32 (CUDA cores) | {m['instructions_per_work'] * 32:.1f} | "
+            f"{t['instructions_per_work'] * 32:.1f} | 0 (32 FFMA) |"
+        )
+    return "\n".join(lines)
+
+
 SECTIONS: dict[str, Callable[[], str | None]] = {
     "bitpack": bitpack,
     "kmeans": kmeans,
     "runtime-cpu": runtime_cpu,
     "gpu": gpu,
+    "sass": sass,
     "quantize": quantize,
     "quality": quality,
     "finetune": finetune,
