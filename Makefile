@@ -63,10 +63,14 @@ cuda-check: cuda-toolchain build
 		VPTQ_RS_CACHE_DIR=$(abspath .cache/vptq_rs) PATH=$(abspath $(VENV))/bin:$$PATH \
 		$(PY) -m pytest -q -m slow tests/test_cuda_ext.py
 
-## sass: instruction mix of the k-means kernels' hot loops from their SASS (no GPU)
+## sass: instruction mix of the k-means and 1-token GEMV hot loops from their SASS (no GPU)
 sass: cuda-toolchain
 	$(PY) scripts/sass_loops.py python/vptq_rs/_cuda/kmeans.cu --kernels assign_ \
 		--cuda-home $(CUDA_HOME_DIR) --out benchmarks/results/sass-kmeans.json
+	$(PY) scripts/sass_loops.py python/vptq_rs/_cuda/gemv_f16.cu python/vptq_rs/_cuda/gemv_f16_l2.cu \
+		--kernels 'main_kernel<__half,(6|8|12),1,' --cuda-home $(CUDA_HOME_DIR) \
+		--out benchmarks/results/sass-gemv.json
+	$(PY) benchmarks/report.py sass
 
 ## demo: the main job on the default model: SmolLM2-135M to ~2 bits on CPU, ppl before/after
 demo: build model

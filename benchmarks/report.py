@@ -594,6 +594,37 @@ def sass() -> str | None:
             f"| fp32 (CUDA cores) | {m['instructions_per_work'] * 32:.1f} | "
             f"{t['instructions_per_work'] * 32:.1f} | 0 (32 FFMA) |"
         )
+    g = _load("sass-gemv")
+    if g is not None:
+        # an earlier commit's count of the same kernels (one instantiation served layers with
+        # and without a residual codebook then)
+        before_path = next(iter(sorted(RESULTS.glob("sass-gemv-*.json"))), None)
+        before = json.loads(before_path.read_text()) if before_path else None
+        old = f"commit {before['source_commit']}" if before else None
+        lines += [
+            "",
+            f"The same count for the fused GEMV at 1 token (fp16), per code (one codebook vector "
+            f"of v weights), at commit {g.get('source_commit', '?')}"
+            + (f" and at {old} (`{before_path.name}`)" if before else "")
+            + f"; `{g['command']}`:",
+            "",
+            "| v | codebook | residual | instructions per code |" + (f" {old} |" if before else ""),
+            "|---|---|---|---|" + ("---|" if before else ""),
+        ]
+        for name, r in g["kernels"].items():
+            m = re.search(r"<__half,(\d+),1,(true|false),(true|false)>", name)
+            if m is None:
+                continue
+            v, smem, res = int(m.group(1)), m.group(2) == "true", m.group(3) == "true"
+            codes = r["work_instructions"] / v  # v FFMA per code and token
+            row = (
+                f"| {v} | {'shared memory' if smem else 'L1/L2'} | {'yes' if res else 'no'} | "
+                f"{r['instructions'] / codes:.1f} |"
+            )
+            if before:
+                b = before["kernels"].get(name.rsplit(",", 1)[0] + ">")
+                row += f" {b['instructions'] / (b['work_instructions'] / v):.1f} |" if b else " - |"
+            lines.append(row)
     return "\n".join(lines)
 
 

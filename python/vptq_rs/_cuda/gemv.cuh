@@ -138,7 +138,9 @@ __global__ void __launch_bounds__(256) prologue_kernel(Params p, const T* __rest
   }
 }
 
-template <typename T, int V, int NT, bool kSmem>
+// kRes: the layer has a residual codebook (a.res_centroids set). Separate instantiations keep
+// the residual gathers, their predicates and adds out of the other layers' inner loop.
+template <typename T, int V, int NT, bool kSmem, bool kRes>
 __global__ void __launch_bounds__(Cfg<NT, V, kSmem>::kThreads, 1) main_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const LayerArgs& a = p.a;
@@ -154,7 +156,7 @@ __global__ void __launch_bounds__(Cfg<NT, V, kSmem>::kThreads, 1) main_kernel(Pa
   const uint32_t main_mask = (1u << a.index_bits) - 1u;
   const int K = 1 << a.index_bits;
   const int Kr = a.res_bits ? 1 << a.res_bits : 0;
-  const bool has_res = a.res_centroids != nullptr;
+  constexpr bool has_res = kRes;
   const int tile = p.tile;
   const int tw = static_cast<int>(tile_words(tile, tb));
   const int row_stride = tw + kWordPad;
@@ -309,10 +311,10 @@ __global__ void __launch_bounds__(Cfg<NT, V, kSmem>::kThreads, 1) main_kernel(Pa
           const uint32_t code = __funnelshift_r(sw[w], sw[w + 1], bit & 31) & code_mask;
           if (kSmem) {
             e[u].load(cbg + (code & main_mask) * V);
-            if (rcbg) re[u].load(rcbg + (code >> a.index_bits) * V);
+            if constexpr (kRes) re[u].load(rcbg + (code >> a.index_bits) * V);
           } else {
             e[u].load_global(cbg + (code & main_mask) * V);
-            if (rcbg) re[u].load_global(rcbg + (code >> a.index_bits) * V);
+            if constexpr (kRes) re[u].load_global(rcbg + (code >> a.index_bits) * V);
           }
         }
 #pragma unroll
@@ -321,7 +323,7 @@ __global__ void __launch_bounds__(Cfg<NT, V, kSmem>::kThreads, 1) main_kernel(Pa
           if (q >= qend) continue;
           float cv[V];
           e[u].get(cv);
-          if (rcbg) {
+          if constexpr (kRes) {
             float rv2[V];
             re[u].get(rv2);
 #pragma unroll

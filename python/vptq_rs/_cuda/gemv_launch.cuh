@@ -70,7 +70,7 @@ inline int64_t min_pipeline_bytes(const LayerArgs& a, int nt) {
 }
 
 // Picks splits per row, column tile and pipeline depth, then launches one configuration.
-template <typename T, int V, int NT, bool kSmem>
+template <typename T, int V, int NT, bool kSmem, bool kRes>
 cudaError_t launch_main(Params p, cudaStream_t s) {
   using C = Cfg<NT, V, kSmem>;
   constexpr int kWarps = C::kThreads / 32;
@@ -117,7 +117,7 @@ cudaError_t launch_main(Params p, cudaStream_t s) {
   p.splits = S;
   p.tile = tile;
   p.stages = stages;
-  auto kern = main_kernel<T, V, NT, kSmem>;
+  auto kern = main_kernel<T, V, NT, kSmem, kRes>;
   if (bytes > 48 * 1024) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(bytes));
@@ -133,13 +133,19 @@ cudaError_t launch_main(Params p, cudaStream_t s) {
   return cudaGetLastError();
 }
 
+template <typename T, int V, int NT, bool kSmem>
+cudaError_t launch_res(const Params& p, cudaStream_t s) {
+  return p.a.res_centroids ? launch_main<T, V, NT, kSmem, true>(p, s)
+                           : launch_main<T, V, NT, kSmem, false>(p, s);
+}
+
 template <typename T, int V, bool kSmem>
 cudaError_t launch_v(const Params& p, cudaStream_t s) {
   switch (next_pow2(p.tokens)) {
-    case 1: return launch_main<T, V, 1, kSmem>(p, s);
-    case 2: return launch_main<T, V, 2, kSmem>(p, s);
-    case 4: return launch_main<T, V, 4, kSmem>(p, s);
-    case 8: return launch_main<T, V, 8, kSmem>(p, s);
+    case 1: return launch_res<T, V, 1, kSmem>(p, s);
+    case 2: return launch_res<T, V, 2, kSmem>(p, s);
+    case 4: return launch_res<T, V, 4, kSmem>(p, s);
+    case 8: return launch_res<T, V, 8, kSmem>(p, s);
     default: return cudaErrorInvalidValue;
   }
 }
