@@ -352,33 +352,14 @@ def kmeans_section(quick: bool, baseline_iters: int) -> dict[str, Any]:
         assign_ms, update_ms = kmeans_phase_ms(timer, x, w, init, mode, des)
         out[f"ours_{key}_assign_ms"] = assign_ms
         out[f"ours_{key}_update_ms"] = update_ms
+        kw = {"weights": w, "tol": 0, "init": init, "precision": prec, "design": design}
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        _, _, info = cuda_ext.kmeans(
-            x,
-            k,
-            weights=w,
-            iters=iters,
-            tol=0,
-            init=init,
-            precision=prec,
-            design=design,
-            return_info=True,
-        )
+        _, _, info = cuda_ext.kmeans(x, k, iters=iters, return_info=True, **kw)
         torch.cuda.synchronize()
         out[f"ours_{key}_s"] = time.perf_counter() - t0
         out[f"ours_{key}_inertia"] = info["inertia"]
-        _, _, info_b = cuda_ext.kmeans(
-            x,
-            k,
-            weights=w,
-            iters=baseline_iters,
-            tol=0,
-            init=init,
-            precision=prec,
-            design=design,
-            return_info=True,
-        )
+        _, _, info_b = cuda_ext.kmeans(x, k, iters=baseline_iters, return_info=True, **kw)
         out[f"ours_{key}_inertia_at_{baseline_iters}"] = info_b["inertia"]
         out[f"ours_{key}_s_per_iter"] = out[f"ours_{key}_s"] / iters
         print(

@@ -27,11 +27,11 @@ __global__ void finalize_kernel(const float* __restrict__ x, int64_t n, int d,
        i += int64_t{gridDim.x} * blockDim.x) {
     const int base = keys ? static_cast<int>(keys[i] & 0xffffffffu) : labels[i];
     float best = INFINITY;
-    int bj = base;
+    int bj = base < 0 ? 0 : base;  // an unset key (no finite score at all) reads as -1
     for (int s = 0; s < steps; ++s)
       for (int e = 0; e < cols; ++e) {
         const int j = base + 8 * s + e;
-        if (j >= k) continue;
+        if (j < 0 || j >= k) continue;
         float sq = 0.f;
         for (int c = 0; c < d; ++c) {
           const float diff = x[i * d + c] - cent[int64_t{j} * d + c];

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace vptq {
 namespace km {
@@ -16,6 +17,19 @@ inline int sm_count() {
   cudaGetDevice(&dev);
   if (sms[dev & 63] == 0) cudaDeviceGetAttribute(&sms[dev & 63], cudaDevAttrMultiProcessorCount, dev);
   return sms[dev & 63];
+}
+
+// fn(std::integral_constant<int, d>{}) for d in 1..16: the fp32 kernels are compiled per d
+template <typename Fn>
+cudaError_t with_dim(int d, Fn&& fn) {
+  switch (d) {
+#define VPTQ_D(N) \
+  case N: return fn(std::integral_constant<int, N>{});
+    VPTQ_D(1) VPTQ_D(2) VPTQ_D(3) VPTQ_D(4) VPTQ_D(5) VPTQ_D(6) VPTQ_D(7) VPTQ_D(8)
+    VPTQ_D(9) VPTQ_D(10) VPTQ_D(11) VPTQ_D(12) VPTQ_D(13) VPTQ_D(14) VPTQ_D(15) VPTQ_D(16)
+#undef VPTQ_D
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 inline int grid_for(int64_t n, int threads) {
@@ -74,6 +88,76 @@ __device__ inline void stage_chunk(const float* __restrict__ cent, int k, int d,
       }
     }
     s_n[r] = nrm;
+  }
+}
+
+
+// fp32 kernels: this thread's kPts points (i = base + q * step), stored as -2 x, with their
+// running best (score, index) reset
+template <int D>
+__device__ __forceinline__ void load_points(const float* __restrict__ x, int64_t n, int64_t base,
+                                            int step, float (&m2x)[kPts][D],
+                                            float (&best)[kPts], int (&bi)[kPts]) {
+#pragma unroll
+  for (int q = 0; q < kPts; ++q) {
+    const int64_t i = base + int64_t{q} * step;
+#pragma unroll
+    for (int c = 0; c < D; ++c) m2x[q][c] = i < n ? -2.f * x[i * D + c] : 0.f;
+    best[q] = INFINITY;
+    bi[q] = 0;
+  }
+}
+
+// fp32 kernels: scores |c|^2 - 2 x.c of nc staged centroids (rows s_c, norms s_n) for the
+// thread's points; a strictly lower score takes index j0 + j, so ties keep the lowest
+template <int D>
+__device__ __forceinline__ void score_chunk(const float* s_c, const float* s_n, int nc, int j0,
+                                            const float (&m2x)[kPts][D], float (&best)[kPts],
+                                            int (&bi)[kPts]) {
+  for (int j = 0; j < nc; ++j) {
+    float cv[D];
+#pragma unroll
+    for (int c = 0; c < D; ++c) cv[c] = s_c[j * D + c];
+    const float nrm = s_n[j];
+#pragma unroll
+    for (int q = 0; q < kPts; ++q) {
+      float s = nrm;
+#pragma unroll
+      for (int c = 0; c < D; ++c) s = fmaf(m2x[q][c], cv[c], s);
+      if (s < best[q]) {
+        best[q] = s;
+        bi[q] = j0 + j;
+      }
+    }
+  }
+}
+
+// Tensor-core kernels: a warp's A fragments (mma m16n8k8 row layout, lane = 4 g + t) for the
+// kMt 16-point m-tiles from row m0: -2 x as TF32 (hi) and, for 3 products, the TF32 rest
+// (lo). KS k-steps of 8 dimensions; columns past d and rows past n are zero.
+template <int KS, int NP, int kMt>
+__device__ __forceinline__ void load_a_frags(const float* __restrict__ x, int64_t n, int d,
+                                             int64_t m0, int g, int t,
+                                             uint32_t (&a)[kMt][KS][4],
+                                             uint32_t (&al)[NP == 3 ? kMt : 1][KS][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+    const int64_t r0 = m0 + mt * 16 + g;
+    const int64_t r1 = r0 + 8;
+#pragma unroll
+    for (int s = 0; s < KS; ++s) {
+      const int ca = t + 8 * s;
+      const int cb = ca + 4;
+      const float v[4] = {r0 < n && ca < d ? -2.f * x[r0 * d + ca] : 0.f,
+                          r1 < n && ca < d ? -2.f * x[r1 * d + ca] : 0.f,
+                          r0 < n && cb < d ? -2.f * x[r0 * d + cb] : 0.f,
+                          r1 < n && cb < d ? -2.f * x[r1 * d + cb] : 0.f};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        a[mt][s][e] = to_tf32(v[e]);
+        if (NP == 3) al[NP == 3 ? mt : 0][s][e] = to_tf32(v[e] - __uint_as_float(a[mt][s][e]));
+      }
+    }
   }
 }
 

@@ -41,30 +41,8 @@ __global__ void __launch_bounds__(256) assign_simt(const float* __restrict__ x, 
     float m2x[kPts][D];
     float best[kPts];
     int bi[kPts];
-#pragma unroll
-    for (int q = 0; q < kPts; ++q) {
-      const int64_t i = tb * tile + q * blockDim.x + threadIdx.x;
-#pragma unroll
-      for (int c = 0; c < D; ++c) m2x[q][c] = i < n ? -2.f * x[i * D + c] : 0.f;
-      best[q] = INFINITY;
-      bi[q] = 0;
-    }
-    for (int j = 0; j < kc; ++j) {
-      float cv[D];
-#pragma unroll
-      for (int c = 0; c < D; ++c) cv[c] = s_c[j * D + c];
-      const float nrm = s_n[j];
-#pragma unroll
-      for (int q = 0; q < kPts; ++q) {
-        float s = nrm;
-#pragma unroll
-        for (int c = 0; c < D; ++c) s = fmaf(m2x[q][c], cv[c], s);
-        if (s < best[q]) {
-          best[q] = s;
-          bi[q] = j;
-        }
-      }
-    }
+    load_points<D>(x, n, tb * tile + threadIdx.x, blockDim.x, m2x, best, bi);
+    score_chunk<D>(s_c, s_n, kc, 0, m2x, best, bi);
 #pragma unroll
     for (int q = 0; q < kPts; ++q) {
       const int64_t i = tb * tile + q * blockDim.x + threadIdx.x;
@@ -106,29 +84,9 @@ __global__ void __launch_bounds__(256) assign_mma(const float* __restrict__ x, i
     uint32_t al[NP == 3 ? kMt : 1][KS][4];
     float best[kMt][2];
     int bi[kMt][2];
+    load_a_frags<KS, NP, kMt>(x, n, d, m0, g, t, a, al);
 #pragma unroll
     for (int mt = 0; mt < kMt; ++mt) {
-      const int64_t r0 = m0 + mt * 16 + g;
-      const int64_t r1 = r0 + 8;
-#pragma unroll
-      for (int s = 0; s < KS; ++s) {
-        const int ca = t + 8 * s;
-        const int cb = ca + 4;
-        const float v0 = r0 < n && ca < d ? -2.f * x[r0 * d + ca] : 0.f;
-        const float v1 = r1 < n && ca < d ? -2.f * x[r1 * d + ca] : 0.f;
-        const float v2 = r0 < n && cb < d ? -2.f * x[r0 * d + cb] : 0.f;
-        const float v3 = r1 < n && cb < d ? -2.f * x[r1 * d + cb] : 0.f;
-        a[mt][s][0] = to_tf32(v0);
-        a[mt][s][1] = to_tf32(v1);
-        a[mt][s][2] = to_tf32(v2);
-        a[mt][s][3] = to_tf32(v3);
-        if (NP == 3) {
-          al[NP == 3 ? mt : 0][s][0] = to_tf32(v0 - __uint_as_float(a[mt][s][0]));
-          al[NP == 3 ? mt : 0][s][1] = to_tf32(v1 - __uint_as_float(a[mt][s][1]));
-          al[NP == 3 ? mt : 0][s][2] = to_tf32(v2 - __uint_as_float(a[mt][s][2]));
-          al[NP == 3 ? mt : 0][s][3] = to_tf32(v3 - __uint_as_float(a[mt][s][3]));
-        }
-      }
       best[mt][0] = best[mt][1] = INFINITY;
       bi[mt][0] = bi[mt][1] = 0;
     }
@@ -239,14 +197,10 @@ inline cudaError_t assign(const float* x, int64_t n, int d, const float* centroi
     return d <= 8 ? run_mma<1, 1>(x, n, d, centroids, k, keys, stream)
                   : run_mma<2, 1>(x, n, d, centroids, k, keys, stream);
   }
-  switch (d) {
-#define VPTQ_D(N) \
-  case N: return run_simt<N>(x, n, centroids, k, keys, stream);
-    VPTQ_D(1) VPTQ_D(2) VPTQ_D(3) VPTQ_D(4) VPTQ_D(5) VPTQ_D(6) VPTQ_D(7) VPTQ_D(8)
-    VPTQ_D(9) VPTQ_D(10) VPTQ_D(11) VPTQ_D(12) VPTQ_D(13) VPTQ_D(14) VPTQ_D(15) VPTQ_D(16)
-#undef VPTQ_D
-    default: return cudaErrorInvalidValue;
-  }
+  return with_dim(d, [&](auto dim) {
+    using D = decltype(dim);
+    return run_simt<D::value>(x, n, centroids, k, keys, stream);
+  });
 }
 
 }  // namespace merged

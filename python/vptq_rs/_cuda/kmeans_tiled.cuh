@@ -42,35 +42,13 @@ __global__ void __launch_bounds__(kThreads, 2) assign_simt(const float* __restri
     float m2x[kPts][D];
     float best[kPts];
     int bi[kPts];
-#pragma unroll
-    for (int q = 0; q < kPts; ++q) {
-      const int64_t i = tb * tile + q * kThreads + threadIdx.x;
-#pragma unroll
-      for (int c = 0; c < D; ++c) m2x[q][c] = i < n ? -2.f * x[i * D + c] : 0.f;
-      best[q] = INFINITY;
-      bi[q] = 0;
-    }
+    load_points<D>(x, n, tb * tile + threadIdx.x, kThreads, m2x, best, bi);
     for (int c0 = 0; c0 < k; c0 += kc) {
       const int nc = min(kc, k - c0);
       __syncthreads();  // the previous chunk is consumed
       stage_chunk(cent, k, D, c0, nc, D, false, s_c, s_n);
       __syncthreads();
-      for (int j = 0; j < nc; ++j) {
-        float cv[D];
-#pragma unroll
-        for (int c = 0; c < D; ++c) cv[c] = s_c[j * D + c];
-        const float nrm = s_n[j];
-#pragma unroll
-        for (int q = 0; q < kPts; ++q) {
-          float s = nrm;
-#pragma unroll
-          for (int c = 0; c < D; ++c) s = fmaf(m2x[q][c], cv[c], s);
-          if (s < best[q]) {
-            best[q] = s;
-            bi[q] = c0 + j;
-          }
-        }
-      }
+      score_chunk<D>(s_c, s_n, nc, c0, m2x, best, bi);
     }
 #pragma unroll
     for (int q = 0; q < kPts; ++q) {
@@ -223,24 +201,9 @@ __global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restric
     uint32_t al[NP == 3 ? kMt : 1][KS][4];
     int best[kMt][2];  // scores as int bits: non-negative floats order like their bits
     int bgrp[kMt][2];
+    load_a_frags<KS, NP, kMt>(x, n, d, m0, g, t, a, al);
 #pragma unroll
     for (int mt = 0; mt < kMt; ++mt) {
-      const int64_t r0 = m0 + mt * 16 + g;
-      const int64_t r1 = r0 + 8;
-#pragma unroll
-      for (int s = 0; s < KS; ++s) {
-        const int ca = t + 8 * s;
-        const int cb = ca + 4;
-        const float v[4] = {r0 < n && ca < d ? -2.f * x[r0 * d + ca] : 0.f,
-                            r1 < n && ca < d ? -2.f * x[r1 * d + ca] : 0.f,
-                            r0 < n && cb < d ? -2.f * x[r0 * d + cb] : 0.f,
-                            r1 < n && cb < d ? -2.f * x[r1 * d + cb] : 0.f};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          a[mt][s][e] = to_tf32(v[e]);
-          if (NP == 3) al[NP == 3 ? mt : 0][s][e] = to_tf32(v[e] - __uint_as_float(a[mt][s][e]));
-        }
-      }
       best[mt][0] = best[mt][1] = INT_MAX;
       bgrp[mt][0] = bgrp[mt][1] = 0;
     }
@@ -385,14 +348,10 @@ inline cudaError_t assign(const float* x, int64_t n, int d, const float* centroi
     return d <= 8 ? run_mma<1, 1>(x, n, d, centroids, k, scratch, cand, stream)
                   : run_mma<2, 1>(x, n, d, centroids, k, scratch, cand, stream);
   }
-  switch (d) {
-#define VPTQ_D(N) \
-  case N: return run_simt<N>(x, n, centroids, k, cand, stream);
-    VPTQ_D(1) VPTQ_D(2) VPTQ_D(3) VPTQ_D(4) VPTQ_D(5) VPTQ_D(6) VPTQ_D(7) VPTQ_D(8)
-    VPTQ_D(9) VPTQ_D(10) VPTQ_D(11) VPTQ_D(12) VPTQ_D(13) VPTQ_D(14) VPTQ_D(15) VPTQ_D(16)
-#undef VPTQ_D
-    default: return cudaErrorInvalidValue;
-  }
+  return with_dim(d, [&](auto dim) {
+    using D = decltype(dim);
+    return run_simt<D::value>(x, n, centroids, k, cand, stream);
+  });
 }
 
 }  // namespace tiled
