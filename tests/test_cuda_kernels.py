@@ -261,6 +261,22 @@ def test_assign_tf32x1_close(d, design):
 
 
 @pytest.mark.parametrize("mode", [1, 2])
+def test_tiled_scores_survive_a_far_outlier(mode):
+    """The tiled design offsets scores by the largest |x|^2 of a warp (<= 128 points): a point
+    1000x farther out than the rest coarsens its warp-mates' scores only."""
+    gen = torch.Generator(device=DEV).manual_seed(60 + mode)
+    n, k = (4000, 3000) if SMALL else (20000, 5000)
+    x = torch.randn(n, 8, device=DEV, generator=gen)
+    x[5] *= 1000
+    c = torch.randn(k, 8, device=DEV, generator=gen)
+    _, refd = brute_labels(x, c)
+    labels, _ = torch.ops.vptq_rs.kmeans_assign(x, c, mode, 1)
+    got_d = ((x.double() - c.double()[labels.long()]) ** 2).sum(1)
+    slack = (4 if mode == 1 else 1e3) * rounding_slack(x, c)
+    assert (got_d[128:] <= refd[128:] + slack[128:]).all()
+
+
+@pytest.mark.parametrize("mode", [1, 2])
 def test_tiled_tensor_core_labels_not_worse_than_merged(mode):
     """The tiled design re-ranks each point's 8 TF32 candidates in exact fp32, which
     contain the merged design's pick unless TF32 rounding differs: over many points its

@@ -10,11 +10,12 @@
 //   initial value; 3 split products or one): keeping an index beside every running minimum
 //   costs more than the minimum itself (the merged design's inner loop spends ~22 SASS
 //   instructions per mma on it), so a lane keeps only the minimum over groups of kGroup
-//   8-centroid steps and which group held it. The norms carry an offset >= every |x|^2
-//   that makes all scores non-negative, so two scores and the running minimum meet in one
-//   3-way integer min (VIMNMX3). The quad's best group leaves 2 * kGroup candidate
-//   centroids per point; the final pass picks the one nearest in exact fp32 (the offset
-//   costs the scores ~1e-7 of max |x|^2 in fp32 rounding; the re-ranking is exact).
+//   8-centroid steps and which group held it. The accumulators start from |c|^2 plus the
+//   warp's largest |x|^2, which makes every score non-negative, so two scores and the
+//   running minimum meet in one 3-way integer min (VIMNMX3). The quad's best group leaves
+//   2 * kGroup candidate centroids per point; the final pass picks the one nearest in exact
+//   fp32 (the offset costs the scores ~6e-8 of the warp's max |x|^2 in fp32 rounding; the
+//   re-ranking is exact).
 #pragma once
 
 #include <climits>
@@ -90,28 +91,11 @@ __host__ __device__ constexpr int step_floats() { return 64 * KS * (NP == 3 ? 2 
 template <int KS, int NP>
 __host__ __device__ constexpr int m_tiles() { return (NP == 1 ? 8 : 4) / KS; }
 
-// *out = max over points of |x|^2 (out zeroed by the caller): non-negative floats order
-// like their bit patterns, so an integer atomicMax does
-__global__ void max_sq_norm(const float* __restrict__ x, int64_t n, int d, float* out) {
-  float m = 0.f;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    float s = 0.f;
-    for (int c = 0; c < d; ++c) s = fmaf(x[i * d + c], x[i * d + c], s);
-    m = fmaxf(m, s);
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  if ((threadIdx.x & 31) == 0) atomicMax(reinterpret_cast<int*>(out), __float_as_int(m));
-}
-
-// One thread per (step, lane): step records for centroids [0, nsteps * 8). Norms carry the
-// offset *shift (>= every |x|^2), which makes every score |c|^2 + shift - 2 x.c =
-// |x - c|^2 + (shift - |x|^2) non-negative, so scores compare as integers (below). Slots
-// past k are zero with norm +inf so they never win.
+// One thread per (step, lane): step records for centroids [0, nsteps * 8). Slots past k are
+// zero with norm +inf so they never win.
 template <int KS, int NP>
 __global__ void prep_fragments(const float* __restrict__ cent, int k, int d, int nsteps,
-                               const float* __restrict__ shift, float* __restrict__ out) {
+                               float* __restrict__ out) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= int64_t{nsteps} * 32) return;
   const int step = static_cast<int>(i >> 5);
@@ -135,7 +119,6 @@ __global__ void prep_fragments(const float* __restrict__ cent, int k, int d, int
     if (j < k) {
       nrm = 0.f;
       for (int col = 0; col < d; ++col) nrm = fmaf(cent[int64_t{j} * d + col], cent[int64_t{j} * d + col], nrm);
-      nrm += *shift;
     }
     rec[64 * KS * (NP == 3 ? 2 : 1) + g] = nrm;
   }
@@ -163,6 +146,29 @@ __device__ __forceinline__ void load_frag(const float* p, uint32_t (&b)[KS][2]) 
 }
 
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// max |x|^2 over the warp's 16 kMt rows from m0 (lane 4 g + t sums columns t, t+4, ...; the
+// quad completes a row), in every lane
+template <int kMt>
+__device__ __forceinline__ float warp_max_sq_norm(const float* __restrict__ x, int64_t n, int d,
+                                                  int64_t m0, int g, int t) {
+  float m = 0.f;
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t r = m0 + mt * 16 + g + 8 * h;
+      float s = 0.f;
+      if (r < n)
+        for (int c = t; c < d; c += 4) s = fmaf(x[r * d + c], x[r * d + c], s);
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      m = fmaxf(m, s);
+    }
+#pragma unroll
+  for (int o = 4; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  return m;
+}
 
 // One block per SM (a persistent grid): with two, the 128-register cap made ptxas copy every
 // accumulator's initial value (~2 extra instructions per mma); ~180 registers fit one. Chunks of centroid records are double
@@ -207,6 +213,10 @@ __global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restric
       best[mt][0] = best[mt][1] = INT_MAX;
       bgrp[mt][0] = bgrp[mt][1] = 0;
     }
+    // shift >= |x|^2 of every row of this warp: scores |c|^2 + shift - 2 x.c =
+    // |x - c|^2 + (shift - |x|^2) are then non-negative and compare as integers (below).
+    // Per warp, so that a far outlier coarsens the fp32 scores of 127 other points at most.
+    const float shift = warp_max_sq_norm<kMt>(x, n, d, m0, g, t);
     for (int ch = 0; ch < nchunks; ++ch, ++it) {
       const int cs = ch * chunk_steps;
       const int ns = min(chunk_steps, nsteps - cs);  // a multiple of kGroup
@@ -228,6 +238,8 @@ __global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restric
           if (NP == 3) load_frag<KS>(st + 64 * KS + lane * 2 * KS, bl);
           const float2 nn =
               *reinterpret_cast<const float2*>(st + 64 * KS * (NP == 3 ? 2 : 1) + 2 * t);
+          const float n0 = nn.x + shift;
+          const float n1 = nn.y + shift;
 #pragma unroll
           for (int mt = 0; mt < kMt; ++mt) {
             float c[4];
@@ -235,14 +247,14 @@ __global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restric
             for (int s = 0; s < KS; ++s) {  // small terms first: lo*hi, hi*lo, then hi*hi
               if (NP == 3) {
                 if (s == 0) {
-                  mma_tf32_from(c, al[NP == 3 ? mt : 0][s], b[s], nn.x, nn.y);
+                  mma_tf32_from(c, al[NP == 3 ? mt : 0][s], b[s], n0, n1);
                 } else {
                   mma_tf32(c, al[NP == 3 ? mt : 0][s], b[s]);
                 }
                 mma_tf32(c, a[mt][s], bl[s]);
                 mma_tf32(c, a[mt][s], b[s]);
               } else if (s == 0) {
-                mma_tf32_from(c, a[mt][s], b[s], nn.x, nn.y);
+                mma_tf32_from(c, a[mt][s], b[s], n0, n1);
               } else {
                 mma_tf32(c, a[mt][s], b[s]);
               }
@@ -287,13 +299,13 @@ __global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restric
   }
 }
 
-// scratch: step records, then the shift (4 floats keep the records 16-byte aligned)
+// scratch: the step records
 inline int mma_steps(int k) {
   return ((k + 7) / 8 + kGroup - 1) / kGroup * kGroup;
 }
 template <int KS, int NP>
 size_t mma_scratch_floats(int k) {
-  return static_cast<size_t>(mma_steps(k)) * step_floats<KS, NP>() + 4;
+  return static_cast<size_t>(mma_steps(k)) * step_floats<KS, NP>();
 }
 
 template <int KS, int NP>
@@ -301,13 +313,8 @@ cudaError_t run_mma(const float* x, int64_t n, int d, const float* cent, int k, 
                     int32_t* cand, cudaStream_t s) {
   constexpr int kSf = step_floats<KS, NP>();
   const int nsteps = mma_steps(k);
-  float* shift = scratch + int64_t{nsteps} * kSf;
-  cudaError_t e = cudaMemsetAsync(shift, 0, sizeof(float), s);
-  if (e != cudaSuccess) return e;
-  max_sq_norm<<<grid_for(n, 256), 256, 0, s>>>(x, n, d, shift);
-  prep_fragments<KS, NP><<<(nsteps * 32 + 255) / 256, 256, 0, s>>>(cent, k, d, nsteps, shift,
-                                                                     scratch);
-  e = cudaGetLastError();
+  prep_fragments<KS, NP><<<(nsteps * 32 + 255) / 256, 256, 0, s>>>(cent, k, d, nsteps, scratch);
+  cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   // two buffers of up to 96 KB where the device allows (227 KB on an H100)
   int optin = 0, dev = 0;
