@@ -278,7 +278,7 @@ def test_tiled_scores_survive_a_far_outlier(mode):
 
 @pytest.mark.parametrize("mode", [1, 2])
 def test_tiled_tensor_core_labels_not_worse_than_merged(mode):
-    """The tiled design re-ranks each point's 8 TF32 candidates in exact fp32, which
+    """The tiled design re-ranks each point's 16 TF32 candidates in exact fp32, which
     contain the merged design's pick unless TF32 rounding differs: over many points its
     total distance is no larger (up to rounding)."""
     gen = torch.Generator(device=DEV).manual_seed(50 + mode)

@@ -25,7 +25,7 @@ trace them):
 - ``kmeans_assign(x, centroids, mode, design=0) -> (labels int32 [n], sq_dist float32 [n])``;
   mode 0 fp32 CUDA cores, 1 tensor cores (3xTF32: hi/lo split, about fp32 accuracy), 2 one
   TF32 product; design 0 "merged", 1 "tiled" (:data:`KMEANS_DESIGNS`; the tiled tensor-core
-  modes narrow each point to 8 candidates by TF32 score and return the candidate nearest
+  modes narrow each point to 16 candidates by TF32 score and return the candidate nearest
   in exact fp32 distance).
 - ``kmeans_update(x, weights?, labels, k) -> (sums float64 [k, d], weight_sums float64 [k])``.
 - ``kmeans_seed(x, weights?, k, seed) -> centroids [k, d]``: weighted k-means++.
