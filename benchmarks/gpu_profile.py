@@ -3,8 +3,9 @@
     python benchmarks/gpu_profile.py [gemv|kmeans|all]
 
 GEMV: batch 1 on the two largest issue-5 shapes with v6/k4096 (codebook in shared memory)
-and v8/k65536 (codebook through L2); k-means: one TF32 assignment of 1M x d8 points
-against 65,536 centroids. Layers are random (speed does not depend on the values).
+and v8/k65536 (codebook through L2); k-means: each precision and assignment design on 1M
+x d8 points against 65,536 centroids, twice. Layers are random (speed does not depend on
+the values).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ def main() -> None:
     if what in ("kmeans", "all"):
         x = torch.randn(1 << 20, 8, device=DEV, generator=gen)
         c = torch.randn(65536, 8, device=DEV, generator=gen)
-        for mode in cuda_ext.KMEANS_MODES.values():
-            for _ in range(2):
-                torch.ops.vptq_rs.kmeans_assign(x, c, mode)
+        for design in cuda_ext.KMEANS_DESIGNS.values():
+            for mode in cuda_ext.KMEANS_MODES.values():
+                for _ in range(2):
+                    torch.ops.vptq_rs.kmeans_assign(x, c, mode, design)
         torch.cuda.synchronize()
 
 

@@ -21,7 +21,7 @@ if [ "$WHAT" != kmeans ]; then
   echo "gemv ncu exit $?"; grep -E "Duration|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" "$OUT/profile/gemv.txt" | head -40
 fi
 if [ "$WHAT" != gemv ]; then
-  timeout 200 ncu $SECTIONS -k regex:"assign_|update_kernel" -c 4 \
+  timeout 300 ncu $SECTIONS -k regex:"assign_" -c 12 \
     python3 benchmarks/gpu_profile.py kmeans > "$OUT/profile/kmeans.txt" 2>&1
-  echo "kmeans ncu exit $?"; grep -E "Duration|Achieved Occupancy|Registers Per" "$OUT/profile/kmeans.txt" | head -20
+  echo "kmeans ncu exit $?"; grep -E "assign_|Duration|Achieved Occupancy|Registers Per|Issued Ipc" "$OUT/profile/kmeans.txt" | head -80
 fi
