@@ -32,6 +32,19 @@ cudaError_t with_dim(int d, Fn&& fn) {
   }
 }
 
+// The assignment kernel for (mode, d): modes 1 and 2 call mma(KS, NP) (KS = 1 for d <= 8, else
+// 2; NP = 3 products for mode 1, 1 for mode 2), mode 0 calls simt(D) with D = d; the
+// arguments are std::integral_constant, so the callees can pick template instantiations
+template <typename Mma, typename Simt>
+cudaError_t with_config(int mode, int d, Mma&& mma, Simt&& simt) {
+  using One = std::integral_constant<int, 1>;
+  using Two = std::integral_constant<int, 2>;
+  using Three = std::integral_constant<int, 3>;
+  if (mode == 1) return d <= 8 ? mma(One{}, Three{}) : mma(Two{}, Three{});
+  if (mode == 2) return d <= 8 ? mma(One{}, One{}) : mma(Two{}, One{});
+  return with_dim(d, simt);
+}
+
 inline int grid_for(int64_t n, int threads) {
   const int64_t b = (n + threads - 1) / threads;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(b, int64_t{sm_count()} * 32)));

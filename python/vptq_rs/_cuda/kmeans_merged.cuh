@@ -189,18 +189,13 @@ inline cudaError_t assign(const float* x, int64_t n, int d, const float* centroi
                           int mode, unsigned long long* keys, cudaStream_t stream) {
   cudaError_t e = cudaMemsetAsync(keys, 0xff, sizeof(unsigned long long) * n, stream);
   if (e != cudaSuccess) return e;
-  if (mode == 1) {
-    return d <= 8 ? run_mma<1, 3>(x, n, d, centroids, k, keys, stream)
-                  : run_mma<2, 3>(x, n, d, centroids, k, keys, stream);
-  }
-  if (mode == 2) {
-    return d <= 8 ? run_mma<1, 1>(x, n, d, centroids, k, keys, stream)
-                  : run_mma<2, 1>(x, n, d, centroids, k, keys, stream);
-  }
-  return with_dim(d, [&](auto dim) {
-    using D = decltype(dim);
-    return run_simt<D::value>(x, n, centroids, k, keys, stream);
-  });
+  return with_config(
+      mode, d,
+      [&](auto ks, auto np) {
+        return run_mma<decltype(ks)::value, decltype(np)::value>(x, n, d, centroids, k, keys,
+                                                                 stream);
+      },
+      [&](auto dim) { return run_simt<decltype(dim)::value>(x, n, centroids, k, keys, stream); });
 }
 
 }  // namespace merged

@@ -347,18 +347,13 @@ inline size_t scratch_floats(int k, int d, int mode) {
 // s < kGroup, e < 2 (modes 1 and 2); scratch: float [scratch_floats(k, d, mode)].
 inline cudaError_t assign(const float* x, int64_t n, int d, const float* centroids, int k,
                           int mode, float* scratch, int32_t* cand, cudaStream_t stream) {
-  if (mode == 1) {
-    return d <= 8 ? run_mma<1, 3>(x, n, d, centroids, k, scratch, cand, stream)
-                  : run_mma<2, 3>(x, n, d, centroids, k, scratch, cand, stream);
-  }
-  if (mode == 2) {
-    return d <= 8 ? run_mma<1, 1>(x, n, d, centroids, k, scratch, cand, stream)
-                  : run_mma<2, 1>(x, n, d, centroids, k, scratch, cand, stream);
-  }
-  return with_dim(d, [&](auto dim) {
-    using D = decltype(dim);
-    return run_simt<D::value>(x, n, centroids, k, cand, stream);
-  });
+  return with_config(
+      mode, d,
+      [&](auto ks, auto np) {
+        return run_mma<decltype(ks)::value, decltype(np)::value>(x, n, d, centroids, k, scratch,
+                                                                 cand, stream);
+      },
+      [&](auto dim) { return run_simt<decltype(dim)::value>(x, n, centroids, k, cand, stream); });
 }
 
 }  // namespace tiled
