@@ -125,6 +125,30 @@ def test_gemv_matches_reference(cfg_t, dtype, tokens):
         assert err <= max(2 * drift, 1e-3), (mode, err, drift)
 
 
+def misaligned(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` whose data starts 4 bytes past a 16-byte boundary."""
+    pad = 4 // t.element_size()
+    buf = torch.empty(t.numel() + pad, dtype=t.dtype, device=t.device)
+    out = buf[pad:].view(t.shape)
+    out.copy_(t)
+    assert out.data_ptr() % 16 == 4
+    return out
+
+
+@pytest.mark.parametrize("cfg_t", [CONFIGS[1], CONFIGS[3]])
+def test_gemv_shared_codebooks_at_any_alignment(cfg_t):
+    """Staging codebooks in shared memory copies 16 bytes at a time only from aligned ones."""
+    cfg, layer, t = make(cfg_t, torch.float16, seed=7)
+    x = torch.randn(2, cfg.in_features, device=DEV).half()
+    bias = layer.bias.to(DEV)
+    want = cuda_ext.gemv(x, cfg, t, bias, mode=1)
+    moved = t._replace(
+        centroids=misaligned(t.centroids),
+        res_centroids=None if t.res_centroids is None else misaligned(t.res_centroids),
+    )
+    assert torch.equal(cuda_ext.gemv(x, cfg, moved, bias, mode=1), want)
+
+
 def test_gemm_many_tokens_and_batch_shape():
     cfg, layer, t = make(CONFIGS[2], torch.float16)
     x = torch.randn(2, 9, cfg.in_features, device=DEV).half()

@@ -172,17 +172,17 @@ __global__ void __launch_bounds__(Cfg<NT, V, kSmem>::kThreads, 1) main_kernel(Pa
     T* s_cb = reinterpret_cast<T*>(smem);
     const size_t main_bytes = ((cb_elems * sizeof(T)) + 15) / 16 * 16;
     T* s_rcb = reinterpret_cast<T*>(smem + main_bytes);
-    // entries are whole multiples of 4 bytes (K even), so copy 4-byte words
-    const uint32_t* src = static_cast<const uint32_t*>(a.centroids);
-    uint32_t* dst = reinterpret_cast<uint32_t*>(s_cb);
-    for (int64_t i = threadIdx.x; i < cb_elems * int64_t{sizeof(T)} / 4; i += blockDim.x)
-      dst[i] = src[i];
-    if (has_res) {
-      src = static_cast<const uint32_t*>(a.res_centroids);
-      dst = reinterpret_cast<uint32_t*>(s_rcb);
-      for (int64_t i = threadIdx.x; i < rcb_elems * int64_t{sizeof(T)} / 4; i += blockDim.x)
-        dst[i] = src[i];
-    }
+    // Entries are whole multiples of 4 bytes (K even). One cp.async group, waited for with
+    // the first pipeline step: every copy is in flight at once, where a load/store loop
+    // paid a global-load latency per 4 bytes per thread, and it overlaps the first tiles.
+    auto stage_codebook = [&](uint32_t* dst, const void* src, int64_t elems) {
+      const int n = static_cast<int>(elems * int64_t{sizeof(T)} / 4);
+      const bool vec = (reinterpret_cast<uintptr_t>(src) & 15) == 0;
+      stage_copy(dst, static_cast<const uint32_t*>(src), n, vec ? (n + 3) / 4 * 4 : n, vec);
+    };
+    stage_codebook(reinterpret_cast<uint32_t*>(s_cb), a.centroids, cb_elems);
+    if (has_res) stage_codebook(reinterpret_cast<uint32_t*>(s_rcb), a.res_centroids, rcb_elems);
+    cp_commit();
     cbm = s_cb;
     cbr = s_rcb;
     off = main_bytes + ((rcb_elems * sizeof(T)) + 15) / 16 * 16;
@@ -372,6 +372,7 @@ __global__ void __launch_bounds__(Cfg<NT, V, kSmem>::kThreads, 1) main_kernel(Pa
       }
     }
   }
+  cp_wait<0>();  // no copy may outlive the block (nothing is pending unless nsteps == 0)
 }
 
 }  // namespace gemv
