@@ -64,6 +64,7 @@ fi
 step "benchmark suite ($MODE)"
 QUICK=$([ "$MODE" = quick ] && echo --quick || echo)
 SUITE_T=${SUITE_T:-$([ "$MODE" = quick ] && echo 200 || echo 400)}
-timeout "$SUITE_T" python3 benchmarks/gpu_suite.py --out "$OUT/results" $QUICK --sections "$SECTIONS" 2>&1 \
+timeout "$SUITE_T" python3 benchmarks/gpu_suite.py --out "$OUT/results" $QUICK --sections "$SECTIONS" \
+  --kmeans-variants "${KMEANS_VARIANTS:-}" 2>&1 \
   | tee -a "$LOG" | tail -60
 step "end"

@@ -319,7 +319,7 @@ def kmeans_phase_ms(timer, x, w, init, mode: int, design: int) -> tuple[float, f
     return assign / 1e3, update / 1e3
 
 
-def kmeans_section(quick: bool, baseline_iters: int) -> dict[str, Any]:
+def kmeans_section(quick: bool, baseline_iters: int, only: str = "") -> dict[str, Any]:
     n = 1_048_576 if quick else 7_340_032
     k, d = 65536, 8
     iters = 10 if quick else 100
@@ -345,6 +345,8 @@ def kmeans_section(quick: bool, baseline_iters: int) -> dict[str, Any]:
         for design in cuda_ext.KMEANS_DESIGNS
         for prec in ("tf32x1", "tf32", "fp32")
     ]
+    if only:  # e.g. "tf32x1,tiled_tf32x1": a shorter device call
+        variants = [v for v in variants if v[0] in only.split(",")]
     timer = Timer()
     for key, prec, design in variants:
         mode, des = cuda_ext.KMEANS_MODES[prec], cuda_ext.KMEANS_DESIGNS[design]
@@ -489,6 +491,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a first check")
     ap.add_argument("--sections", default="copy,gemv,lut,gemm,kmeans,e2e,msvptq")
     ap.add_argument("--kmeans-baseline-iters", type=int, default=10)
+    ap.add_argument(
+        "--kmeans-variants",
+        default="",
+        help="comma-separated keys to time (tf32x1, tf32, fp32, tiled_tf32x1, ...); default all",
+    )
     args = ap.parse_args()
     if cuda_ext.load() is None:
         sys.exit(f"CUDA extension unavailable: {cuda_ext.unavailable_reason()}")
@@ -503,7 +510,10 @@ def main() -> None:
         ("gemv", lambda: gemv_section(timer, copy["GBps"], args.quick)),
         ("lut", lambda: lut_section(timer, args.quick)),
         ("gemm", lambda: gemm_section(timer, args.quick)),
-        ("kmeans", lambda: kmeans_section(args.quick, args.kmeans_baseline_iters)),
+        (
+            "kmeans",
+            lambda: kmeans_section(args.quick, args.kmeans_baseline_iters, args.kmeans_variants),
+        ),
         ("e2e", lambda: e2e_section(args.quick)),
         ("msvptq", msvptq_section),
     ]
