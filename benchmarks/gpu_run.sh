@@ -8,6 +8,7 @@
 # memcheck only; tune: build + benchmarks/gpu_tune.py [its sections] -- a device call is
 # limited to 10 minutes, so a full run takes two calls)
 #
+# TAG=h200 names the suite's files gpu-<section>-h200.json (a run on another card).
 # Expects the abi3 wheel in .device/wheels/ (maturin build --release -o .device/wheels).
 set -uo pipefail
 MODE=${1:-full}
@@ -65,6 +66,6 @@ step "benchmark suite ($MODE)"
 QUICK=$([ "$MODE" = quick ] && echo --quick || echo)
 SUITE_T=${SUITE_T:-$([ "$MODE" = quick ] && echo 200 || echo 400)}
 timeout "$SUITE_T" python3 benchmarks/gpu_suite.py --out "$OUT/results" $QUICK --sections "$SECTIONS" \
-  --kmeans-variants "${KMEANS_VARIANTS:-}" 2>&1 \
+  --kmeans-variants "${KMEANS_VARIANTS:-}" --tag "${TAG:-}" 2>&1 \
   | tee -a "$LOG" | tail -60
 step "end"

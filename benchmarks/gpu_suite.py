@@ -1,6 +1,7 @@
 """GPU benchmark suite of the vptq-rs CUDA kernels (issue 5's "Numbers"), one script.
 
-Writes ``<out>/gpu-<section>.json`` for each section: device, driver, torch/CUDA versions,
+Writes ``<out>/gpu-<section>[-<tag>].json`` for each section (``--tag h200`` keeps a run on
+another card beside the H100 tables): device, driver, torch/CUDA versions,
 the command, raw per-repetition timings (µs unless named otherwise), medians, and ratios
 against baselines timed in the same run (cuBLAS fp16 ``F.linear``, naive PyTorch
 dequant + matmul, a chunked PyTorch cdist + argmin k-means from the same initial
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -100,9 +102,9 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def write(out: Path, name: str, payload: dict[str, Any]) -> None:
+def write(out: Path, name: str, payload: dict[str, Any], tag: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"gpu-{name}.json"
+    path = out / f"gpu-{name}{'-' + tag if tag else ''}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"env": env_info(), **payload}, indent=1))
     tmp.replace(path)
@@ -496,7 +498,12 @@ def main() -> None:
         default="",
         help="comma-separated keys to time (tf32x1, tf32, fp32, tiled_tf32x1, ...); default all",
     )
+    ap.add_argument(
+        "--tag", default="", help="file name suffix, e.g. h200: writes gpu-<section>-<tag>.json"
+    )
     args = ap.parse_args()
+    if args.tag and not re.fullmatch(r"[a-z0-9_]+", args.tag):
+        ap.error(f"--tag must be lower-case letters, digits or _, got {args.tag!r}")
     if cuda_ext.load() is None:
         sys.exit(f"CUDA extension unavailable: {cuda_ext.unavailable_reason()}")
     out = Path(args.out)
@@ -505,7 +512,7 @@ def main() -> None:
     copy = copy_bandwidth(timer)
     print(f"copy bandwidth {copy['GBps']:.0f} GB/s", flush=True)
     if "copy" in secs:
-        write(out, "copy", copy)
+        write(out, "copy", copy, args.tag)
     jobs = [
         ("gemv", lambda: gemv_section(timer, copy["GBps"], args.quick)),
         ("lut", lambda: lut_section(timer, args.quick)),
@@ -526,7 +533,7 @@ def main() -> None:
             payload = {"error": f"{type(exc).__name__}: {exc}"[:4000]}
             print(f"section {name} failed: {payload['error']}", flush=True)
         payload["quick"] = args.quick
-        write(out, name, payload)
+        write(out, name, payload, args.tag)
         torch.cuda.empty_cache()
     print("done", flush=True)
 

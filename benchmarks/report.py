@@ -100,16 +100,19 @@ def runtime_cpu() -> str | None:
     return "\n".join(lines)
 
 
-def gpu() -> str | None:
+def gpu(tag: str = "") -> str | None:
+    """The GPU suite's tables from results/gpu-<section>[-<tag>].json (tag: another card)."""
+    suffix = f"-{tag}" if tag else ""
     gemv, km, gemm, e2e, lut = (
-        _load(n) for n in ("gpu-gemv", "gpu-kmeans", "gpu-gemm", "gpu-e2e", "gpu-lut")
+        _load(f"gpu-{n}{suffix}") for n in ("gemv", "kmeans", "gemm", "e2e", "lut")
     )
     if gemv is None:
         return None
     env = gemv["env"]
     lines = [
         f"{env['device']}, driver {env['driver']}, torch {env['torch']}, CUDA {env['cuda']}; "
-        f"`benchmarks/gpu_suite.py`. Device-to-device copy: {gemv['copy_GBps']:.0f} GB/s.",
+        f"`benchmarks/gpu_suite.py` (`results/gpu-*{suffix}.json`). "
+        f"Device-to-device copy: {gemv['copy_GBps']:.0f} GB/s.",
         "",
         "Fused dequant-GEMV, 1 token (speedup < 1 means slower than cuBLAS fp16):",
         "",
@@ -633,6 +636,7 @@ SECTIONS: dict[str, Callable[[], str | None]] = {
     "kmeans": kmeans,
     "runtime-cpu": runtime_cpu,
     "gpu": gpu,
+    "gpu-h200": lambda: gpu("h200"),
     "sass": sass,
     "quantize": quantize,
     "quality": quality,

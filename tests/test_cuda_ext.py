@@ -101,6 +101,12 @@ def test_kmeans_falls_back_to_cpu_core(fresh_state, monkeypatch):
     assert torch.equal(c, c2) and torch.equal(lab, lab2)
 
 
+def test_every_precision_has_a_default_design():
+    """kmeans() looks its design up by precision: a mode without one would be a KeyError."""
+    assert set(cuda_ext.KMEANS_DESIGN) == set(cuda_ext.KMEANS_MODES)
+    assert set(cuda_ext.KMEANS_DESIGN.values()) <= set(cuda_ext.KMEANS_DESIGNS)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -71,3 +71,17 @@ def test_quality_script_bad_input_is_one_line_and_exit_2() -> None:
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown row(s) nope")
+
+
+def test_readme_and_results_tables_match_the_committed_json() -> None:
+    """Every generated table in README.md and RESULTS.md is what report.py makes of
+    benchmarks/results/*.json now: no number edited by hand, none left stale."""
+    for path in (REPO / "README.md", REPO / "benchmarks" / "RESULTS.md"):
+        text = path.read_text()
+        assert report.render(text) == text, f"{path.name}: run python benchmarks/report.py"
+
+
+def test_gpu_tables_of_another_card_come_from_their_tagged_files() -> None:
+    body = report.gpu("h200")
+    assert body is not None and body.startswith("NVIDIA H200")
+    assert "gpu-*-h200.json" in body
