@@ -16,7 +16,8 @@ export PYTHONPATH="$PWD/python"
 SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
   --section LaunchStats --section WarpStateStats --section SchedulerStats"
 if [ "$WHAT" != kmeans ]; then
-  timeout 240 ncu $SECTIONS -k regex:main_kernel -c 3 \
+  timeout 240 ncu $SECTIONS --section InstructionStats --section SourceCounters \
+    -k regex:main_kernel -c 3 \
     python3 benchmarks/gpu_profile.py gemv > "$OUT/profile/gemv.txt" 2>&1
   echo "gemv ncu exit $?"; grep -E "Duration|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" "$OUT/profile/gemv.txt" | head -40
 fi

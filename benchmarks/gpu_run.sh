@@ -57,8 +57,9 @@ SAN_T=${SAN_T:-$([ "$MODE" = quick ] && echo 150 || echo 200)}
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "$SAN_T" \
   compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
   python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py -k "${SAN_K:-not graph}" 2>&1 \
-  | tail -30 | tee -a "$LOG"
-echo "sanitizer exit: ${PIPESTATUS[0]}" | tee -a "$LOG"
+  > "$OUT/sanitizer.txt"
+echo "sanitizer exit: $?" | tee -a "$LOG"
+head -c 6000 "$OUT/sanitizer.txt" | tee -a "$LOG"; echo; tail -15 "$OUT/sanitizer.txt" | tee -a "$LOG"
 fi
 
 [ "$MODE" = tests ] || [ "$MODE" = sanitizer ] && { step "end"; exit 0; }

@@ -1,15 +1,20 @@
 """Tuning measurements on the GPU: GEMV pipeline depth and the quantizer's time per stage.
 
-    python3 benchmarks/gpu_tune.py [--out DIR] [--sections gemv,quantize]
+    python3 benchmarks/gpu_tune.py [--out DIR] [--sections gemv,placement,quantize]
 
 gemv: 1-token GEMV latency for every ``VPTQ_RS_GEMV_MIN_STEPS`` in 1, 2, 4, 8 (the tile is
 capped so each codebook group takes at least that many pipeline steps) on the issue's five
 shapes plus SmolLM2-135M's three, and SmolLM2-shaped decode tokens/s, cuBLAS fp16 timed in
 the same process. Writes ``gpu-tune-gemv.json``.
 
+placement: 1-token GEMV on the issue's five shapes for each value of the launch knob that
+``PLACEMENT`` names per configuration (shared-memory cap of the L2 path; pipeline steps of
+the shared-memory path). Writes ``gpu-tune-gemv-placement.json``.
+
 quantize: one Linear of each SmolLM2-135M shape at v8/k65536 (with and without 256 residual
 centroids, perm + norm, 100 k-means iterations) through ``quantize_layer`` on the GPU, with
-the exact k-means++ seeding (one centroid per launch) and the batched one; per-stage times,
+the exact k-means++ seeding (one centroid per launch) and the batched one, and the batched
+one with each k-means distance precision (``--kmeans_precision``); per-stage times,
 proxy errors, and a cProfile of one layer. Weights and Hessians are random (a Hessian from
 correlated Gaussian activations): timings do not depend on the values, and the proxy errors
 compare the two seedings on equal terms. Writes ``gpu-tune-quantize.json``.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import os
 import pstats
@@ -72,6 +78,49 @@ def gemv_sweep() -> dict[str, Any]:
     return {"tokens": 1, "rows": rows, "e2e": e2e}
 
 
+# Launch knobs for the placement study: the shared-memory cap of the L2-path pipeline (the
+# rest of the SRAM is L1, where the big codebook is cached) and, for the shared-memory path,
+# pipeline steps per group (a smaller tile lets two 512-thread blocks share an SM).
+PLACEMENT = {
+    "v8_k65536": ("VPTQ_RS_GEMV_L2_PIPE_KB", (0, 48, 96)),
+    "v6_k4096": ("VPTQ_RS_GEMV_MIN_STEPS", (1, 8, 16)),
+    "v12_k4096_r4096": ("VPTQ_RS_GEMV_MIN_STEPS", (1, 8, 16)),
+}
+
+
+def gemv_placement() -> dict[str, Any]:
+    """1-token GEMV on the issue's five shapes for each knob value in ``PLACEMENT``."""
+    timer = Timer()
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    rows = []
+    for o, i in GEMV_SHAPES:
+        x = torch.randn(1, i, device=DEV, generator=gen).half()
+        w = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).half()
+        cublas = med(timer(lambda w=w, x=x: F.linear(x, w)))
+        del w
+        for name, (v, k, kr) in GEMV_CONFIGS.items():
+            var, values = PLACEMENT[name]
+            cfg, t = random_layer(o, i, v, k, kr, gen)
+            row: dict[str, Any] = {
+                "out": o,
+                "in": i,
+                "config": name,
+                "knob": var,
+                "cublas_fp16_us": cublas,
+            }
+            for val in values:
+                os.environ[var] = str(val)
+                row[f"{val}_us"] = med(timer(lambda x=x, cfg=cfg, t=t: cuda_ext.gemv(x, cfg, t)))
+            os.environ.pop(var)
+            rows.append(row)
+            print(
+                f"placement {o}x{i} {name} {var}: cublas {cublas:.1f} "
+                + " ".join(f"{val}: {row[f'{val}_us']:.1f}" for val in values),
+                flush=True,
+            )
+    return {"tokens": 1, "rows": rows}
+
+
 def _hessian(n: int, gen: torch.Generator) -> torch.Tensor:
     """``E[x xᵀ]`` of correlated Gaussian activations ``[4n, n]`` with a nonzero mean."""
     mix = torch.randn(n, n, device=DEV, generator=gen) / n**0.5
@@ -81,7 +130,6 @@ def _hessian(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def quantize_profile() -> dict[str, Any]:
-    from vptq_rs.quantize import kmeans_dispatch
     from vptq_rs.quantize.options import QuantOptions
     from vptq_rs.quantize.vptq import quantize_layer
 
@@ -102,7 +150,6 @@ def quantize_profile() -> dict[str, Any]:
     proxies = ("proxy_kmeans", "proxy_sweep", "proxy_residual", "proxy_final")
     rows = []
     default_max = cuda_ext.KPP_EXACT_MAX
-    default_precision = kmeans_dispatch.GPU_PRECISION
     layers = {}
     for o, i in SMOL_SHAPES:
         layers[(o, i)] = (torch.randn(o, i, device=DEV, generator=gen) * 0.05, _hessian(i, gen))
@@ -110,13 +157,14 @@ def quantize_profile() -> dict[str, Any]:
     w, h = layers[SMOL_SHAPES[0]]
     quantize_layer(w, h, QuantOptions(vector_lens=(-1, 8), num_centroids=(-1, 256)), device=DEV)
     for cname, opts in configs.items():
-        for seeding, precision in (("exact", "fp32"), ("batched", "fp32"), ("batched", "tf32")):
+        runs = (("exact", "fp32"), ("batched", "fp32"), ("batched", "tf32"), ("batched", "tf32x1"))
+        for seeding, precision in runs:
             cuda_ext.KPP_EXACT_MAX = 1 << 30 if seeding == "exact" else default_max
-            kmeans_dispatch.GPU_PRECISION = precision
+            popts = dataclasses.replace(opts, kmeans_precision=precision)
             for (o, i), (w, h) in layers.items():
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                res = quantize_layer(w, h, opts, device=DEV, name=f"{o}x{i}")
+                res = quantize_layer(w, h, popts, device=DEV, name=f"{o}x{i}")
                 torch.cuda.synchronize()
                 wall = time.perf_counter() - t0
                 row = {"config": cname, "seeding": seeding, "precision": precision}
@@ -130,7 +178,6 @@ def quantize_profile() -> dict[str, Any]:
                     flush=True,
                 )
     cuda_ext.KPP_EXACT_MAX = default_max
-    kmeans_dispatch.GPU_PRECISION = default_precision
     profiles = {}
     for cname, opts in configs.items():
         w, h = layers[(1536, 576)]
@@ -153,10 +200,14 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     sections = args.sections.split(",")
+    if cuda_ext.load() is None:  # registers the torch.ops the sections call
+        raise SystemExit(f"CUDA kernels unavailable: {cuda_ext.unavailable_reason()}")
     if "quantize" in sections:
         write(out, "tune-quantize", quantize_profile())
     if "gemv" in sections:
         write(out, "tune-gemv", gemv_sweep())
+    if "placement" in sections:
+        write(out, "tune-gemv-placement", gemv_placement())
 
 
 if __name__ == "__main__":

@@ -599,10 +599,10 @@ def sass() -> str | None:
         )
     g = _load("sass-gemv")
     if g is not None:
-        # an earlier commit's count of the same kernels (one instantiation served layers with
-        # and without a residual codebook then)
-        before_path = next(iter(sorted(RESULTS.glob("sass-gemv-*.json"))), None)
-        before = json.loads(before_path.read_text()) if before_path else None
+        # the newest earlier count of the same kernels (sass-gemv-<commit>.json; before commit
+        # 431c817 one instantiation served layers with and without a residual codebook)
+        earlier = [(json.loads(p.read_text()), p) for p in RESULTS.glob("sass-gemv-*.json")]
+        before, before_path = max(earlier, key=lambda e: e[0]["time"], default=(None, None))
         old = f"commit {before['source_commit']}" if before else None
         lines += [
             "",
@@ -625,7 +625,9 @@ def sass() -> str | None:
                 f"{r['instructions'] / codes:.1f} |"
             )
             if before:
-                b = before["kernels"].get(name.rsplit(",", 1)[0] + ">")
+                b = before["kernels"].get(name) or before["kernels"].get(
+                    name.rsplit(",", 1)[0] + ">"
+                )
                 row += f" {b['instructions'] / (b['work_instructions'] / v):.1f} |" if b else " - |"
             lines.append(row)
     return "\n".join(lines)

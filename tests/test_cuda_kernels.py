@@ -42,6 +42,14 @@ CONFIGS = [
     (48, 30, 7, 128, 128, 3, (0, 0, 0), False),
     (2304, 24, 4, 8, 2, 1, (0, 0, 0), True),  # group wider than one activation tile
 ]
+# rows long enough for the GEMV's whole-chunk path (256 codes per warp, 128 past v = 8), each
+# with a tail: no residual, residual with 4 codes per lane, outliers + residual
+LONG_ROWS = [
+    (4100, 64, 6, 4096, 0, 1, (0, 0, 0), True),
+    (3000, 36, 12, 4096, 4096, 2, (0, 0, 0), False),
+    (2576, 32, 8, 65536, 256, 1, (16, 8, 256), True),
+]
+CONFIGS += LONG_ROWS
 if not SMALL:
     CONFIGS += [
         (64, 64, v, 1 << ib, (1 << rb) if rb else 0, 2, (0, 0, 0), True)
@@ -123,6 +131,20 @@ def test_gemv_matches_reference(cfg_t, dtype, tokens):
         assert torch.isfinite(y).all()
         err = ((y.double() - ref).norm() / ref.norm()).item()
         assert err <= max(2 * drift, 1e-3), (mode, err, drift)
+
+
+@pytest.mark.parametrize("pipe_kb", ["0", "16"])
+def test_gemv_l2_pipeline_cap(pipe_kb, monkeypatch):
+    """The L2 path's shared-memory cap (tile, stages, carveout) changes speed, not results."""
+    cfg, layer, t = make(LONG_ROWS[2], torch.float16, seed=3)
+    x = torch.randn(2, cfg.in_features, device=DEV).half()
+    bias = layer.bias.to(DEV)
+    ref = reference_linear(x, layer, bias)
+    want = cuda_ext.gemv(x, cfg, t, bias, mode=2)
+    monkeypatch.setenv("VPTQ_RS_GEMV_L2_PIPE_KB", pipe_kb)
+    y = cuda_ext.gemv(x, cfg, t, bias, mode=2)
+    err = ((y.double() - ref).norm() / ref.norm()).item()
+    assert err <= 1e-3 and ((y.double() - want.double()).norm() / ref.norm()).item() <= 1e-3
 
 
 def misaligned(t: torch.Tensor) -> torch.Tensor:

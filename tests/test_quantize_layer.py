@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -119,6 +121,25 @@ def test_same_seed_same_layer_and_kseed_matters() -> None:
     assert not torch.equal(a.centroids, c.centroids)
 
 
+def test_kmeans_precision_reaches_every_codebook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outlier, main and residual codebooks all ask k-means for the chosen precision."""
+    import vptq_rs.quantize.vptq as vptq_mod
+
+    seen: list[str] = []
+    real = vptq_mod.kmeans
+
+    def spy(*args, precision: str = "fp32", **kw):
+        seen.append(precision)
+        return real(*args, precision=precision, **kw)
+
+    monkeypatch.setattr(vptq_mod, "kmeans", spy)
+    w, h = problem()
+    opts = QuantOptions(**{**BASE, **COMBOS["vq_outliers_groups"]}, num_res_centroids=(-1, 8))
+    quantize_layer(w, h, dataclasses.replace(opts, kmeans_precision="tf32x1"))
+    # outliers + 2 groups + 2 residual groups; the CPU runs them in fp32 whatever was asked
+    assert seen == ["tf32x1"] * 5
+
+
 def test_blocksize_does_not_change_the_math() -> None:
     w, h = problem()
     a = quantize_layer(w, h, QuantOptions(**BASE, blocksize=128))
@@ -185,6 +206,7 @@ def test_int8_rounding_is_exact_in_bf16() -> None:
         (dict(method="awq"), "method"),
         (dict(blocksize=0), "blocksize"),
         (dict(num_res_centroids=(-1, 3)), "num_res_centroids"),
+        (dict(kmeans_precision="fp16"), "kmeans_precision"),
     ],
 )
 def test_bad_options(kw: dict, match: str) -> None:

@@ -293,6 +293,17 @@ CASES: list[tuple[str, list[str], str, Setup | None]] = [
 ]
 
 
+def test_quantize_choice_flags_name_the_value(
+    tmp_path: Path, env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value outside a flag's choices is click's usage error: exit 2, flag and value named."""
+    argv = ["quantize", "--model", str(env["model"]), "--output_dir", str(tmp_path / "out")]
+    assert run_cli([*argv, *FAST, "--kmeans_precision", "fp16"]) == 2
+    err = capsys.readouterr().err
+    assert "--kmeans_precision" in err and "'fp16' is not one of" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "needle", "setup"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )

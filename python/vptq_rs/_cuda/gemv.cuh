@@ -300,7 +300,52 @@ __global__ void __launch_bounds__(Cfg<NT, V, kSmem>::kThreads, 1) main_kernel(Pa
       // Lanes take consecutive codes: the words they read are consecutive (conflict-free),
       // and kCodes codes per lane are decoded before any codebook row is used, so that many
       // independent gathers are in flight per lane.
-      for (int q0 = split * share; q0 < qend; q0 += 32 * kCodes) {
+      auto gather = [&](Entry<T, V>& e, Entry<T, V>& re, uint32_t code) {
+        if (kSmem) {
+          e.load(cbg + (code & main_mask) * V);
+          if constexpr (kRes) re.load(rcbg + (code >> a.index_bits) * V);
+        } else {
+          e.load_global(cbg + (code & main_mask) * V);
+          if constexpr (kRes) re.load_global(rcbg + (code >> a.index_bits) * V);
+        }
+      };
+      auto accumulate = [&](const Entry<T, V>& e, const Entry<T, V>& re, int q) {
+        float cv[V];
+        e.get(cv);
+        if constexpr (kRes) {
+          float rv2[V];
+          re.get(rv2);
+#pragma unroll
+          for (int l = 0; l < V; ++l) cv[l] += rv2[l];
+        }
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          const float xv = sx[t * tile + q];
+#pragma unroll
+          for (int l = 0; l < V; ++l) acc[t][l] = fmaf(cv[l], xv, acc[t][l]);
+        }
+      };
+      int q0 = split * share;
+      // Whole chunks: no clamps or guards, so every gather is hoisted above the FMAs. The
+      // codes a lane reads are 32 apart, i.e. exactly tb words apart at one bit offset, so
+      // the offset is computed once per chunk and each code costs two word loads, a funnel
+      // shift and a mask.
+      for (; q0 + 32 * kCodes <= qend; q0 += 32 * kCodes) {
+        const uint32_t bit = static_cast<uint32_t>(q0 + lane) * tb;
+        const uint32_t* wp = sw + (bit >> 5);
+        const uint32_t sh = bit & 31;
+        Entry<T, V> e[kCodes];
+        Entry<T, V> re[kCodes];
+#pragma unroll
+        for (int u = 0; u < kCodes; ++u) {
+          const uint32_t* w = wp + u * tb;
+          gather(e[u], re[u], __funnelshift_r(w[0], w[1], sh) & code_mask);
+        }
+#pragma unroll
+        for (int u = 0; u < kCodes; ++u) accumulate(e[u], re[u], q0 + u * 32 + lane);
+      }
+      // the tail of the share: clamped decode, guarded use
+      if (q0 < qend) {
         Entry<T, V> e[kCodes];
         Entry<T, V> re[kCodes];
 #pragma unroll
@@ -308,33 +353,12 @@ __global__ void __launch_bounds__(Cfg<NT, V, kSmem>::kThreads, 1) main_kernel(Pa
           const int q = min(q0 + u * 32 + lane, qend - 1);
           const uint32_t bit = static_cast<uint32_t>(q) * tb;
           const uint32_t w = bit >> 5;
-          const uint32_t code = __funnelshift_r(sw[w], sw[w + 1], bit & 31) & code_mask;
-          if (kSmem) {
-            e[u].load(cbg + (code & main_mask) * V);
-            if constexpr (kRes) re[u].load(rcbg + (code >> a.index_bits) * V);
-          } else {
-            e[u].load_global(cbg + (code & main_mask) * V);
-            if constexpr (kRes) re[u].load_global(rcbg + (code >> a.index_bits) * V);
-          }
+          gather(e[u], re[u], __funnelshift_r(sw[w], sw[w + 1], bit & 31) & code_mask);
         }
 #pragma unroll
         for (int u = 0; u < kCodes; ++u) {
           const int q = q0 + u * 32 + lane;
-          if (q >= qend) continue;
-          float cv[V];
-          e[u].get(cv);
-          if constexpr (kRes) {
-            float rv2[V];
-            re[u].get(rv2);
-#pragma unroll
-            for (int l = 0; l < V; ++l) cv[l] += rv2[l];
-          }
-#pragma unroll
-          for (int t = 0; t < NT; ++t) {
-            const float xv = sx[t * tile + q];
-#pragma unroll
-            for (int l = 0; l < V; ++l) acc[t][l] = fmaf(cv[l], xv, acc[t][l]);
-          }
+          if (q < qend) accumulate(e[u], re[u], q);
         }
       }
     }

@@ -44,6 +44,19 @@ inline int min_steps() {
   return (v >= 1 && v <= 64 && (v & (v - 1)) == 0) ? v : kDefaultMinSteps;
 }
 
+// Shared memory (KB) the L2-path pipeline may take. That path reads the codebook through L1,
+// which shares its SRAM with shared memory: Nsight showed the 148 KB pipeline leaving L1 a
+// 2% hit rate on a 1 MB codebook with L2 87% busy, so the pipeline is capped and only the
+// shared memory it needs is asked for, the rest staying L1. VPTQ_RS_GEMV_L2_PIPE_KB overrides
+// the cap for tuning (0: no cap, the default carveout).
+constexpr int kDefaultL2PipeKb = 48;
+inline int l2_pipe_kb() {
+  const char* e = std::getenv("VPTQ_RS_GEMV_L2_PIPE_KB");
+  if (e == nullptr) return kDefaultL2PipeKb;
+  const int v = std::atoi(e);
+  return (v >= 0 && v <= 256) ? v : kDefaultL2PipeKb;
+}
+
 template <typename T>
 int64_t codebook_bytes(const LayerArgs& a) {
   const int64_t K = int64_t{1} << a.index_bits;
@@ -100,8 +113,12 @@ cudaError_t launch_main(Params p, cudaStream_t s) {
   int tile = std::min(4096, 1024 * S);
   tile = std::min(tile, std::max(min_tile, next_pow2(a.group_size) / min_steps()));
   int stages = 3;
-  const int64_t budget = dev.smem_block_optin - 1024;
   auto need = [&](int t, int st) { return cb + st * stage_floats(NT, t, tb, rpb) * 4 + part; };
+  const int pipe_kb = kSmem ? 0 : l2_pipe_kb();
+  const int64_t budget = pipe_kb > 0 ? std::min<int64_t>(dev.smem_block_optin - 1024,
+                                                         std::max<int64_t>(pipe_kb * 1024,
+                                                                           need(min_tile, 2)))
+                                     : dev.smem_block_optin - 1024;
   while (need(tile, stages) > budget) {
     if (tile > std::max(min_tile, 512 * S)) {
       tile >>= 1;
@@ -127,6 +144,18 @@ cudaError_t launch_main(Params p, cudaStream_t s) {
   cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kern, C::kThreads,
                                                                 static_cast<size_t>(bytes));
   if (e != cudaSuccess) return e;
+  if (!kSmem && dev.smem_sm > 0) {
+    // just the shared memory the resident blocks need (plus the 1 KB per block the driver
+    // reserves); the attribute is a percentage hint that the driver rounds up. Without a cap
+    // the default is set again, since the attribute outlives the call.
+    const int64_t per_sm = std::max(1, bps) * (bytes + 1024);
+    const int pct =
+        pipe_kb > 0 ? static_cast<int>(std::min<int64_t>(
+                          100, (per_sm * 100 + dev.smem_sm - 1) / dev.smem_sm))
+                    : static_cast<int>(cudaSharedmemCarveoutDefault);
+    e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, pct);
+    if (e != cudaSuccess) return e;
+  }
   const int nrb = (R + rpb - 1) / rpb;
   const int grid = std::max(1, std::min(nrb, dev.sms * std::max(1, bps)));
   kern<<<grid, C::kThreads, bytes, s>>>(p);

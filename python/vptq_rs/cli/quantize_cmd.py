@@ -65,6 +65,15 @@ def _opt(*names: str, **kw: Any) -> Any:
 @_opt("--kiter", type=int, default=100, show_default=True, help="k-means iterations.")
 @_opt("--ktol", type=float, default=1e-5, show_default=True, help="k-means tolerance.")
 @_opt("--kseed", type=int, default=0, show_default=True, help="k-means seed.")
+@_opt(
+    "--kmeans_precision",
+    type=click.Choice(["fp32", "tf32", "tf32x1"]),
+    default="fp32",
+    show_default=True,
+    help="Distance precision of the GPU k-means: tf32x1 scores on tensor cores and re-ranks "
+    "each point's 16 best candidates in fp32 (several times faster than fp32 at large K); "
+    "tf32 splits each product in three. The CPU k-means is always fp32.",
+)
 @_opt("--blocksize", type=int, default=128, show_default=True, help="Sweep lazy-batch block.")
 @_opt("--percdamp", type=float, default=0.01, show_default=True, help="Hessian damping.")
 @_opt("--enable_perm", is_flag=True, help="Act-order column permutation.")
@@ -130,6 +139,7 @@ def quantize_cmd(**kw: Any) -> None:
         kiter=kw["kiter"],
         ktol=kw["ktol"],
         kseed=kw["kseed"],
+        kmeans_precision=kw["kmeans_precision"],
         blocksize=kw["blocksize"],
         percdamp=kw["percdamp"],
         enable_perm=kw["enable_perm"],

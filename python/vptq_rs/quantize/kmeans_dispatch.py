@@ -16,8 +16,6 @@ import torch
 
 log = logging.getLogger(__name__)
 _warned: set[str] = set()
-# distance precision of the CUDA k-means (see vptq_rs.cuda_ext.kmeans)
-GPU_PRECISION = "fp32"
 
 
 def _cuda_ext() -> object | None:
@@ -38,11 +36,14 @@ def kmeans(
     tol: float = 1e-5,
     seed: int = 0,
     backend: str = "auto",
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted k-means: ``(centroids fp32 [k, d], labels int64 [N])`` on ``x.device``.
 
     x: float ``[N, d]``; weights: float ``[N]`` (>= 0) or None. backend: "auto" (Rust on
-    CPU, CUDA extension or torch on GPU), "rust" or "torch". Deterministic per seed.
+    CPU, CUDA extension or torch on GPU), "rust" or "torch". precision: distance precision of
+    the CUDA extension ("fp32", "tf32", "tf32x1"; the other backends are fp32). Deterministic
+    per seed.
     """
     x = x.float()
     n = x.shape[0]
@@ -55,7 +56,7 @@ def kmeans(
             ext = _cuda_ext()
             if ext is not None:
                 c, lab = ext.kmeans(
-                    x, k, weights=weights, iters=iters, tol=tol, seed=seed, precision=GPU_PRECISION
+                    x, k, weights=weights, iters=iters, tol=tol, seed=seed, precision=precision
                 )
                 return c.float(), lab.long()
             if "cuda" not in _warned:

@@ -9,6 +9,8 @@ from typing import Any
 from vptq_rs.errors import InvalidValueError
 
 METHODS = ("vptq", "rtn", "gptq")
+# distance precision of the CUDA k-means (vptq_rs.cuda_ext.kmeans); the CPU path is fp32
+KMEANS_PRECISIONS = ("fp32", "tf32", "tf32x1")
 STORE_DTYPES = ("auto", "float16", "bfloat16")
 
 
@@ -34,6 +36,7 @@ class QuantOptions:
     kiter: int = 100
     ktol: float = 1e-5
     kseed: int = 0
+    kmeans_precision: str = "fp32"
     blocksize: int = 128
     percdamp: float = 0.01
     enable_perm: bool = False
@@ -121,6 +124,11 @@ class QuantOptions:
             bad(f"--ktol must be >= 0, got {self.ktol}")
         if self.kseed < 0:
             bad(f"--kseed must be >= 0, got {self.kseed}")
+        if self.kmeans_precision not in KMEANS_PRECISIONS:
+            bad(
+                f"--kmeans_precision must be one of {', '.join(KMEANS_PRECISIONS)}, "
+                f"got {self.kmeans_precision!r}"
+            )
         if self.blocksize < 1:
             bad(f"--blocksize must be >= 1, got {self.blocksize}")
         if not 0 <= self.percdamp <= 10:

@@ -367,7 +367,13 @@ def _quantize_layer(
         else:
             wts = _vector_weights(unit_w, hd_units, oset, out_mode, length)
             cents, labels = kmeans(
-                ovecs, opts.num_centroids[0], wts, opts.kiter, opts.ktol, opts.kseed + 7919
+                ovecs,
+                opts.num_centroids[0],
+                wts,
+                opts.kiter,
+                opts.ktol,
+                opts.kseed + 7919,
+                precision=opts.kmeans_precision,
             )
             cents, oset.int8_scale = round_for_storage(cents.to(dev), store_dtype, opts.bitwidth)
         oset.cents = cents.to(dev).float()
@@ -380,7 +386,13 @@ def _quantize_layer(
         s = _Set(u0, u0 + gsize, v, None, torch.zeros(gsize, r_main, dtype=torch.long, device=dev))
         wts = _vector_weights(unit_w, hd_units, s, out_mode, length)
         cents, labels = kmeans(
-            _unit_vectors(xn[s.u0 : s.u1], v), k, wts, opts.kiter, opts.ktol, opts.kseed + g
+            _unit_vectors(xn[s.u0 : s.u1], v),
+            k,
+            wts,
+            opts.kiter,
+            opts.ktol,
+            opts.kseed + g,
+            precision=opts.kmeans_precision,
         )
         s.cents, s.int8_scale = round_for_storage(cents.to(dev), store_dtype, opts.bitwidth)
         s.idx = labels.to(dev).reshape(gsize, r_main)
@@ -438,6 +450,7 @@ def _quantize_layer(
                 opts.kiter,
                 opts.ktol,
                 opts.kseed + 104729 + g,
+                precision=opts.kmeans_precision,
             )
             rs.cents, rs.int8_scale = round_for_storage(cents.to(dev), store_dtype, opts.bitwidth)
             res_sets.append(rs)
