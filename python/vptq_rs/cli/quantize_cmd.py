@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from vptq_rs.cli._common import data_dir_option, echo_json, json_option
+from vptq_rs.quantize.options import KMEANS_PRECISIONS
 
 _PAIR = click.Tuple([int, int])
 
@@ -67,7 +68,7 @@ def _opt(*names: str, **kw: Any) -> Any:
 @_opt("--kseed", type=int, default=0, show_default=True, help="k-means seed.")
 @_opt(
     "--kmeans_precision",
-    type=click.Choice(["fp32", "tf32", "tf32x1"]),
+    type=click.Choice(KMEANS_PRECISIONS),
     default="fp32",
     show_default=True,
     help="Distance precision of the GPU k-means: tf32x1 scores on tensor cores and re-ranks "
