@@ -46,29 +46,42 @@ SMOL_SHAPES = [(576, 576), (1536, 576), (576, 1536)]
 STEPS = (1, 2, 4, 8)
 
 
-def gemv_sweep() -> dict[str, Any]:
+def _knob_sweep(
+    shapes: list[tuple[int, int]], knobs: dict[str, tuple[str, tuple[int, ...]]], prefix: str
+) -> list[dict[str, Any]]:
+    """1-token GEMV per shape and configuration, once per value of that configuration's
+    environment knob (``knobs[name] = (variable, values)``; row keys ``<prefix><value>_us``),
+    cuBLAS fp16 timed once per shape."""
     timer = Timer()
     gen = torch.Generator(device=DEV).manual_seed(0)
     rows = []
-    for o, i in SMOL_SHAPES + GEMV_SHAPES:
+    for o, i in shapes:
         x = torch.randn(1, i, device=DEV, generator=gen).half()
         w = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).half()
         cublas = med(timer(lambda w=w, x=x: F.linear(x, w)))
         del w
         for name, (v, k, kr) in GEMV_CONFIGS.items():
+            var, values = knobs[name]
             cfg, t = random_layer(o, i, v, k, kr, gen)
-            row: dict[str, Any] = {"out": o, "in": i, "config": name, "cublas_fp16_us": cublas}
-            for steps in STEPS:
-                os.environ["VPTQ_RS_GEMV_MIN_STEPS"] = str(steps)
+            row: dict[str, Any] = {"out": o, "in": i, "config": name, "knob": var}
+            row["cublas_fp16_us"] = cublas
+            for val in values:
+                os.environ[var] = str(val)
                 raw = timer(lambda x=x, cfg=cfg, t=t: cuda_ext.gemv(x, cfg, t, mode=0))
-                row[f"steps{steps}_us"] = med(raw)
-            os.environ.pop("VPTQ_RS_GEMV_MIN_STEPS")
+                row[f"{prefix}{val}_us"] = med(raw)
+            os.environ.pop(var)
             rows.append(row)
             print(
-                f"gemv {o}x{i} {name}: cublas {cublas:.1f} "
-                + " ".join(f"s{s} {row[f'steps{s}_us']:.1f}" for s in STEPS),
+                f"gemv {o}x{i} {name} {var}: cublas {cublas:.1f} "
+                + " ".join(f"{val}: {row[f'{prefix}{val}_us']:.1f}" for val in values),
                 flush=True,
             )
+    return rows
+
+
+def gemv_sweep() -> dict[str, Any]:
+    knobs = dict.fromkeys(GEMV_CONFIGS, ("VPTQ_RS_GEMV_MIN_STEPS", STEPS))
+    rows = _knob_sweep(SMOL_SHAPES + GEMV_SHAPES, knobs, "steps")
     e2e = {}
     for steps in STEPS:
         os.environ["VPTQ_RS_GEMV_MIN_STEPS"] = str(steps)
@@ -90,35 +103,7 @@ PLACEMENT = {
 
 def gemv_placement() -> dict[str, Any]:
     """1-token GEMV on the issue's five shapes for each knob value in ``PLACEMENT``."""
-    timer = Timer()
-    gen = torch.Generator(device=DEV).manual_seed(0)
-    rows = []
-    for o, i in GEMV_SHAPES:
-        x = torch.randn(1, i, device=DEV, generator=gen).half()
-        w = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).half()
-        cublas = med(timer(lambda w=w, x=x: F.linear(x, w)))
-        del w
-        for name, (v, k, kr) in GEMV_CONFIGS.items():
-            var, values = PLACEMENT[name]
-            cfg, t = random_layer(o, i, v, k, kr, gen)
-            row: dict[str, Any] = {
-                "out": o,
-                "in": i,
-                "config": name,
-                "knob": var,
-                "cublas_fp16_us": cublas,
-            }
-            for val in values:
-                os.environ[var] = str(val)
-                row[f"{val}_us"] = med(timer(lambda x=x, cfg=cfg, t=t: cuda_ext.gemv(x, cfg, t)))
-            os.environ.pop(var)
-            rows.append(row)
-            print(
-                f"placement {o}x{i} {name} {var}: cublas {cublas:.1f} "
-                + " ".join(f"{val}: {row[f'{val}_us']:.1f}" for val in values),
-                flush=True,
-            )
-    return {"tokens": 1, "rows": rows}
+    return {"tokens": 1, "rows": _knob_sweep(GEMV_SHAPES, PLACEMENT, "")}
 
 
 def _hessian(n: int, gen: torch.Generator) -> torch.Tensor:

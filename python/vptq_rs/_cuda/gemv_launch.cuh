@@ -115,10 +115,9 @@ cudaError_t launch_main(Params p, cudaStream_t s) {
   int stages = 3;
   auto need = [&](int t, int st) { return cb + st * stage_floats(NT, t, tb, rpb) * 4 + part; };
   const int pipe_kb = kSmem ? 0 : l2_pipe_kb();
-  const int64_t budget = pipe_kb > 0 ? std::min<int64_t>(dev.smem_block_optin - 1024,
-                                                         std::max<int64_t>(pipe_kb * 1024,
-                                                                           need(min_tile, 2)))
-                                     : dev.smem_block_optin - 1024;
+  int64_t budget = dev.smem_block_optin - 1024;
+  if (pipe_kb > 0)
+    budget = std::min(budget, std::max<int64_t>(pipe_kb * 1024, need(min_tile, 2)));
   while (need(tile, stages) > budget) {
     if (tile > std::max(min_tile, 512 * S)) {
       tile >>= 1;
@@ -149,10 +148,9 @@ cudaError_t launch_main(Params p, cudaStream_t s) {
     // reserves); the attribute is a percentage hint that the driver rounds up. Without a cap
     // the default is set again, since the attribute outlives the call.
     const int64_t per_sm = std::max(1, bps) * (bytes + 1024);
-    const int pct =
-        pipe_kb > 0 ? static_cast<int>(std::min<int64_t>(
-                          100, (per_sm * 100 + dev.smem_sm - 1) / dev.smem_sm))
-                    : static_cast<int>(cudaSharedmemCarveoutDefault);
+    const int64_t need_pct = (per_sm * 100 + dev.smem_sm - 1) / dev.smem_sm;
+    int pct = cudaSharedmemCarveoutDefault;
+    if (pipe_kb > 0) pct = static_cast<int>(std::min<int64_t>(100, need_pct));
     e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, pct);
     if (e != cudaSuccess) return e;
   }
