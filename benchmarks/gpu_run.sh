@@ -8,7 +8,8 @@
 # memcheck only; tune: build + benchmarks/gpu_tune.py [its sections] -- a device call is
 # limited to 10 minutes, so a full run takes two calls)
 #
-# TAG=h200 names the suite's files gpu-<section>-h200.json (a run on another card).
+# TAG=h200 names the suite's files gpu-<section>-h200.json (a run on another card); TEST_K and
+# SAN_K narrow the tests and the sanitizer sweep (pytest -k expressions).
 # Expects the abi3 wheel in .device/wheels/ (maturin build --release -o .device/wheels).
 set -uo pipefail
 MODE=${1:-full}
@@ -47,7 +48,8 @@ fi
 
 if [ "$MODE" != suite ] && [ "$MODE" != sanitizer ]; then
 step "gpu tests"
-timeout "${TEST_T:-200}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_ext.py 2>&1 \
+timeout "${TEST_T:-200}" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_ext.py \
+  -k "${TEST_K:-}" 2>&1 \
   | tail -40 | tee -a "$LOG"
 fi
 

@@ -345,7 +345,8 @@ def kmeans_section(quick: bool, baseline_iters: int, only: str = "") -> dict[str
     variants = [
         (f"{prec}" if design == "merged" else f"tiled_{prec}", prec, design)
         for design in cuda_ext.KMEANS_DESIGNS
-        for prec in ("tf32x1", "tf32", "fp32")
+        for prec in ("fp16x1", "tf32x1", "tf32", "fp32")
+        if design == "tiled" or prec not in cuda_ext.KMEANS_TILED_ONLY
     ]
     if only:  # e.g. "tf32x1,tiled_tf32x1": a shorter device call
         variants = [v for v in variants if v[0] in only.split(",")]

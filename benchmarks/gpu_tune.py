@@ -1,6 +1,6 @@
-"""Tuning measurements on the GPU: GEMV pipeline depth and the quantizer's time per stage.
+"""Tuning measurements on the GPU: GEMV launch knobs, k-means block size, the quantizer's stages.
 
-    python3 benchmarks/gpu_tune.py [--out DIR] [--sections gemv,placement,quantize]
+    python3 benchmarks/gpu_tune.py [--out DIR] [--sections gemv,placement,quantize,kmeans]
 
 gemv: 1-token GEMV latency for every ``VPTQ_RS_GEMV_MIN_STEPS`` in 1, 2, 4, 8 (the tile is
 capped so each codebook group takes at least that many pipeline steps) on the issue's five
@@ -18,6 +18,10 @@ one with each k-means distance precision (``--kmeans_precision``); per-stage tim
 proxy errors, and a cProfile of one layer. Weights and Hessians are random (a Hessian from
 correlated Gaussian activations): timings do not depend on the values, and the proxy errors
 compare the two seedings on equal terms. Writes ``gpu-tune-quantize.json``.
+
+kmeans: one tiled k-means assignment at K = 65,536 (7.3M points at d = 8, 3.7M at d = 16):
+tf32x1 against fp16x1, the latter at d = 8 with 384 and 256 threads a block
+(``VPTQ_RS_KMEANS_THREADS``). Writes ``gpu-tune-kmeans.json``.
 """
 
 from __future__ import annotations
@@ -104,6 +108,32 @@ PLACEMENT = {
 def gemv_placement() -> dict[str, Any]:
     """1-token GEMV on the issue's five shapes for each knob value in ``PLACEMENT``."""
     return {"tokens": 1, "rows": _knob_sweep(GEMV_SHAPES, PLACEMENT, "")}
+
+
+def kmeans_assign() -> dict[str, Any]:
+    """One tiled k-means assignment (ms) at K = 65,536: fp16x1 at d = 8 with 384 and 256
+    threads a block (``VPTQ_RS_KMEANS_THREADS``) against tf32x1, and at d = 16 (one
+    m16n8k16 product against two m16n8k8)."""
+    timer = Timer()
+    gen = torch.Generator(device=DEV).manual_seed(3)
+    rows = []
+    for n, d in ((7_340_032, 8), (3_670_016, 16)):
+        x = torch.randn(n, d, device=DEV, generator=gen) * 0.02
+        c = x[torch.randperm(n, device=DEV, generator=gen)[:65536]].contiguous()
+        row: dict[str, Any] = {"n": n, "d": d, "k": 65536}
+
+        def assign_ms(mode: int, x=x, c=c) -> float:
+            return med(timer(lambda: torch.ops.vptq_rs.kmeans_assign(x, c, mode, 1), 5, 1)) / 1e3
+
+        row["tf32x1_ms"] = assign_ms(2)
+        for threads in (384, 256) if d <= 8 else (256,):
+            os.environ["VPTQ_RS_KMEANS_THREADS"] = str(threads)
+            row[f"fp16x1_threads{threads}_ms"] = assign_ms(3)
+        os.environ.pop("VPTQ_RS_KMEANS_THREADS")
+        rows.append(row)
+        print("kmeans assign " + " ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+        del x, c
+    return {"rows": rows}
 
 
 def _hessian(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -193,6 +223,8 @@ def main() -> None:
         write(out, "tune-gemv", gemv_sweep())
     if "placement" in sections:
         write(out, "tune-gemv-placement", gemv_placement())
+    if "kmeans" in sections:
+        write(out, "tune-kmeans", kmeans_assign())
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def gpu(tag: str = "") -> str | None:
             f"{100 * x['fraction_of_copy_bw_auto']:.1f}% |"
         )
     if km is not None:
-        names = {"tf32x1": "1xTF32", "tf32": "3xTF32", "fp32": "fp32"}
+        names = {"tf32x1": "1xTF32", "tf32": "3xTF32", "fp32": "fp32", "fp16x1": "1xfp16"}
         if any(k.startswith("ours_tiled_") for k in km):  # the tiled design ran too
             names = {
                 **{m: f"merged {n}" for m, n in names.items()},
@@ -573,7 +573,13 @@ def sass() -> str | None:
     if r is None:
         return None
     k = r["kernels"]
-    modes = [("<1,1>", "1xTF32", 1), ("<1,3>", "3xTF32", 3)]
+    # (merged template, tiled template, precision, products per 128 scores); older files name
+    # the tiled kernels without the fp16 flag and the block size
+    modes = [
+        ("<1,1>", "<1,1,false,256>", "1xTF32", 1),
+        ("<1,3>", "<1,3,false,256>", "3xTF32", 3),
+        (None, "<1,1,true,384>", "1xfp16 (tiled only)", 1),
+    ]
     lines = [
         f"Instructions in the hot loop of the k-means assignment kernels, d <= 8, per 128 "
         f"point-centroid scores (one m16n8k8 product's worth), from their {r['arch']} SASS "
@@ -583,13 +589,14 @@ def sass() -> str | None:
         "| precision | merged | tiled | of which the products |",
         "|---|---|---|---|",
     ]
-    for tmpl, name, products in modes:
-        m, t = k.get(f"merged::assign_mma{tmpl}"), k.get(f"tiled::assign_mma{tmpl}")
-        if m is None or t is None:
+    for merged_t, tiled_t, name, products in modes:
+        m = k.get(f"merged::assign_mma{merged_t}") if merged_t else None
+        t = k.get(f"tiled::assign_mma{tiled_t}") or k.get(f"tiled::assign_mma{merged_t}")
+        if t is None or (merged_t and m is None):
             continue
+        merged_cell = f"{m['instructions_per_work'] * products:.1f}" if m else "-"
         lines.append(
-            f"| {name} | {m['instructions_per_work'] * products:.1f} | "
-            f"{t['instructions_per_work'] * products:.1f} | {products} |"
+            f"| {name} | {merged_cell} | {t['instructions_per_work'] * products:.1f} | {products} |"
         )
     m, t = k.get("merged::assign_simt<8>"), k.get("tiled::assign_simt<8>")
     if m is not None and t is not None:  # 128 scores x 8 FMAs over 32 lanes: 32 FFMA

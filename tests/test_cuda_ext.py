@@ -115,6 +115,10 @@ def test_every_precision_has_a_default_design():
         ({"x": np.zeros((4, 2), np.float32), "k": 2, "precision": "fp16"}, "precision"),
         ({"x": np.zeros((4, 2), np.float32), "k": 2, "design": "fast"}, "design"),
         (
+            {"x": np.zeros((4, 2), np.float32), "k": 2, "precision": "fp16x1", "design": "merged"},
+            "needs design 'tiled'",
+        ),
+        (
             {"x": np.zeros((4, 2), np.float32), "k": 2, "weights": -np.ones(4, np.float32)},
             "non-negative",
         ),
@@ -261,7 +265,8 @@ def test_one_token_gemv_kernels_do_not_spill(tmp_path):
 @needs_toolchain
 def test_tiled_kmeans_loop_stays_lean(tmp_path):
     """SASS of the k-means assignment kernels (scripts/sass_loops.py): the tiled 1xTF32 hot
-    loop spends a few instructions per mma on finding the minimum, the merged one ~20."""
+    loop spends a few instructions per mma on finding the minimum, the merged one ~20; the
+    fp16 loop at d <= 16 is as lean, with one mma per step where TF32 needs two."""
     import json
 
     from torch.utils import cpp_extension
@@ -288,9 +293,12 @@ def test_tiled_kmeans_loop_stays_lean(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     k = json.loads(out.read_text())["kernels"]
-    tiled, merged = k["tiled::assign_mma<1,1>"], k["merged::assign_mma<1,1>"]
+    tiled, merged = k["tiled::assign_mma<1,1,false,256>"], k["merged::assign_mma<1,1>"]
     assert tiled["work"] == "HMMA" and tiled["instructions_per_work"] <= 6, tiled
     assert merged["instructions_per_work"] > 3 * tiled["instructions_per_work"], (merged, tiled)
+    for name in ("<1,1,true,384>", "<1,1,true,256>", "<2,1,true,256>"):
+        half = k[f"tiled::assign_mma{name}"]
+        assert half["work"] == "HMMA" and half["instructions_per_work"] <= 6, half
 
 
 def test_sass_loops_rejects_a_missing_source(tmp_path):

@@ -306,7 +306,63 @@ def test_assign_tf32x1_close(d, design):
     assert torch.allclose(dist.double(), got_d, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", [1, 2])
+@pytest.mark.parametrize("d", [3, 8, 12, 16])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 3e4])
+def test_assign_fp16x1_close(d, scale):
+    """One fp16 product on power-of-two scaled operands: as close as one TF32 product at any
+    magnitude, including points and centroids far outside fp16's range (3e4 * randn)."""
+    gen = torch.Generator(device=DEV).manual_seed(20 + d)
+    n, k = (4000, 3000) if SMALL else (20000, 70000 // d)
+    x = torch.randn(n, d, device=DEV, generator=gen) * scale
+    c = torch.randn(k, d, device=DEV, generator=gen) * scale
+    _, refd = brute_labels(x, c)
+    labels, dist = torch.ops.vptq_rs.kmeans_assign(x, c, 3, 1)
+    got_d = ((x.double() - c.double()[labels.long()]) ** 2).sum(1)
+    assert (got_d <= refd + 1e3 * rounding_slack(x, c)).all()
+    assert torch.allclose(dist.double(), got_d, rtol=1e-5, atol=1e-6 * scale**2)
+    # as good as tf32x1 overall (same significand width): its excess over the exact total
+    # (0.5% at d = 3, where neighbours are close next to |x|^2 + |c|^2; < 0.1% from d = 4)
+    _, d2 = torch.ops.vptq_rs.kmeans_assign(x, c, 2, 1)
+    ref, ours, tf32 = float(refd.sum()), float(dist.double().sum()), float(d2.double().sum())
+    assert ours - ref <= 1.5 * (tf32 - ref) + 1e-4 * ref
+    if d >= 4:
+        assert ours / ref < 1.001
+
+
+def test_assign_fp16x1_points_and_centroids_of_different_magnitude():
+    """Points get a scale per warp, centroids one per call: tiny points among large
+    centroids and one warp of huge points still find their nearest centroid."""
+    gen = torch.Generator(device=DEV).manual_seed(29)
+    n, k = 4096, 2000
+    c = torch.randn(k, 8, device=DEV, generator=gen)
+    x = c[torch.randint(0, k, (n,), device=DEV, generator=gen)]
+    x[:2048] *= 1e-4  # near the origin: the nearest centroid is the smallest one
+    x[2048:2176] = 1e3 * torch.randn(128, 8, device=DEV, generator=gen)
+    _, refd = brute_labels(x, c)
+    labels, _ = torch.ops.vptq_rs.kmeans_assign(x, c, 3, 1)
+    got_d = ((x.double() - c.double()[labels.long()]) ** 2).sum(1)
+    assert (got_d <= refd + 1e3 * rounding_slack(x, c)).all()
+
+
+def test_fp16x1_labels_do_not_depend_on_the_block_size(monkeypatch):
+    """VPTQ_RS_KMEANS_THREADS=384 puts 12 warps in a block instead of 8; each warp still
+    scores its own 128 points against the same centroid chunks: the same labels."""
+    gen = torch.Generator(device=DEV).manual_seed(31)
+    x = torch.randn(50000, 8, device=DEV, generator=gen)
+    c = torch.randn(3000, 8, device=DEV, generator=gen)
+    want = torch.ops.vptq_rs.kmeans_assign(x, c, 3, 1)
+    monkeypatch.setenv("VPTQ_RS_KMEANS_THREADS", "384")
+    got = torch.ops.vptq_rs.kmeans_assign(x, c, 3, 1)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_fp16x1_needs_the_tiled_design():
+    x = torch.randn(100, 4, device=DEV)
+    with pytest.raises(RuntimeError, match="tiled"):
+        torch.ops.vptq_rs.kmeans_assign(x, x[:10].contiguous(), 3, 0)
+
+
+@pytest.mark.parametrize("mode", [1, 2, 3])
 def test_tiled_scores_survive_a_far_outlier(mode):
     """The tiled design offsets scores by the largest |x|^2 of a warp (<= 128 points): a point
     1000x farther out than the rest coarsens its warp-mates' scores only."""
@@ -366,8 +422,15 @@ def test_seed_is_deterministic_and_picks_weighted_points():
     assert torch.unique(a, dim=0).shape[0] == 64
 
 
-@pytest.mark.parametrize("design", list(cuda_ext.KMEANS_DESIGNS))
-@pytest.mark.parametrize("precision", ["fp32", "tf32", "tf32x1"])
+@pytest.mark.parametrize(
+    ("precision", "design"),
+    [
+        (p, d)
+        for d in cuda_ext.KMEANS_DESIGNS
+        for p in cuda_ext.KMEANS_MODES
+        if d == "tiled" or p not in cuda_ext.KMEANS_TILED_ONLY
+    ],
+)
 def test_kmeans_finds_blobs_and_is_deterministic(precision, design):
     gen = torch.Generator(device=DEV).manual_seed(3)
     centers = torch.randn(16, 8, device=DEV, generator=gen) * 10
@@ -395,10 +458,12 @@ def test_kmeans_reseeds_empty_clusters_and_honours_weights():
     assert torch.allclose(torch.sort(c, 0).values, torch.sort(x[:10], 0).values, atol=1e-5)
 
 
-@pytest.mark.parametrize("design", list(cuda_ext.KMEANS_DESIGNS))
-def test_kmeans_large_k(design):
+@pytest.mark.parametrize(
+    ("precision", "design"), [("tf32", "merged"), ("tf32", "tiled"), ("fp16x1", "tiled")]
+)
+def test_kmeans_large_k(precision, design):
     gen = torch.Generator(device=DEV).manual_seed(5)
     n = 70000 if SMALL else 300000
     x = torch.randn(n, 8, device=DEV, generator=gen)
-    c, lab = cuda_ext.kmeans(x, 65536, iters=2, precision="tf32", design=design)
+    c, lab = cuda_ext.kmeans(x, 65536, iters=2, precision=precision, design=design)
     assert c.shape == (65536, 8) and int(lab.max()) < 65536

@@ -24,8 +24,9 @@ trace them):
   where the codebooks live, 1 forces shared memory (when they fit), 2 forces L1/L2.
 - ``kmeans_assign(x, centroids, mode, design=0) -> (labels int32 [n], sq_dist float32 [n])``;
   mode 0 fp32 CUDA cores, 1 tensor cores (3xTF32: hi/lo split, about fp32 accuracy), 2 one
-  TF32 product; design 0 "merged", 1 "tiled" (:data:`KMEANS_DESIGNS`; the tiled tensor-core
-  modes narrow each point to 16 candidates by TF32 score and return the candidate nearest
+  TF32 product, 3 one fp16 product (power-of-two scaled operands, tiled design only);
+  design 0 "merged", 1 "tiled" (:data:`KMEANS_DESIGNS`; the tiled tensor-core modes narrow
+  each point to 16 candidates by their tensor-core score and return the candidate nearest
   in exact fp32 distance).
 - ``kmeans_update(x, weights?, labels, k) -> (sums float64 [k, d], weight_sums float64 [k])``.
 - ``kmeans_seed(x, weights?, k, seed) -> centroids [k, d]``: weighted k-means++.
@@ -68,14 +69,16 @@ HEADERS = (
     "kmeans_tiled.cuh",
 )
 MAX_GEMV_TOKENS = 8
-KMEANS_MODES = {"fp32": 0, "tf32": 1, "tf32x1": 2}
+KMEANS_MODES = {"fp32": 0, "tf32": 1, "tf32x1": 2, "fp16x1": 3}
 # Assignment kernel designs (kmeans_merged.cuh, kmeans_tiled.cuh) and the default per
 # precision. Tensor-core modes use "tiled": on an H200 (benchmarks/results/gpu-kmeans-h200.json)
 # its 1xTF32 assignment took 50 ms per iteration against merged's 195 ms at N = 7.3M,
 # K = 65,536, d = 8, with the same inertia. fp32 keeps "merged", the design it was timed with:
 # their fp32 hot loops are the same length (`make sass`) and tiled fp32 has not been timed.
 KMEANS_DESIGNS = {"merged": 0, "tiled": 1}
-KMEANS_DESIGN = {"fp32": "merged", "tf32": "tiled", "tf32x1": "tiled"}
+KMEANS_DESIGN = {"fp32": "merged", "tf32": "tiled", "tf32x1": "tiled", "fp16x1": "tiled"}
+# precisions with one design only
+KMEANS_TILED_ONLY = frozenset({"fp16x1"})
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {}  # "result": module or None, "reason": why not
@@ -422,10 +425,12 @@ def kmeans(
     subsample of min(n, 4k) points, computed on the GPU). Same semantics as the core: Lloyd
     iterations until the relative inertia change is <= tol or ``iters`` updates, empty
     clusters re-seeded at the points with the largest weighted error (ties by index).
-    precision: "fp32" (CUDA cores), "tf32" (tensor cores, 3xTF32 split products, about fp32)
-    or "tf32x1" (one TF32 product: fastest; scores carry ~1e-3 relative error, so near-ties
-    may go to a slightly farther centroid); all score ``|c|^2 - 2 x.c`` in fp32 (labels may
-    differ from exact distances on near-ties). design: the assignment kernel,
+    precision: "fp32" (CUDA cores), "tf32" (tensor cores, 3xTF32 split products, about fp32),
+    "tf32x1" (one TF32 product; scores carry ~1e-3 relative error, so near-ties may go to a
+    slightly farther centroid) or "fp16x1" (one fp16 product on operands scaled by powers of
+    two: the same 11-bit significand as tf32x1 at twice the tensor-core rate; tiled design
+    only); all score ``|c|^2 - 2 x.c`` in fp32 (labels may differ from exact distances on
+    near-ties). design: the assignment kernel,
     :data:`KMEANS_DESIGNS` (default: :data:`KMEANS_DESIGN` of the precision).
     Returns ``(centroids float32 [k, d], labels int32 [n])`` on the
     compute device, plus ``{"inertia", "iterations"}`` when return_info.
@@ -437,6 +442,8 @@ def kmeans(
     design = KMEANS_DESIGN[precision] if design is None else design
     if design not in KMEANS_DESIGNS:
         raise InvalidValueError(f"design must be one of {sorted(KMEANS_DESIGNS)}, got {design!r}")
+    if precision in KMEANS_TILED_ONLY and design != "tiled":
+        raise InvalidValueError(f"precision {precision!r} needs design 'tiled', got {design!r}")
     if int(k) < 1:
         raise InvalidValueError(f"k must be >= 1, got {k}")
     if iters < 0 or not tol >= 0:

@@ -232,7 +232,9 @@ cudaError_t launch_kmeans_assign(const float* x, int64_t n, int d, const float* 
                                  int k, int mode, int design, void* scratch, int32_t* labels,
                                  float* dist, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  if (d < 1 || d > 16 || k < 1 || mode < 0 || mode > 2 || design < 0 || design > 1)
+  // mode 3 (fp16) exists in the tiled design only
+  if (d < 1 || d > 16 || k < 1 || mode < 0 || mode > 3 || design < 0 || design > 1 ||
+      (mode == 3 && design == 0))
     return cudaErrorInvalidValue;
   cudaError_t e;
   const unsigned long long* keys = nullptr;

@@ -1,7 +1,10 @@
 // Helpers shared by the two k-means assignment designs (kmeans_merged.cuh, kmeans_tiled.cuh).
 #pragma once
 
+#include <cuda_fp16.h>
+
 #include <algorithm>
+#include <cfloat>
 #include <cstdint>
 #include <type_traits>
 
@@ -72,6 +75,40 @@ __device__ __forceinline__ void mma_tf32_from(float (&d)[4], const uint32_t (&a)
       "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%10,%11};\n"
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c0), "f"(c1));
+}
+
+// fp16 products (tiled mode 3): d = a * b + (c0, c1, c0, c1) with f16 A and B and an fp32
+// accumulator; KS = 1 is m16n8k8 (a[0..1], b[0]), KS = 2 is m16n8k16 (a[0..3], b[0..1])
+template <int KS>
+__device__ __forceinline__ void mma_f16_from(float (&d)[4], const uint32_t (&a)[4],
+                                             const uint32_t (&b)[2], float c0, float c1) {
+  if constexpr (KS == 1) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%8,%7,%8};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b[0]), "f"(c0), "f"(c1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%10,%11};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c0), "f"(c1));
+  }
+}
+
+// (lo, hi) as one f16x2 register, lo in the low half (the lower column of a fragment)
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// The power-of-two exponent e that maps magnitudes <= amax into [0, 2^8) (2^e * amax < 2^8),
+// leaving fp16 (max 65504) room for sums; clamped so that products of two such factors stay
+// finite in fp32. 0 when amax is not finite.
+__device__ __forceinline__ int f16_scale_exp(float amax) {
+  if (!(amax <= FLT_MAX)) return 0;
+  int ex = 0;
+  frexpf(amax, &ex);  // amax < 2^ex
+  return min(60, max(-60, 8 - ex));
 }
 
 // Stage centroids [c0, c0 + kc) as fp32 rows of `stride` floats (zero padded) plus norms;
@@ -172,6 +209,26 @@ __device__ __forceinline__ void load_a_frags(const float* __restrict__ x, int64_
       }
     }
   }
+}
+
+// Tensor-core kernels, fp16 (mode 3): a warp's A fragments (m16n8k8 for KS = 1, m16n8k16
+// for KS = 2; register 2 s + h holds row g + 8 h, columns 2 t + 8 s and the next) for the kMt
+// m-tiles from row m0: -sx x in fp16, sx a power of two; columns past d, rows past n zero.
+template <int KS, int kMt>
+__device__ __forceinline__ void load_a_frags_f16(const float* __restrict__ x, int64_t n, int d,
+                                                 int64_t m0, int g, int t, float sx,
+                                                 uint32_t (&a)[kMt][4]) {
+  auto at = [&](int64_t r, int c) { return r < n && c < d ? -sx * x[r * d + c] : 0.f; };
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt)
+#pragma unroll
+    for (int s = 0; s < KS; ++s)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t r = m0 + mt * 16 + g + 8 * h;
+        const int c = 2 * t + 8 * s;
+        a[mt][2 * s + h] = pack_f16x2(at(r, c), at(r, c + 1));
+      }
 }
 
 }  // namespace km

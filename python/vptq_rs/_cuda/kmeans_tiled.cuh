@@ -16,9 +16,17 @@
 //   2 * kGroup candidate centroids per point; the final pass picks the one nearest in exact
 //   fp32 (the offset costs the scores ~6e-8 of the warp's max |x|^2 in fp32 rounding; the
 //   re-ranking is exact).
+// - mode 3 (one fp16 product, mma.sync m16n8k8 / m16n8k16 f16): fp16 has TF32's 11-bit
+//   significand, and its products run at twice TF32's tensor-core rate (one m16n8k16 covers
+//   d <= 16, where TF32 needs two m16n8k8). Its exponent range is narrow, so points and
+//   centroids are scaled by powers of two (exact) below 2^8: centroids by one factor sc per
+//   call (their scores are compared with one another), a warp's points by sx from the warp's
+//   max |x|^2. The accumulator then holds sx sc / 2 times the mode-2 score: the same order,
+//   so the integer min, the groups and the exact re-ranking are unchanged.
 #pragma once
 
 #include <climits>
+#include <cstdlib>
 
 #include "kmeans_common.cuh"
 
@@ -77,19 +85,32 @@ cudaError_t run_simt(const float* x, int64_t n, const float* cent, int k, int32_
   return cudaGetLastError();
 }
 
-// ---- modes 1 and 2: TF32 tensor cores -----------------------------------------------------
-// KS: k-steps of 8 dimensions (d <= 8 * KS); NP: products per step (3 = split hi/lo, 1 = hi).
-// Centroids are pre-arranged in global memory in mma fragment order, one record per step of
-// 8 centroids: hi [32 lanes][2 KS], (NP == 3) lo [32 lanes][2 KS], norms [8]. A lane's B
-// fragment is then one vector load from shared memory, free of bank conflicts, and staging
-// a chunk is a straight copy.
-template <int KS, int NP>
-__host__ __device__ constexpr int step_floats() { return 64 * KS * (NP == 3 ? 2 : 1) + 8; }
+// ---- modes 1-3: tensor cores ----------------------------------------------------------------
+// KS: k-steps of 8 dimensions (d <= 8 * KS); NP: products per step (3 = split hi/lo, 1 = hi);
+// H: fp16 operands (mode 3, NP = 1). Centroids are pre-arranged in global memory in mma
+// fragment order, one record per step of 8 centroids: TF32 hi [32 lanes][2 KS], (NP == 3)
+// lo [32 lanes][2 KS], or fp16 pairs [32 lanes][KS]; then norms [8]. A lane's B fragment is
+// then one vector load from shared memory, free of bank conflicts, and staging a chunk is a
+// straight copy.
+template <int KS, int NP, bool H>
+__host__ __device__ constexpr int step_floats() {
+  return H ? 32 * KS + 8 : 64 * KS * (NP == 3 ? 2 : 1) + 8;
+}
+template <int KS, int NP, bool H>
+__host__ __device__ constexpr int norm_offset() { return step_floats<KS, NP, H>() - 8; }
 
 // 16-point m-tiles per warp: independent accumulators hide the mma latency (8 warps per
-// SM give little else to switch to)
-template <int KS, int NP>
-__host__ __device__ constexpr int m_tiles() { return (NP == 1 ? 8 : 4) / KS; }
+// SM give little else to switch to); an fp16 step is one mma whatever KS
+template <int KS, int NP, bool H>
+__host__ __device__ constexpr int m_tiles() { return H ? 8 : (NP == 1 ? 8 : 4) / KS; }
+
+// |c|^2 of centroid j (fp32, exact order), +inf past k
+__device__ __forceinline__ float centroid_norm(const float* __restrict__ cent, int k, int d, int j) {
+  if (j >= k) return INFINITY;
+  float nrm = 0.f;
+  for (int col = 0; col < d; ++col) nrm = fmaf(cent[int64_t{j} * d + col], cent[int64_t{j} * d + col], nrm);
+  return nrm;
+}
 
 // One thread per (step, lane): step records for centroids [0, nsteps * 8). Slots past k are
 // zero with norm +inf so they never win.
@@ -103,7 +124,7 @@ __global__ void prep_fragments(const float* __restrict__ cent, int k, int d, int
   const int g = lane >> 2;
   const int t = lane & 3;
   const int j = step * 8 + g;
-  float* rec = out + int64_t{step} * step_floats<KS, NP>();
+  float* rec = out + int64_t{step} * step_floats<KS, NP, false>();
 #pragma unroll
   for (int s = 0; s < KS; ++s)
 #pragma unroll
@@ -114,14 +135,39 @@ __global__ void prep_fragments(const float* __restrict__ cent, int k, int d, int
       rec[lane * 2 * KS + 2 * s + h] = __uint_as_float(hi);
       if (NP == 3) rec[64 * KS + lane * 2 * KS + 2 * s + h] = __uint_as_float(to_tf32(v - __uint_as_float(hi)));
     }
-  if (t == 0) {
-    float nrm = INFINITY;
-    if (j < k) {
-      nrm = 0.f;
-      for (int col = 0; col < d; ++col) nrm = fmaf(cent[int64_t{j} * d + col], cent[int64_t{j} * d + col], nrm);
-    }
-    rec[64 * KS * (NP == 3 ? 2 : 1) + g] = nrm;
-  }
+  if (t == 0) rec[norm_offset<KS, NP, false>() + g] = centroid_norm(cent, k, d, j);
+}
+
+// *amax = max |v| over v [n] (*amax zeroed before; non-negative floats order like their bits)
+__global__ void abs_max(const float* __restrict__ v, int64_t n, int* __restrict__ amax) {
+  float m = 0.f;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    m = fmaxf(m, fabsf(v[i]));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31) == 0) atomicMax(amax, __float_as_int(m));
+}
+
+// Mode 3 records, one thread per (step, lane): sc c in fp16 pairs (columns 2 t + 8 s and the
+// next), sc = 2^f16_scale_exp(*amax); norms unscaled
+template <int KS>
+__global__ void prep_fragments_f16(const float* __restrict__ cent, int k, int d, int nsteps,
+                                   const int* __restrict__ amax, float* __restrict__ out) {
+  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (i >= int64_t{nsteps} * 32) return;
+  const int step = static_cast<int>(i >> 5);
+  const int lane = static_cast<int>(i & 31);
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int j = step * 8 + g;
+  const float sc = ldexpf(1.f, f16_scale_exp(__int_as_float(*amax)));
+  auto at = [&](int col) { return j < k && col < d ? sc * cent[int64_t{j} * d + col] : 0.f; };
+  float* rec = out + int64_t{step} * step_floats<KS, 1, true>();
+#pragma unroll
+  for (int s = 0; s < KS; ++s)
+    reinterpret_cast<uint32_t*>(rec)[lane * KS + s] = pack_f16x2(at(2 * t + 8 * s), at(2 * t + 8 * s + 1));
+  if (t == 0) rec[norm_offset<KS, 1, true>() + g] = centroid_norm(cent, k, d, j);
 }
 
 __device__ __forceinline__ void cp_async16(float* smem, const float* gmem) {
@@ -170,17 +216,20 @@ __device__ __forceinline__ float warp_max_sq_norm(const float* __restrict__ x, i
   return m;
 }
 
-// One block per SM (a persistent grid): with two, the 128-register cap made ptxas copy every
-// accumulator's initial value (~2 extra instructions per mma); ~180 registers fit one. Chunks of centroid records are double
-// buffered, the next one (of this tile or, after the last, the first of the next tile)
-// copied in while the current one is used.
-template <int KS, int NP>
-__global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restrict__ x, int64_t n,
+// One block of kT threads per SM (a persistent grid): with two, the 128-register cap made
+// ptxas copy every accumulator's initial value (~2 extra instructions per mma); ~180
+// registers fit one. Chunks
+// of centroid records are double buffered, the next one (of this tile or, after the last, the
+// first of the next tile) copied in while the current one is used. amax (mode 3): the
+// centroids' max |c|, which sets their fp16 scale.
+template <int KS, int NP, bool H, int kT>
+__global__ void __launch_bounds__(kT, 1) assign_mma(const float* __restrict__ x, int64_t n,
                                                           int d, const float* __restrict__ rec,
+                                                          const int* __restrict__ amax,
                                                           int nsteps, int chunk_steps,
                                                           int32_t* __restrict__ cand) {
-  constexpr int kSf = step_floats<KS, NP>();
-  constexpr int kMt = m_tiles<KS, NP>();
+  constexpr int kSf = step_floats<KS, NP, H>();
+  constexpr int kMt = m_tiles<KS, NP, H>();
   extern __shared__ __align__(16) float sm[];
   const int nchunks = (nsteps + chunk_steps - 1) / chunk_steps;
   // buffer b starts at sm + b * second (one buffer when a chunk holds every centroid)
@@ -189,15 +238,16 @@ __global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restric
     const int cs = ch * chunk_steps;
     const int nv = min(chunk_steps, nsteps - cs) * kSf / 4;
     const float* src = rec + int64_t{cs} * kSf;
-    for (int i = threadIdx.x; i < nv; i += kThreads) cp_async16(dst + 4 * i, src + 4 * i);
+    for (int i = threadIdx.x; i < nv; i += blockDim.x) cp_async16(dst + 4 * i, src + 4 * i);
     cp_commit();
   };
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int g = lane >> 2;
   const int t = lane & 3;
+  const int ec = H ? f16_scale_exp(__int_as_float(*amax)) : 0;
   constexpr int64_t kWarpPts = 16 * kMt;
-  constexpr int64_t kTile = kWarpPts * (kThreads / 32);
+  constexpr int64_t kTile = kWarpPts * (kT / 32);
   const int64_t ntiles = (n + kTile - 1) / kTile;
   if (blockIdx.x < ntiles) stage(0, sm);
   int it = 0;  // chunks used so far by this block: buffer it & 1
@@ -205,18 +255,24 @@ __global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restric
     const int64_t m0 = tb * kTile + warp * kWarpPts;
     uint32_t a[kMt][KS][4];
     uint32_t al[NP == 3 ? kMt : 1][KS][4];
+    uint32_t ah[H ? kMt : 1][4];
+    if constexpr (!H) load_a_frags<KS, NP, kMt>(x, n, d, m0, g, t, a, al);
+    // shift >= |x|^2 of every row of this warp: scores |c|^2 + shift - 2 x.c =
+    // |x - c|^2 + (shift - |x|^2) are then non-negative and compare as integers (below).
+    // Per warp, so that a far outlier coarsens the fp32 scores of 127 other points at most.
+    const float shift = warp_max_sq_norm<kMt>(x, n, d, m0, g, t);
+    // scores are kept times ks (mode 3: sx sc / 2, a power of two; else 1)
+    const int ex = H ? f16_scale_exp(sqrtf(shift)) : 0;
+    const float ks = H ? ldexpf(1.f, ex + ec - 1) : 1.f;
+    const float shift_k = shift * ks;
+    if constexpr (H) load_a_frags_f16<KS, kMt>(x, n, d, m0, g, t, ldexpf(1.f, ex), ah);
     int best[kMt][2];  // scores as int bits: non-negative floats order like their bits
     int bgrp[kMt][2];
-    load_a_frags<KS, NP, kMt>(x, n, d, m0, g, t, a, al);
 #pragma unroll
     for (int mt = 0; mt < kMt; ++mt) {
       best[mt][0] = best[mt][1] = INT_MAX;
       bgrp[mt][0] = bgrp[mt][1] = 0;
     }
-    // shift >= |x|^2 of every row of this warp: scores |c|^2 + shift - 2 x.c =
-    // |x - c|^2 + (shift - |x|^2) are then non-negative and compare as integers (below).
-    // Per warp, so that a far outlier coarsens the fp32 scores of 127 other points at most.
-    const float shift = warp_max_sq_norm<kMt>(x, n, d, m0, g, t);
     for (int ch = 0; ch < nchunks; ++ch, ++it) {
       const int cs = ch * chunk_steps;
       const int ns = min(chunk_steps, nsteps - cs);  // a multiple of kGroup
@@ -233,30 +289,43 @@ __global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restric
 #pragma unroll
         for (int u = 0; u < kGroup; ++u) {
           const float* st = sm_c + (s0 + u) * kSf;
-          uint32_t b[KS][2], bl[KS][2];
-          load_frag<KS>(st + lane * 2 * KS, b);
-          if (NP == 3) load_frag<KS>(st + 64 * KS + lane * 2 * KS, bl);
-          const float2 nn =
-              *reinterpret_cast<const float2*>(st + 64 * KS * (NP == 3 ? 2 : 1) + 2 * t);
-          const float n0 = nn.x + shift;
-          const float n1 = nn.y + shift;
+          uint32_t b[KS][2], bl[KS][2], bh[2];
+          if constexpr (H) {
+            if constexpr (KS == 1) {
+              bh[0] = reinterpret_cast<const uint32_t*>(st)[lane];
+            } else {
+              const uint2 v = reinterpret_cast<const uint2*>(st)[lane];
+              bh[0] = v.x;
+              bh[1] = v.y;
+            }
+          } else {
+            load_frag<KS>(st + lane * 2 * KS, b);
+            if (NP == 3) load_frag<KS>(st + 64 * KS + lane * 2 * KS, bl);
+          }
+          const float2 nn = *reinterpret_cast<const float2*>(st + norm_offset<KS, NP, H>() + 2 * t);
+          const float n0 = H ? fmaf(nn.x, ks, shift_k) : nn.x + shift;
+          const float n1 = H ? fmaf(nn.y, ks, shift_k) : nn.y + shift;
 #pragma unroll
           for (int mt = 0; mt < kMt; ++mt) {
             float c[4];
+            if constexpr (H) {
+              mma_f16_from<KS>(c, ah[mt], bh, n0, n1);
+            } else {
 #pragma unroll
-            for (int s = 0; s < KS; ++s) {  // small terms first: lo*hi, hi*lo, then hi*hi
-              if (NP == 3) {
-                if (s == 0) {
-                  mma_tf32_from(c, al[NP == 3 ? mt : 0][s], b[s], n0, n1);
+              for (int s = 0; s < KS; ++s) {  // small terms first: lo*hi, hi*lo, then hi*hi
+                if (NP == 3) {
+                  if (s == 0) {
+                    mma_tf32_from(c, al[NP == 3 ? mt : 0][s], b[s], n0, n1);
+                  } else {
+                    mma_tf32(c, al[NP == 3 ? mt : 0][s], b[s]);
+                  }
+                  mma_tf32(c, a[mt][s], bl[s]);
+                  mma_tf32(c, a[mt][s], b[s]);
+                } else if (s == 0) {
+                  mma_tf32_from(c, a[mt][s], b[s], n0, n1);
                 } else {
-                  mma_tf32(c, al[NP == 3 ? mt : 0][s], b[s]);
+                  mma_tf32(c, a[mt][s], b[s]);
                 }
-                mma_tf32(c, a[mt][s], bl[s]);
-                mma_tf32(c, a[mt][s], b[s]);
-              } else if (s == 0) {
-                mma_tf32_from(c, a[mt][s], b[s], n0, n1);
-              } else {
-                mma_tf32(c, a[mt][s], b[s]);
               }
             }
             // one 3-way integer min per two scores (VIMNMX3 on sm_90); a score that rounds
@@ -299,23 +368,30 @@ __global__ void __launch_bounds__(kThreads, 1) assign_mma(const float* __restric
   }
 }
 
-// scratch: the step records
+// scratch: (mode 3) 4 floats holding the centroids' max |c| (16-byte aligned records after
+// it), then the step records
 inline int mma_steps(int k) {
   return ((k + 7) / 8 + kGroup - 1) / kGroup * kGroup;
 }
-template <int KS, int NP>
+template <int KS, int NP, bool H>
 size_t mma_scratch_floats(int k) {
-  return static_cast<size_t>(mma_steps(k)) * step_floats<KS, NP>();
+  return (H ? 4 : 0) + static_cast<size_t>(mma_steps(k)) * step_floats<KS, NP, H>();
 }
 
-template <int KS, int NP>
-cudaError_t run_mma(const float* x, int64_t n, int d, const float* cent, int k, float* scratch,
-                    int32_t* cand, cudaStream_t s) {
-  constexpr int kSf = step_floats<KS, NP>();
-  const int nsteps = mma_steps(k);
-  prep_fragments<KS, NP><<<(nsteps * 32 + 255) / 256, 256, 0, s>>>(cent, k, d, nsteps, scratch);
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) return e;
+// Threads per block of the fp16 d <= 8 kernel: 256 (the timed default), or 384 with
+// VPTQ_RS_KMEANS_THREADS=384. At 160 registers a thread 12 warps fit an SM, 3 per scheduler
+// instead of 2 to switch between while products are in flight (the other kernels need ~180
+// registers); its labels are the same, its time is not measured yet (benchmarks/gpu_tune.py
+// kmeans). Read per call.
+inline int f16_threads() {
+  const char* e = std::getenv("VPTQ_RS_KMEANS_THREADS");
+  return e && std::atoi(e) == 384 ? 384 : 256;
+}
+
+template <int KS, int NP, bool H, int kT>
+cudaError_t launch_mma(const float* x, int64_t n, int d, const float* rec, const int* amax,
+                       int nsteps, int32_t* cand, cudaStream_t s) {
+  constexpr int kSf = step_floats<KS, NP, H>();
   // two buffers of up to 96 KB where the device allows (227 KB on an H100)
   int optin = 0, dev = 0;
   cudaGetDevice(&dev);
@@ -324,34 +400,61 @@ cudaError_t run_mma(const float* x, int64_t n, int d, const float* cent, int k, 
   const int chunk_steps = std::min(nsteps, budget / (kSf * 4) / kGroup * kGroup);
   const int nbuf = chunk_steps < nsteps ? 2 : 1;
   const size_t smem = static_cast<size_t>(nbuf) * chunk_steps * kSf * 4;
-  constexpr int64_t kTile = 16 * m_tiles<KS, NP>() * (kThreads / 32);
+  constexpr int64_t kTile = 16 * m_tiles<KS, NP, H>() * (kT / 32);
   const int64_t ntiles = (n + kTile - 1) / kTile;
-  auto kern = assign_mma<KS, NP>;
+  auto kern = assign_mma<KS, NP, H, kT>;
   if (smem > 48 * 1024) {
-    e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(smem));
+    const cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
   const int grid = static_cast<int>(std::min<int64_t>(ntiles, sm_count()));
-  kern<<<grid, kThreads, smem, s>>>(x, n, d, scratch, nsteps, chunk_steps, cand);
+  kern<<<grid, kT, smem, s>>>(x, n, d, rec, amax, nsteps, chunk_steps, cand);
   return cudaGetLastError();
 }
 
+template <int KS, int NP, bool H>
+cudaError_t run_mma(const float* x, int64_t n, int d, const float* cent, int k, float* scratch,
+                    int32_t* cand, cudaStream_t s) {
+  const int nsteps = mma_steps(k);
+  int* amax = H ? reinterpret_cast<int*>(scratch) : nullptr;
+  float* rec = scratch + (H ? 4 : 0);
+  const int pgrid = (nsteps * 32 + 255) / 256;
+  if constexpr (H) {
+    const cudaError_t e = cudaMemsetAsync(amax, 0, sizeof(int), s);
+    if (e != cudaSuccess) return e;
+    abs_max<<<grid_for(int64_t{k} * d, 256), 256, 0, s>>>(cent, int64_t{k} * d, amax);
+    prep_fragments_f16<KS><<<pgrid, 256, 0, s>>>(cent, k, d, nsteps, amax, rec);
+  } else {
+    prep_fragments<KS, NP><<<pgrid, 256, 0, s>>>(cent, k, d, nsteps, rec);
+  }
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  if constexpr (H && KS == 1) {
+    if (f16_threads() == 384) return launch_mma<KS, NP, H, 384>(x, n, d, rec, amax, nsteps, cand, s);
+  }
+  return launch_mma<KS, NP, H, 256>(x, n, d, rec, amax, nsteps, cand, s);
+}
+
 inline size_t scratch_floats(int k, int d, int mode) {
-  if (mode == 1) return d <= 8 ? mma_scratch_floats<1, 3>(k) : mma_scratch_floats<2, 3>(k);
-  if (mode == 2) return d <= 8 ? mma_scratch_floats<1, 1>(k) : mma_scratch_floats<2, 1>(k);
+  if (mode == 1) return d <= 8 ? mma_scratch_floats<1, 3, false>(k) : mma_scratch_floats<2, 3, false>(k);
+  if (mode == 2) return d <= 8 ? mma_scratch_floats<1, 1, false>(k) : mma_scratch_floats<2, 1, false>(k);
+  if (mode == 3) return d <= 8 ? mma_scratch_floats<1, 1, true>(k) : mma_scratch_floats<2, 1, true>(k);
   return 0;
 }
 
 // cand int32 [n]: the label (mode 0) or the first of the candidates cand + 8 s + e,
-// s < kGroup, e < 2 (modes 1 and 2); scratch: float [scratch_floats(k, d, mode)].
+// s < kGroup, e < 2 (modes 1-3); scratch: float [scratch_floats(k, d, mode)].
 inline cudaError_t assign(const float* x, int64_t n, int d, const float* centroids, int k,
                           int mode, float* scratch, int32_t* cand, cudaStream_t stream) {
+  if (mode == 3)
+    return d <= 8 ? run_mma<1, 1, true>(x, n, d, centroids, k, scratch, cand, stream)
+                  : run_mma<2, 1, true>(x, n, d, centroids, k, scratch, cand, stream);
   return with_config(
       mode, d,
       [&](auto ks, auto np) {
-        return run_mma<decltype(ks)::value, decltype(np)::value>(x, n, d, centroids, k, scratch,
-                                                                 cand, stream);
+        return run_mma<decltype(ks)::value, decltype(np)::value, false>(x, n, d, centroids, k,
+                                                                        scratch, cand, stream);
       },
       [&](auto dim) { return run_simt<decltype(dim)::value>(x, n, centroids, k, cand, stream); });
 }

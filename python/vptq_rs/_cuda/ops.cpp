@@ -251,9 +251,11 @@ std::tuple<Tensor, Tensor> kmeans_assign(const Tensor& x, const Tensor& centroid
                   centroids.size(1) == x.size(1) && centroids.size(0) >= 1,
               "centroids must be float32 [k, ", x.size(1), "], got ", centroids.sizes());
   TORCH_CHECK(centroids.size(0) <= (int64_t{1} << 24), "k must be <= 2^24");
-  TORCH_CHECK(mode >= 0 && mode <= 2, "mode must be 0 (fp32), 1 (tf32) or 2 (tf32x1)");
+  TORCH_CHECK(mode >= 0 && mode <= 3,
+              "mode must be 0 (fp32), 1 (tf32), 2 (tf32x1) or 3 (fp16x1), got ", mode);
   TORCH_CHECK(design == 0 || design == 1, "design must be 0 (merged) or 1 (tiled), got ",
               design);
+  TORCH_CHECK(mode != 3 || design == 1, "mode 3 (fp16x1) needs design 1 (tiled)");
   const int64_t n = x.size(0);
   const int k = static_cast<int>(centroids.size(0));
   const int d = static_cast<int>(x.size(1));

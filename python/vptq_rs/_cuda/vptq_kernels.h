@@ -47,7 +47,8 @@ int64_t gemv_workspace_floats(int cols, int tokens);
 // k-means assignment of fp32 points x [n, d] (d <= 16) to centroids [k, d].
 // labels int32 [n]; dist float [n] squared distance; scratch: kmeans_assign_scratch_bytes.
 // mode 0: exact fp32 CUDA cores; 1: TF32 tensor cores, 3 split products (~fp32);
-// 2: one TF32 product (faster, near-ties may resolve differently).
+// 2: one TF32 product (faster, near-ties may resolve differently); 3: one fp16 product on
+// power-of-two scaled operands (TF32's significand at twice its rate; tiled design only).
 // design 0: "merged" (centroid chunks per block, atomicMin merge); 1: "tiled" (point tiles
 // per block, every centroid streamed past them; see kmeans_tiled.cuh).
 size_t kmeans_assign_scratch_bytes(int64_t n, int k, int d, int mode, int design);

@@ -73,7 +73,9 @@ def _opt(*names: str, **kw: Any) -> Any:
     show_default=True,
     help="Distance precision of the GPU k-means: tf32x1 scores on tensor cores and re-ranks "
     "each point's 16 best candidates in fp32 (several times faster than fp32 at large K); "
-    "tf32 splits each product in three. The CPU k-means is always fp32.",
+    "fp16x1 does the same with fp16 products on scaled operands (same precision as tf32x1, "
+    "twice the tensor-core rate); tf32 splits each product in three. The CPU k-means is "
+    "always fp32.",
 )
 @_opt("--blocksize", type=int, default=128, show_default=True, help="Sweep lazy-batch block.")
 @_opt("--percdamp", type=float, default=0.01, show_default=True, help="Hessian damping.")

@@ -42,7 +42,7 @@ def kmeans(
 
     x: float ``[N, d]``; weights: float ``[N]`` (>= 0) or None. backend: "auto" (Rust on
     CPU, CUDA extension or torch on GPU), "rust" or "torch". precision: distance precision of
-    the CUDA extension ("fp32", "tf32", "tf32x1"; the other backends are fp32). Deterministic
+    the CUDA extension (``options.KMEANS_PRECISIONS``; the other backends are fp32). Deterministic
     per seed.
     """
     x = x.float()

@@ -10,7 +10,7 @@ from vptq_rs.errors import InvalidValueError
 
 METHODS = ("vptq", "rtn", "gptq")
 # distance precision of the CUDA k-means (vptq_rs.cuda_ext.kmeans); the CPU path is fp32
-KMEANS_PRECISIONS = ("fp32", "tf32", "tf32x1")
+KMEANS_PRECISIONS = ("fp32", "tf32", "tf32x1", "fp16x1")
 STORE_DTYPES = ("auto", "float16", "bfloat16")
 
 
