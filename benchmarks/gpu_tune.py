@@ -172,7 +172,13 @@ def quantize_profile() -> dict[str, Any]:
     w, h = layers[SMOL_SHAPES[0]]
     quantize_layer(w, h, QuantOptions(vector_lens=(-1, 8), num_centroids=(-1, 256)), device=DEV)
     for cname, opts in configs.items():
-        runs = (("exact", "fp32"), ("batched", "fp32"), ("batched", "tf32"), ("batched", "tf32x1"))
+        runs = (
+            ("exact", "fp32"),
+            ("batched", "fp32"),
+            ("batched", "tf32"),
+            ("batched", "tf32x1"),
+            ("batched", "fp16x1"),
+        )
         for seeding, precision in runs:
             cuda_ext.KPP_EXACT_MAX = 1 << 30 if seeding == "exact" else default_max
             popts = dataclasses.replace(opts, kmeans_precision=precision)

@@ -74,7 +74,7 @@ def _opt(*names: str, **kw: Any) -> Any:
     help="Distance precision of the GPU k-means: tf32x1 scores on tensor cores and re-ranks "
     "each point's 16 best candidates in fp32 (several times faster than fp32 at large K); "
     "fp16x1 does the same with fp16 products on scaled operands (same precision as tf32x1, "
-    "twice the tensor-core rate); tf32 splits each product in three. The CPU k-means is "
+    "about 10% faster on an H100); tf32 splits each product in three. The CPU k-means is "
     "always fp32.",
 )
 @_opt("--blocksize", type=int, default=128, show_default=True, help="Sweep lazy-batch block.")
