@@ -112,32 +112,6 @@ __device__ __forceinline__ float centroid_norm(const float* __restrict__ cent, i
   return nrm;
 }
 
-// One thread per (step, lane): step records for centroids [0, nsteps * 8). Slots past k are
-// zero with norm +inf so they never win.
-template <int KS, int NP>
-__global__ void prep_fragments(const float* __restrict__ cent, int k, int d, int nsteps,
-                               float* __restrict__ out) {
-  const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
-  if (i >= int64_t{nsteps} * 32) return;
-  const int step = static_cast<int>(i >> 5);
-  const int lane = static_cast<int>(i & 31);
-  const int g = lane >> 2;
-  const int t = lane & 3;
-  const int j = step * 8 + g;
-  float* rec = out + int64_t{step} * step_floats<KS, NP, false>();
-#pragma unroll
-  for (int s = 0; s < KS; ++s)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int col = t + 4 * h + 8 * s;
-      const float v = j < k && col < d ? cent[int64_t{j} * d + col] : 0.f;
-      const uint32_t hi = to_tf32(v);
-      rec[lane * 2 * KS + 2 * s + h] = __uint_as_float(hi);
-      if (NP == 3) rec[64 * KS + lane * 2 * KS + 2 * s + h] = __uint_as_float(to_tf32(v - __uint_as_float(hi)));
-    }
-  if (t == 0) rec[norm_offset<KS, NP, false>() + g] = centroid_norm(cent, k, d, j);
-}
-
 // *amax = max |v| over v [n] (*amax zeroed before; non-negative floats order like their bits)
 __global__ void abs_max(const float* __restrict__ v, int64_t n, int* __restrict__ amax) {
   float m = 0.f;
@@ -149,11 +123,13 @@ __global__ void abs_max(const float* __restrict__ v, int64_t n, int* __restrict_
   if ((threadIdx.x & 31) == 0) atomicMax(amax, __float_as_int(m));
 }
 
-// Mode 3 records, one thread per (step, lane): sc c in fp16 pairs (columns 2 t + 8 s and the
-// next), sc = 2^f16_scale_exp(*amax); norms unscaled
-template <int KS>
-__global__ void prep_fragments_f16(const float* __restrict__ cent, int k, int d, int nsteps,
-                                   const int* __restrict__ amax, float* __restrict__ out) {
+// One thread per (step, lane): step records for centroids [0, nsteps * 8). Slots past k are
+// zero with norm +inf so they never win. TF32: column t + 4 h + 8 s as hi (and lo);
+// fp16 (H): sc c in pairs, columns 2 t + 8 s and the next, sc = 2^f16_scale_exp(*amax).
+// Norms unscaled.
+template <int KS, int NP, bool H>
+__global__ void prep_fragments(const float* __restrict__ cent, int k, int d, int nsteps,
+                               const int* __restrict__ amax, float* __restrict__ out) {
   const int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (i >= int64_t{nsteps} * 32) return;
   const int step = static_cast<int>(i >> 5);
@@ -161,13 +137,27 @@ __global__ void prep_fragments_f16(const float* __restrict__ cent, int k, int d,
   const int g = lane >> 2;
   const int t = lane & 3;
   const int j = step * 8 + g;
-  const float sc = ldexpf(1.f, f16_scale_exp(__int_as_float(*amax)));
-  auto at = [&](int col) { return j < k && col < d ? sc * cent[int64_t{j} * d + col] : 0.f; };
-  float* rec = out + int64_t{step} * step_floats<KS, 1, true>();
+  float* rec = out + int64_t{step} * step_floats<KS, NP, H>();
+  if constexpr (H) {
+    const float sc = ldexpf(1.f, f16_scale_exp(__int_as_float(*amax)));
+    auto at = [&](int col) { return j < k && col < d ? sc * cent[int64_t{j} * d + col] : 0.f; };
 #pragma unroll
-  for (int s = 0; s < KS; ++s)
-    reinterpret_cast<uint32_t*>(rec)[lane * KS + s] = pack_f16x2(at(2 * t + 8 * s), at(2 * t + 8 * s + 1));
-  if (t == 0) rec[norm_offset<KS, 1, true>() + g] = centroid_norm(cent, k, d, j);
+    for (int s = 0; s < KS; ++s)
+      reinterpret_cast<uint32_t*>(rec)[lane * KS + s] =
+          pack_f16x2(at(2 * t + 8 * s), at(2 * t + 8 * s + 1));
+  } else {
+#pragma unroll
+    for (int s = 0; s < KS; ++s)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int col = t + 4 * h + 8 * s;
+        const float v = j < k && col < d ? cent[int64_t{j} * d + col] : 0.f;
+        const uint32_t hi = to_tf32(v);
+        rec[lane * 2 * KS + 2 * s + h] = __uint_as_float(hi);
+        if (NP == 3) rec[64 * KS + lane * 2 * KS + 2 * s + h] = __uint_as_float(to_tf32(v - __uint_as_float(hi)));
+      }
+  }
+  if (t == 0) rec[norm_offset<KS, NP, H>() + g] = centroid_norm(cent, k, d, j);
 }
 
 __device__ __forceinline__ void cp_async16(float* smem, const float* gmem) {
@@ -420,14 +410,12 @@ cudaError_t run_mma(const float* x, int64_t n, int d, const float* cent, int k, 
   int* amax = H ? reinterpret_cast<int*>(scratch) : nullptr;
   float* rec = scratch + (H ? 4 : 0);
   const int pgrid = (nsteps * 32 + 255) / 256;
-  if constexpr (H) {
+  if constexpr (H) {  // the centroids' fp16 scale
     const cudaError_t e = cudaMemsetAsync(amax, 0, sizeof(int), s);
     if (e != cudaSuccess) return e;
     abs_max<<<grid_for(int64_t{k} * d, 256), 256, 0, s>>>(cent, int64_t{k} * d, amax);
-    prep_fragments_f16<KS><<<pgrid, 256, 0, s>>>(cent, k, d, nsteps, amax, rec);
-  } else {
-    prep_fragments<KS, NP><<<pgrid, 256, 0, s>>>(cent, k, d, nsteps, rec);
   }
+  prep_fragments<KS, NP, H><<<pgrid, 256, 0, s>>>(cent, k, d, nsteps, amax, rec);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   if constexpr (H && KS == 1) {
