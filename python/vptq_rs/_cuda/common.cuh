@@ -109,4 +109,37 @@ __device__ __forceinline__ uint32_t fast_div(uint32_t n, uint64_t magic) {
   return static_cast<uint32_t>((static_cast<uint64_t>(n) * magic) >> 32);
 }
 
+// cp.async: global -> shared copies that bypass registers (sm_80+), shared by the GEMV
+// pipeline and the tiled k-means centroid staging
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src));
+}
+// The first `words` 4-byte items of a 16-byte slot (16-byte aligned on both sides), the rest
+// zero-filled. A partial 16-byte copy (src-size < 16) reads only what it is told, but
+// compute-sanitizer counts it as a 16-byte read, past the end of a short allocation: the
+// tail goes by 4-byte copies instead.
+__device__ __forceinline__ void cp_async_upto16(uint32_t* dst, const uint32_t* src, int words) {
+  if (words >= 4) {
+    cp_async16(dst, src);
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    if (e < words) {
+      cp_async4(dst + e, src + e);
+    } else {
+      dst[e] = 0u;
+    }
+  }
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+
 }  // namespace vptq

@@ -61,36 +61,6 @@ __host__ __device__ inline int64_t stage_floats(int nt, int tile, int tb, int rp
   return int64_t{nt} * tile + int64_t{rpb} * (tile_words(tile, tb) + kWordPad);
 }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src));
-}
-// The first `words` 4-byte items of a 16-byte slot (16-byte aligned on both sides), the rest
-// zero-filled. A partial 16-byte copy (src-size < 16) reads only what it is told, but
-// compute-sanitizer counts it as a 16-byte read, past the end of a short allocation: the
-// tail goes by 4-byte copies instead.
-__device__ __forceinline__ void cp_async_upto16(uint32_t* dst, const uint32_t* src, int words) {
-  if (words >= 4) {
-    cp_async16(dst, src);
-    return;
-  }
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    if (e < words) {
-      cp_async4(dst + e, src + e);
-    } else {
-      dst[e] = 0u;
-    }
-  }
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 // Copies n 4-byte items from src to dst (n_pad >= n slots, zero-filled past n), by the
 // whole block; 16 bytes per copy when both sides are 16-byte aligned (vec).
 __device__ __forceinline__ void stage_copy(uint32_t* dst, const uint32_t* src, int n, int n_pad,

@@ -28,6 +28,7 @@
 #include <climits>
 #include <cstdlib>
 
+#include "common.cuh"
 #include "kmeans_common.cuh"
 
 namespace vptq {
@@ -160,11 +161,6 @@ __global__ void prep_fragments(const float* __restrict__ cent, int k, int d, int
   if (t == 0) rec[norm_offset<KS, NP, H>() + g] = centroid_norm(cent, k, d, j);
 }
 
-__device__ __forceinline__ void cp_async16(float* smem, const float* gmem) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
-}
-
 // a lane's B fragments of one step: one 8- or 16-byte load (consecutive lanes, no conflicts)
 template <int KS>
 __device__ __forceinline__ void load_frag(const float* p, uint32_t (&b)[KS][2]) {
@@ -180,8 +176,6 @@ __device__ __forceinline__ void load_frag(const float* p, uint32_t (&b)[KS][2]) 
     b[1][1] = __float_as_uint(v.w);
   }
 }
-
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // max |x|^2 over the warp's 16 kMt rows from m0 (lane 4 g + t sums columns t, t+4, ...; the
 // quad completes a row), in every lane
@@ -266,7 +260,7 @@ __global__ void __launch_bounds__(kT, 1) assign_mma(const float* __restrict__ x,
     for (int ch = 0; ch < nchunks; ++ch, ++it) {
       const int cs = ch * chunk_steps;
       const int ns = min(chunk_steps, nsteps - cs);  // a multiple of kGroup
-      asm volatile("cp.async.wait_group 0;\n" ::);  // this chunk's copy is done
+      cp_wait<0>();  // this chunk's copy is done
       // ... for every thread, and every thread is done with the other buffer
       __syncthreads();
       if (nchunks > 1 && (ch + 1 < nchunks || tb + gridDim.x < ntiles))
