@@ -1,6 +1,6 @@
 """Tuning measurements on the GPU: GEMV launch knobs, k-means block size, the quantizer's stages.
 
-    python3 benchmarks/gpu_tune.py [--out DIR] [--sections gemv,placement,quantize,kmeans]
+    python3 benchmarks/gpu_tune.py [--out DIR] [--sections gemv,placement,quantize,kmeans,overhead]
 
 gemv: 1-token GEMV latency for every ``VPTQ_RS_GEMV_MIN_STEPS`` in 1, 2, 4, 8 (the tile is
 capped so each codebook group takes at least that many pipeline steps) on the issue's five
@@ -18,6 +18,13 @@ one with each k-means distance precision (``--kmeans_precision``); per-stage tim
 proxy errors, and a cProfile of one layer. Weights and Hessians are random (a Hessian from
 correlated Gaussian activations): timings do not depend on the values, and the proxy errors
 compare the two seedings on equal terms. Writes ``gpu-tune-quantize.json``.
+
+overhead: where a small layer's 1-token GEMV spends its time, for SmolLM2-135M's three
+shapes and 4096x4096 at v6/k4096 and v8/k65536 against cuBLAS fp16 (``F.linear``): host time
+per call (200 calls queued without a sync), GPU time with the L2 flushed (CUDA events), GPU
+time per call inside a CUDA graph of 50 calls (no host cost, L2 warm), each for the op
+through ``cuda_ext.gemv`` and for ``VQuantLinear``'s forward; the kernels of one forward
+(torch.profiler); and SmolLM2-shaped decode tokens/s. Writes ``gpu-tune-overhead.json``.
 
 kmeans: one tiled k-means assignment at K = 65,536 (7.3M points at d = 8, 3.7M at d = 16):
 tf32x1 against fp16x1, the latter at d = 8 with 384 and 256 threads a block
@@ -136,6 +143,102 @@ def kmeans_assign() -> dict[str, Any]:
     return {"rows": rows}
 
 
+def _host_us(fn, calls: int = 200) -> float:
+    """Host microseconds per call, calls queued back to back (the GPU keeps up or lags)."""
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    return host
+
+
+def _graph_us(fn, calls: int = 50, replays: int = 20) -> float:
+    """GPU microseconds per call inside one CUDA graph of ``calls`` calls (L2 warm)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / (calls * replays)
+
+
+def _kernels_of(fn, reps: int = 20) -> list[dict[str, Any]]:
+    """Name, launches per call and mean GPU microseconds of every kernel one call runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if e.count and us:
+            rows.append({"kernel": e.key[:120], "per_call": e.count / reps, "us": us / e.count})
+    return sorted(rows, key=lambda r: -r["us"] * r["per_call"])
+
+
+def small_layer_overhead() -> dict[str, Any]:
+    """Host, flushed-GPU and graph times per 1-token call, op and module, vs cuBLAS fp16."""
+    from vptq_rs.nn import VQuantLinear
+
+    timer = Timer()
+    gen = torch.Generator(device=DEV).manual_seed(5)
+    rows = []
+    for o, i in [*SMOL_SHAPES, (4096, 4096)]:
+        x = torch.randn(1, i, device=DEV, generator=gen).half()
+        w = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).half()
+        base = {
+            "cublas_host_us": _host_us(lambda w=w, x=x: F.linear(x, w)),
+            "cublas_flushed_us": med(timer(lambda w=w, x=x: F.linear(x, w))),
+            "cublas_graph_us": _graph_us(lambda w=w, x=x: F.linear(x, w)),
+        }
+        for name in ("v6_k4096", "v8_k65536"):
+            v, k, kr = GEMV_CONFIGS[name]
+            cfg, t = random_layer(o, i, v, k, kr, gen)
+            mod = VQuantLinear(cfg, dtype=torch.float16, device=DEV)
+            mod.load_packed(t, None, DEV)
+            calls = {
+                "op": lambda x=x, cfg=cfg, t=t: cuda_ext.gemv(x, cfg, t),
+                "module": lambda x=x, mod=mod: mod(x),
+            }
+            row: dict[str, Any] = {"out": o, "in": i, "config": name, **base}
+            with torch.no_grad():
+                for key, fn in calls.items():
+                    row[f"{key}_host_us"] = _host_us(fn)
+                    row[f"{key}_flushed_us"] = med(timer(fn))
+                    row[f"{key}_graph_us"] = _graph_us(fn)
+                row["module_kernels"] = _kernels_of(calls["module"])
+            rows.append(row)
+            print(
+                f"overhead {o}x{i} {name}: "
+                + " ".join(f"{k} {v:.1f}" for k, v in row.items() if k.endswith("_us")),
+                flush=True,
+            )
+            for kr_ in row["module_kernels"]:
+                print(f"  {kr_['per_call']:.0f}x {kr_['us']:.1f} us {kr_['kernel'][:90]}")
+    e2e = gpu_suite.e2e_section(quick=True)
+    print(f"e2e: {e2e['vptq_median']:.1f} tok/s vs fp16 {e2e['fp16_median']:.1f}", flush=True)
+    return {"tokens": 1, "rows": rows, "e2e": e2e}
+
+
 def _hessian(n: int, gen: torch.Generator) -> torch.Tensor:
     """``E[x xᵀ]`` of correlated Gaussian activations ``[4n, n]`` with a nonzero mean."""
     mix = torch.randn(n, n, device=DEV, generator=gen) / n**0.5
@@ -231,6 +334,8 @@ def main() -> None:
         write(out, "tune-gemv-placement", gemv_placement())
     if "kmeans" in sections:
         write(out, "tune-kmeans", kmeans_assign())
+    if "overhead" in sections:
+        write(out, "tune-overhead", small_layer_overhead())
 
 
 if __name__ == "__main__":

@@ -164,12 +164,13 @@ def test_gemm_routes_many_tokens_through_dequant(monkeypatch):
     assert torch.equal(y, F.linear(x, layer.dequantize(), layer.bias))
 
 
-@pytest.mark.parametrize("case", ["fp32", "in", "dtype"])
+@pytest.mark.parametrize("case", ["fp32", "in", "dtype", "grad"])
 def test_gemv_falls_back_where_the_kernel_does_not_apply(monkeypatch, case):
     cfg, layer, t = _layer("in" if case == "in" else "out")
     x = torch.randn(2, 32)
     if case != "fp32":
         x = x.to(torch.bfloat16 if case == "dtype" else torch.float16)
+    x.requires_grad_(case == "grad")
     monkeypatch.setattr(cuda_ext, "dequant", lambda c, tt, dtype=None: layer.dequantize(dtype))
 
     def boom(*a, **k):

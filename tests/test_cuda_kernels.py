@@ -183,6 +183,74 @@ def test_gemm_many_tokens_and_batch_shape():
     assert torch.allclose(y1.float(), dense[:1, :4].float(), rtol=1e-2, atol=1e-2)
 
 
+def test_gemv_reads_every_perm_dtype_alike():
+    """The checkpoint's int16 perm goes to the kernel as is, its values past 32767 read as
+    uint16; int32 and int64 perms give the same output."""
+    cfg, layer, t = make((40000, 16, 8, 256, 0, 1, (0, 0, 0), True), torch.float16, seed=2)
+    assert t.perm.dtype == torch.int16 and int(t.perm.min()) < 0  # wrapped uint16 values
+    x = torch.randn(2, cfg.in_features, device=DEV).half()
+    bias = layer.bias.to(DEV)
+    want = cuda_ext.gemv(x, cfg, t, bias)
+    ref = reference_linear(x, layer, bias)
+    assert ((want.double() - ref).norm() / ref.norm()).item() <= 1e-3
+    wide = layer.perm.to(DEV)  # int64 values in [0, 40000)
+    for perm in (wide.int(), wide):
+        assert torch.equal(cuda_ext.gemv(x, cfg, t._replace(perm=perm), bias), want)
+
+
+def test_gemv_gradient_reaches_x():
+    """A frozen quantized layer passes ``grad_y @ W`` back to its input (LoRA on earlier
+    layers with at most 8 tokens), through the op wrapper and the module."""
+    from vptq_rs.nn import VQuantLinear
+
+    cfg, layer, t = make(CONFIGS[1], torch.float16)
+    bias = layer.bias.to(DEV)
+    mod = VQuantLinear.from_quantized(layer).to(DEV)
+    w = cuda_ext.dequant(cfg, t)
+    for fn in (lambda a: cuda_ext.gemv(a, cfg, t, bias), mod):
+        x = torch.randn(3, cfg.in_features, device=DEV).half().requires_grad_()
+        y = fn(x)
+        grad = torch.randn_like(y)
+        y.backward(grad)
+        assert torch.equal(x.grad, grad @ w)
+
+
+def test_module_fast_path_equals_the_general_path():
+    """VQuantLinear calls the fused op with arguments checked once per set of parameter
+    objects; swapping a parameter or the dtype checks again, never reusing stale tensors."""
+    from torch import nn
+
+    from vptq_rs import ops
+    from vptq_rs.nn import VQuantLinear
+
+    cfg, layer, _ = make(CONFIGS[5], torch.float16)  # residual, outliers, perm, groups
+    mod = VQuantLinear.from_quantized(layer).to(DEV)
+    gen = torch.Generator(device=DEV).manual_seed(0)
+
+    def check(dtype, tokens):
+        x = torch.randn(2, tokens, cfg.in_features, device=DEV, generator=gen).to(dtype)
+        with torch.no_grad():
+            y = mod(x)
+            want = ops.vq_linear(x, mod.config, mod.packed(), mod.bias)
+        assert y.shape == (2, tokens, cfg.out_features) and torch.equal(y, want)
+        return x, y
+
+    for tokens in (1, 4, 5):  # 2, 8 and 10 rows: the fused op, then dequantize + cuBLAS
+        check(torch.float16, tokens)
+    fused = mod._fused
+    assert fused is not None and fused.tensors is not None
+    x, y = check(torch.float16, 1)
+    assert mod._fused is fused  # reused
+    mod.centroids.weight = nn.Parameter(mod.centroids.weight * 2, requires_grad=False)
+    with torch.no_grad():
+        y2 = mod(x)
+    assert mod._fused is not fused and not torch.equal(y2, y)
+    assert torch.equal(y2, ops.vq_linear(x, mod.config, mod.packed(), mod.bias))
+    mod.to(torch.bfloat16)
+    check(torch.bfloat16, 2)
+    assert mod._fused.dtype == torch.bfloat16
+
+
 def test_input_checks_name_the_argument():
     cfg, _, t = make(CONFIGS[0], torch.float16)
     with pytest.raises(InvalidValueError, match="indices must be int32"):

@@ -167,6 +167,18 @@ def test_weight_cache_is_explicit_and_not_saved() -> None:
     assert not mod.weight_cached
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_op_reads_the_packed_tensors_in_order(name: str) -> None:
+    """The CUDA fast path reads parameters straight from the module's dicts: they must be the
+    packed tensors and the bias, in the op's order, None where the config has none."""
+    cfg = LayerConfig(**CONFIGS[name])
+    mod = VQuantLinear.from_quantized(random_quantized_layer(cfg, seed=3))
+    cur = mod._current()
+    assert len(cur) == 9
+    for got, want in zip(cur, (*mod.packed(), mod.bias), strict=True):
+        assert got is want
+
+
 def test_path_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     ops._logged.clear()
     cfg = LayerConfig(**CONFIGS["plain"])

@@ -365,7 +365,8 @@ def gemv(
 
     x: ``[..., I]`` in the codebooks' dtype (fp16/bf16); bias ``[O]`` or None. Returns
     ``[..., O]``. Layers the kernel does not cover (``vector_quant_dim == "in"``, fp32
-    codebooks, a dtype mismatch) go through :func:`dequant` + ``F.linear``.
+    codebooks, a dtype mismatch) and inputs that need a gradient (the op has no backward, and
+    LoRA through a frozen layer needs ``grad @ W``) go through :func:`dequant` + ``F.linear``.
     """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
@@ -375,6 +376,7 @@ def gemv(
         or cfg.vector_quant_dim != "out"
         or x.dtype != t.centroids.dtype
         or x.dtype == torch.float32
+        or (x.requires_grad and torch.is_grad_enabled())
     ):
         w = dequant(cfg, t, x.dtype)
         return F.linear(x, w, bias.to(x.dtype) if bias is not None else None)

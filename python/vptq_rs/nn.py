@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import vptq_rs
-from vptq_rs import ops
+from vptq_rs import cuda_ext, ops
 from vptq_rs.errors import InvalidValueError
 from vptq_rs.layout import LayerConfig, QuantizedLayer
 
@@ -107,6 +107,7 @@ class VQuantLinear(nn.Module):
             else None
         )
         self._weight_cache: torch.Tensor | None = None
+        self._fused: _FusedArgs | None = None
 
     # -- construction ----------------------------------------------------------------------
 
@@ -164,6 +165,7 @@ class VQuantLinear(nn.Module):
             put(self, name, getattr(t, name), name)
         put(self, "bias", bias, "bias")
         self._weight_cache = None
+        self._fused = None
 
     # -- views -----------------------------------------------------------------------------
 
@@ -217,7 +219,60 @@ class VQuantLinear(nn.Module):
                 w = w.to(device=x.device, dtype=x.dtype)
             bias = self.bias.to(x.dtype) if self.bias is not None else None
             return torch.nn.functional.linear(x, w, bias)
+        if x.is_cuda and not torch.compiler.is_compiling():  # dynamo traces the general path
+            y = self._fused_gemv(x)
+            if y is not None:
+                return y
         return ops.vq_linear(x, self.config, self.packed(), self.bias)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        self._fused = None  # .to() / .half() may swap tensors under the same Parameters
+        return super()._apply(fn, recurse)
+
+    def _current(self) -> tuple[torch.Tensor | None, ...]:
+        """The packed tensors and bias, read from the parameter dicts (cheaper than attributes)."""
+        p, m = self._parameters, self._modules
+
+        def weight(name: str) -> torch.Tensor | None:
+            mod = m.get(name)
+            return mod._parameters.get("weight") if mod is not None else None
+
+        return (
+            p["indices"],
+            weight("centroids"),
+            weight("res_centroids"),
+            p.get("outlier_indices"),
+            weight("outlier_centroids"),
+            p.get("perm"),
+            p.get("weight_scale"),
+            p.get("weight_bias"),
+            p.get("bias"),
+        )
+
+    def _fused_gemv(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``x @ Wᵀ + bias`` straight through the fused GEMV op, or None where it does not
+        apply. A decode step of a small model spends more time in Python than on the GPU, so
+        the checks of the general path (:func:`ops.vq_linear`) run once per set of parameter
+        objects and later calls only compare identities."""
+        n = x.numel() // max(self.in_features, 1)
+        if x.shape[-1] != self.in_features or not 0 < n <= cuda_ext.MAX_GEMV_TOKENS:
+            return None
+        if x.requires_grad and torch.is_grad_enabled():
+            return None  # the op has no backward; the general path's F.linear has
+        cur = self._current()
+        fused = self.__dict__.get("_fused")  # absent on modules built without __init__
+        if (
+            fused is None
+            or fused.config is not self.config
+            or any(a is not b for a, b in zip(cur, fused.current, strict=True))
+        ):
+            fused = self._fused = _FusedArgs.build(self, cur)
+        if fused.tensors is None or x.dtype != fused.dtype or x.device != fused.device:
+            return None
+        y = torch.ops.vptq_rs.gemv(
+            x.reshape(n, self.in_features).contiguous(), *fused.tensors, cur[8], *fused.ints, 0
+        )
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -228,6 +283,41 @@ class VQuantLinear(nn.Module):
             f"k={c.num_centroids}{res}, groups={c.group_num}{out}, perm={c.enable_perm}, "
             f"bias={c.bias}"
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _FusedArgs:
+    """A layer's checked arguments for ``torch.ops.vptq_rs.gemv`` (tensors None: the op does
+    not apply), valid while the layer holds the same config and parameter objects."""
+
+    config: LayerConfig
+    current: tuple[torch.Tensor | None, ...]
+    tensors: tuple[torch.Tensor | None, ...] | None = None
+    ints: tuple[int, ...] = ()
+    dtype: torch.dtype | None = None
+    device: torch.device | None = None
+
+    @classmethod
+    def build(cls, layer: VQuantLinear, cur: tuple[torch.Tensor | None, ...]) -> _FusedArgs:
+        cfg, idx, cb, bias = layer.config, cur[0], cur[1], cur[8]
+        none = cls(cfg, cur)
+        if (
+            ops.cuda_extension() is None
+            or cfg.vector_quant_dim != "out"
+            or cb is None
+            or cb.dtype not in (torch.float16, torch.bfloat16)
+            or (bias is not None and bias.dtype != cb.dtype)
+            or not idx.is_cuda
+        ):
+            return none
+        if any(t is not None and (t.device != idx.device or not t.is_contiguous()) for t in cur):
+            return none
+        try:
+            tensors, ints = cuda_ext._layer_args(cfg, layer.packed())
+        except InvalidValueError:
+            return none  # the general path raises the same error with its context
+        ops._log_path("cuda", idx.device)
+        return cls(cfg, cur, tuple(tensors), tuple(ints), cb.dtype, idx.device)
 
 
 def packed_tensors(layer: QuantizedLayer, dtype: torch.dtype | None = None) -> ops.PackedTensors:

@@ -38,6 +38,7 @@ struct Params {
   int stages;           // tiles in flight (2 or 3)
   int words_vec;        // packed rows are 16-byte aligned: copy words 16 bytes at a time
   int x_vec;            // activation tiles are 16-byte aligned
+  int perm_u16;         // perm holds uint16 values (the checkpoint's int16 bits), else int32
 };
 
 // 256 threads where the accumulators or odd-length (2-byte aligned) codebook rows need more
@@ -88,7 +89,7 @@ __device__ __forceinline__ void stage_copy(uint32_t* dst, const uint32_t* src, i
 // xs[t, p] = x[t, perm[p]] * scale[perm[p]]; xbias[t, chunk] = sum bias_w[j] * x[t, j].
 template <typename T>
 __global__ void __launch_bounds__(256) prologue_kernel(Params p, const T* __restrict__ x,
-                                                       const int32_t* __restrict__ perm) {
+                                                       const void* __restrict__ perm) {
   const int t = blockIdx.y;
   const int cols = p.a.cols;
   const int base = blockIdx.x * kTile;
@@ -96,7 +97,10 @@ __global__ void __launch_bounds__(256) prologue_kernel(Params p, const T* __rest
   for (int k = threadIdx.x; k < kTile; k += blockDim.x) {
     const int pos = base + k;
     if (pos >= cols) break;
-    const int j = perm ? perm[pos] : pos;
+    // the checkpoint's int16 perm is read in place: a conversion would cost two more launches
+    const int j = perm == nullptr ? pos
+                  : p.perm_u16    ? static_cast<int>(static_cast<const uint16_t*>(perm)[pos])
+                                  : static_cast<const int32_t*>(perm)[pos];
     const float xv = to_f(x[int64_t{t} * cols + j]);
     float s = 1.f, b = 0.f;
     if (p.a.weight_scale) {

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
+#include <mutex>
 
 #include "gemv.cuh"
 
@@ -12,7 +14,7 @@ namespace vptq {
 namespace gemv {
 
 struct DeviceInfo {
-  int sms = 0, smem_block_optin = 0, smem_sm = 0;
+  int id = 0, sms = 0, smem_block_optin = 0, smem_sm = 0;
 };
 
 inline DeviceInfo device_info() {
@@ -20,6 +22,7 @@ inline DeviceInfo device_info() {
   int dev = 0;
   cudaGetDevice(&dev);
   DeviceInfo& d = cache[dev & 63];
+  d.id = dev;
   if (d.sms == 0) {
     cudaDeviceGetAttribute(&d.smem_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     cudaDeviceGetAttribute(&d.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
@@ -48,8 +51,10 @@ inline int min_steps() {
 // which shares its SRAM with shared memory: Nsight showed the 148 KB pipeline leaving L1 a
 // 2% hit rate on a 1 MB codebook with L2 87% busy, so the pipeline is capped and only the
 // shared memory it needs is asked for, the rest staying L1. VPTQ_RS_GEMV_L2_PIPE_KB overrides
-// the cap for tuning (0: no cap, the default carveout).
-constexpr int kDefaultL2PipeKb = 48;
+// the cap for tuning (0: no cap, the default carveout). Of 0, 48 and 96 KB, 96 was within
+// about 1% of the fastest on each of the issue's shapes on an H100, and 0-5% faster than 48
+// (benchmarks/results/gpu-tune-gemv-placement.json).
+constexpr int kDefaultL2PipeKb = 96;
 inline int l2_pipe_kb() {
   const char* e = std::getenv("VPTQ_RS_GEMV_L2_PIPE_KB");
   if (e == nullptr) return kDefaultL2PipeKb;
@@ -81,6 +86,66 @@ inline int64_t min_pipeline_bytes(const LayerArgs& a, int nt) {
   const int rpb = threads_for(nt, a.v) / 32;
   return 2 * stage_floats(nt, 128, tb, rpb) * 4 + partial_bytes(nt, a.v);
 }
+
+// What one kernel instantiation was last told on one device: the dynamic shared memory it may
+// take and its carveout, and the occupancy answer for one size. cudaFuncSetAttribute and the
+// occupancy query cost host microseconds that a small layer's decode step would otherwise pay
+// on every call.
+struct LaunchState {
+  int dev = -1;
+  int64_t smem_allowed = 48 * 1024;
+  int carveout = INT_MIN;
+  int64_t occ_bytes = -1;
+  int occ_blocks = 0;
+};
+
+// Launch attributes of the kernel Kern, per device.
+template <auto Kern>
+struct Launcher {
+  static inline std::mutex mu;
+  static inline LaunchState per_dev[16];  // devices past 16 share slots: only re-queries
+
+  static LaunchState& state(int dev) {
+    LaunchState& st = per_dev[dev & 15];
+    if (st.dev != dev) {
+      st = LaunchState{};
+      st.dev = dev;
+    }
+    return st;
+  }
+
+  // Lets the kernel take `bytes` of dynamic shared memory; its resident blocks per SM.
+  static cudaError_t prepare(int dev, int threads, int64_t bytes, int* blocks) {
+    std::lock_guard<std::mutex> lock(mu);
+    LaunchState& st = state(dev);
+    if (bytes > st.smem_allowed) {
+      const cudaError_t e = cudaFuncSetAttribute(
+          Kern, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+      if (e != cudaSuccess) return e;
+      st.smem_allowed = bytes;
+    }
+    if (st.occ_bytes != bytes) {
+      const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &st.occ_blocks, Kern, threads, static_cast<size_t>(bytes));
+      if (e != cudaSuccess) return e;
+      st.occ_bytes = bytes;
+    }
+    *blocks = st.occ_blocks;
+    return cudaSuccess;
+  }
+
+  // The preferred carveout (a percentage or cudaSharedmemCarveoutDefault), set when it
+  // differs from the last one set: the attribute outlives the launch.
+  static cudaError_t carveout(int dev, int pct) {
+    std::lock_guard<std::mutex> lock(mu);
+    LaunchState& st = state(dev);
+    if (st.carveout == pct) return cudaSuccess;
+    const cudaError_t e =
+        cudaFuncSetAttribute(Kern, cudaFuncAttributePreferredSharedMemoryCarveout, pct);
+    if (e == cudaSuccess) st.carveout = pct;
+    return e;
+  }
+};
 
 // Picks splits per row, column tile and pipeline depth, then launches one configuration.
 template <typename T, int V, int NT, bool kSmem, bool kRes>
@@ -133,15 +198,10 @@ cudaError_t launch_main(Params p, cudaStream_t s) {
   p.splits = S;
   p.tile = tile;
   p.stages = stages;
-  auto kern = main_kernel<T, V, NT, kSmem, kRes>;
-  if (bytes > 48 * 1024) {
-    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(bytes));
-    if (e != cudaSuccess) return e;
-  }
+  constexpr auto kern = main_kernel<T, V, NT, kSmem, kRes>;
+  using L = Launcher<kern>;
   int bps = 0;
-  cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, kern, C::kThreads,
-                                                                static_cast<size_t>(bytes));
+  cudaError_t e = L::prepare(dev.id, C::kThreads, bytes, &bps);
   if (e != cudaSuccess) return e;
   if (!kSmem && dev.smem_sm > 0) {
     // just the shared memory the resident blocks need (plus the 1 KB per block the driver
@@ -151,7 +211,7 @@ cudaError_t launch_main(Params p, cudaStream_t s) {
     const int64_t need_pct = (per_sm * 100 + dev.smem_sm - 1) / dev.smem_sm;
     int pct = cudaSharedmemCarveoutDefault;
     if (pipe_kb > 0) pct = static_cast<int>(std::min<int64_t>(100, need_pct));
-    e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout, pct);
+    e = L::carveout(dev.id, pct);
     if (e != cudaSuccess) return e;
   }
   const int nrb = (R + rpb - 1) / rpb;
@@ -209,10 +269,11 @@ extern template cudaError_t run<__nv_bfloat16, false>(const Params&, cudaStream_
 // Prologue, then the main kernel with the codebooks in shared memory (mode 1, or mode 0
 // when they fit and staging them per block costs less than the index stream) or in L2.
 template <typename T>
-cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const int32_t* perm,
-                         const void* bias, void* y, float* workspace, int mode,
+cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const void* perm,
+                         int perm_bytes, const void* bias, void* y, float* workspace, int mode,
                          cudaStream_t s) {
   if (tokens < 1 || tokens > 8 || a.v < 1 || a.v > 16) return cudaErrorInvalidValue;
+  if (perm != nullptr && perm_bytes != 2 && perm_bytes != 4) return cudaErrorInvalidValue;
   Params p;
   p.a = a;
   p.tokens = tokens;
@@ -224,6 +285,7 @@ cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const in
   p.splits = 1;
   p.tile = 128;
   p.stages = 2;
+  p.perm_u16 = perm_bytes == 2 ? 1 : 0;
   // 16-byte copies need 16-byte aligned rows: whole multiples of 4 words / floats
   p.words_vec = (a.words % 4 == 0 && reinterpret_cast<uintptr_t>(a.indices) % 16 == 0) ? 1 : 0;
   p.x_vec = (a.cols % 4 == 0 && a.outlier_size % 4 == 0 && a.group_size % 4 == 0) ? 1 : 0;

@@ -145,13 +145,18 @@ Layer make_layer(const Tensor& indices, const Tensor& centroids, const OptTensor
   return L;
 }
 
-// perm (int16 bits of uint16, int32 or int64) -> int32 values
-Tensor perm_i32(const Tensor& perm, const Tensor& ref, int64_t cols) {
+// perm: int16 (bits of uint16), int32 or int64, cols values
+void check_perm(const Tensor& perm, const Tensor& ref, int64_t cols) {
   check_on(perm, ref, "perm");
   TORCH_CHECK(perm.numel() == cols, "perm must have ", cols, " values, got ", perm.numel());
   TORCH_CHECK(perm.scalar_type() == at::kShort || perm.scalar_type() == at::kInt ||
                   perm.scalar_type() == at::kLong,
               "perm must be int16, int32 or int64, got ", perm.scalar_type());
+}
+
+// perm -> int32 values
+Tensor perm_i32(const Tensor& perm, const Tensor& ref, int64_t cols) {
+  check_perm(perm, ref, cols);
   Tensor p = perm.to(at::kInt);
   if (perm.scalar_type() == at::kShort) p = p.bitwise_and(0xFFFF);
   return p.contiguous();
@@ -219,14 +224,19 @@ Tensor gemv(const Tensor& x, const Tensor& indices, const Tensor& centroids,
     TORCH_CHECK(bias->numel() == rows && bias->scalar_type() == x.scalar_type(),
                 "bias must have ", rows, " values of dtype ", x.scalar_type());
   }
+  // int16 (the checkpoint's) and int32 perms go to the kernel as they are; int64 is narrowed
   Tensor p;
-  if (perm.has_value()) p = perm_i32(*perm, indices, cols);
+  if (perm.has_value()) {
+    check_perm(*perm, indices, cols);
+    p = perm->scalar_type() == at::kLong ? perm->to(at::kInt) : *perm;
+  }
   Tensor ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols),
                                                      static_cast<int>(tokens))},
                         x.options().dtype(at::kFloat));
   Tensor y = at::empty({tokens, rows}, x.options());
   check_cuda(vptq::launch_gemv(L.a, x.data_ptr(), static_cast<int>(tokens),
-                               p.defined() ? p.data_ptr<int32_t>() : nullptr,
+                               p.defined() ? p.data_ptr() : nullptr,
+                               p.defined() ? static_cast<int>(p.element_size()) : 4,
                                bias.has_value() ? bias->data_ptr() : nullptr, y.data_ptr(),
                                ws.data_ptr<float>(), static_cast<int>(mode),
                                at::cuda::getCurrentCUDAStream().stream()),

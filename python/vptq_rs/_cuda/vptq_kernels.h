@@ -36,11 +36,12 @@ cudaError_t launch_dequant(const LayerArgs& a, const int32_t* invperm, void* out
 int64_t gemv_codebook_smem_bytes(const LayerArgs& a, int tokens);
 
 // y[t, r] = sum_j W[r, j] x[t, j] + bias[r] for t < tokens <= 8; x/y/bias in x_dtype which
-// must equal the codebook dtype (fp16/bf16). perm[p] = original column at position p or null.
+// must equal the codebook dtype (fp16/bf16). perm[p] = original column at position p or null,
+// perm_bytes wide: 2 (uint16, the checkpoint's int16 bits, read as is) or 4 (int32).
 // workspace: float [tokens * cols + tokens * ceil(cols / 1024)].
 // mode: 0 auto, 1 codebooks in shared memory, 2 codebooks read through L1/L2.
-cudaError_t launch_gemv(const LayerArgs& a, const void* x, int tokens, const int32_t* perm,
-                        const void* bias, void* y, float* workspace, int mode,
+cudaError_t launch_gemv(const LayerArgs& a, const void* x, int tokens, const void* perm,
+                        int perm_bytes, const void* bias, void* y, float* workspace, int mode,
                         cudaStream_t stream);
 int64_t gemv_workspace_floats(int cols, int tokens);
 
