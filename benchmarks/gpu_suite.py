@@ -78,7 +78,12 @@ def env_info() -> dict[str, Any]:
 
 
 class Timer:
-    """Per-repetition CUDA-event timings, with the L2 cache flushed before each repetition."""
+    """Per-repetition CUDA-event timings of GPU work, with the L2 cache flushed before each
+    repetition. A spin kernel after the flush keeps the GPU busy while the host queues the
+    call, so host time (tens of microseconds per call on a busy host) never shows up as GPU
+    time; ``gpu_tune.py --sections overhead`` measures host time apart."""
+
+    SPIN_CYCLES = 400_000  # ~200 us at the H100's clocks
 
     def __init__(self) -> None:
         self.flush = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=DEV)
@@ -91,6 +96,7 @@ class Timer:
         for i in range(reps):
             if flush:
                 self.flush.fill_(float(i))
+            torch.cuda._sleep(self.SPIN_CYCLES)
             starts[i].record()
             fn()
             ends[i].record()
@@ -418,8 +424,10 @@ def e2e_section(quick: bool) -> dict[str, Any]:
     ids = torch.randint(0, cfg.vocab_size, (1, 16), device=DEV)
 
     def decode_tps() -> list[float]:
+        # a warm-up generate first: the first one pays cuBLAS and allocator set-up
+        model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
         out = []
-        for _ in range(3):
+        for _ in range(5):
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
