@@ -23,8 +23,9 @@ overhead: where a small layer's 1-token GEMV spends its time, for SmolLM2-135M's
 shapes and 4096x4096 at v6/k4096 and v8/k65536 against cuBLAS fp16 (``F.linear``): host time
 per call (200 calls queued without a sync), GPU time with the L2 flushed (CUDA events), GPU
 time per call inside a CUDA graph of 50 calls (no host cost, L2 warm), each for the op
-through ``cuda_ext.gemv`` and for ``VQuantLinear``'s forward; then the kernels of one forward
-(torch.profiler, after all timings). Writes ``gpu-tune-overhead.json``.
+through ``cuda_ext.gemv``, for ``VQuantLinear``'s forward (its fused path) and for
+``ops.vq_linear`` on the module's packed tensors (its general path); then the kernels of one
+forward (torch.profiler, after all timings). Writes ``gpu-tune-overhead.json``.
 
 kmeans: one tiled k-means assignment at K = 65,536 (7.3M points at d = 8, 3.7M at d = 16):
 tf32x1 against fp16x1, the latter at d = 8 with 384 and 256 threads a block
@@ -197,6 +198,7 @@ def _kernels_of(fn, reps: int = 20) -> list[dict[str, Any]]:
 
 def small_layer_overhead() -> dict[str, Any]:
     """Host, flushed-GPU and graph times per 1-token call, op and module, vs cuBLAS fp16."""
+    from vptq_rs import ops
     from vptq_rs.nn import VQuantLinear
 
     timer = Timer()
@@ -218,6 +220,8 @@ def small_layer_overhead() -> dict[str, Any]:
             calls = {
                 "op": lambda x=x, cfg=cfg, t=t: cuda_ext.gemv(x, cfg, t),
                 "module": lambda x=x, mod=mod: mod(x),
+                # what the module's forward did before its fused path: checks on every call
+                "general": lambda x=x, mod=mod: ops.vq_linear(x, mod.config, mod.packed()),
             }
             row: dict[str, Any] = {"out": o, "in": i, "config": name, **base}
             with torch.no_grad():

@@ -178,9 +178,15 @@ def gpu(tag: str = "") -> str | None:
         lines += [
             "",
             f"Decode, batch 1, {e2e['model']}, {e2e['quant_config']}: "
-            f"{e2e['vptq_median']:.1f} tokens/s vs {e2e['fp16_median']:.1f} fp16.",
+            f"{e2e['vptq_median']:.1f} tokens/s vs {e2e['fp16_median']:.1f} fp16 (median of "
+            f"{len(e2e['vptq_tokens_per_s'])} `generate` runs of {e2e['new_tokens']} tokens; "
+            f"runs: {_runs(e2e['vptq_tokens_per_s'])} vs {_runs(e2e['fp16_tokens_per_s'])}).",
         ]
     return "\n".join(lines)
+
+
+def _runs(xs: list[float]) -> str:
+    return ", ".join(f"{x:.1f}" for x in xs)
 
 
 def _ppl_cell(r: dict, ds: str) -> str:
