@@ -88,9 +88,8 @@ inline int64_t min_pipeline_bytes(const LayerArgs& a, int nt) {
 }
 
 // What one kernel instantiation was last told on one device: the dynamic shared memory it may
-// take and its carveout, and the occupancy answer for one size. cudaFuncSetAttribute and the
-// occupancy query cost host microseconds that a small layer's decode step would otherwise pay
-// on every call.
+// take and its carveout, and the occupancy answer for one size, so a decode step makes these
+// driver calls once per kernel instead of on every call (small layers are host-bound).
 struct LaunchState {
   int dev = -1;
   int64_t smem_allowed = 48 * 1024;
