@@ -2,9 +2,11 @@
 
 Parameter names and dtypes are those of a packed checkpoint (FORMAT.md), so a state dict
 loads straight from ``model.safetensors`` and the module is a drop-in for Microsoft's
-``vptq.layers.vqlinear.VQuantLinear``. The dense weight is rebuilt on every forward unless
-the caller asks for a cache with :meth:`VQuantLinear.cache_weight` (memory is the point of
-the exercise, so caching is never implicit).
+``vptq.layers.vqlinear.VQuantLinear``. On a GPU with the CUDA kernels built, up to 8 tokens
+go through the fused dequant-GEMV and no dense weight exists; otherwise the dense weight is
+rebuilt on every forward unless the caller asks for a cache with
+:meth:`VQuantLinear.cache_weight` (memory is the point of the exercise, so caching is never
+implicit).
 """
 
 from __future__ import annotations
