@@ -358,6 +358,20 @@ def dequant(cfg: Any, t: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
     return w.t() if cfg.vector_quant_dim == "in" else w
 
 
+def fused_gemv_applies(x: torch.Tensor, cfg: Any, codebook_dtype: torch.dtype) -> bool:
+    """Whether the fused GEMV covers ``x [..., I]`` on this layer: 1 to 8 tokens, vectors along
+    the output, x in the codebooks' fp16/bf16 dtype, and no gradient wanted (the op has no
+    backward). Everything else goes through :func:`dequant` + ``F.linear``."""
+    tokens = x.numel() // max(x.shape[-1], 1)
+    return (
+        0 < tokens <= MAX_GEMV_TOKENS
+        and cfg.vector_quant_dim == "out"
+        and x.dtype == codebook_dtype
+        and x.dtype != torch.float32
+        and not (x.requires_grad and torch.is_grad_enabled())
+    )
+
+
 def gemv(
     x: torch.Tensor, cfg: Any, t: Any, bias: torch.Tensor | None = None, mode: int = 0
 ) -> torch.Tensor:
@@ -370,14 +384,7 @@ def gemv(
     """
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if (
-        x2.shape[0] > MAX_GEMV_TOKENS
-        or x2.shape[0] == 0
-        or cfg.vector_quant_dim != "out"
-        or x.dtype != t.centroids.dtype
-        or x.dtype == torch.float32
-        or (x.requires_grad and torch.is_grad_enabled())
-    ):
+    if not fused_gemv_applies(x, cfg, t.centroids.dtype):
         w = dequant(cfg, t, x.dtype)
         return F.linear(x, w, bias.to(x.dtype) if bias is not None else None)
     tensors, ints = _layer_args(cfg, t)

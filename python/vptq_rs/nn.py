@@ -256,12 +256,11 @@ class VQuantLinear(nn.Module):
         apply. A decode step of a small model spends more time in Python than on the GPU, so
         the checks of the general path (:func:`ops.vq_linear`) run once per set of parameter
         objects and later calls only compare identities."""
-        n = x.numel() // max(self.in_features, 1)
-        if x.shape[-1] != self.in_features or not 0 < n <= cuda_ext.MAX_GEMV_TOKENS:
-            return None
-        if x.requires_grad and torch.is_grad_enabled():
-            return None  # the op has no backward; the general path's F.linear has
         cur = self._current()
+        if x.shape[-1] != self.in_features or not cuda_ext.fused_gemv_applies(
+            x, self.config, cur[1].dtype
+        ):
+            return None
         fused = self.__dict__.get("_fused")  # absent on modules built without __init__
         if (
             fused is None
@@ -269,10 +268,10 @@ class VQuantLinear(nn.Module):
             or any(a is not b for a, b in zip(cur, fused.current, strict=True))
         ):
             fused = self._fused = _FusedArgs.build(self, cur)
-        if fused.tensors is None or x.dtype != fused.dtype or x.device != fused.device:
+        if fused.tensors is None or x.device != fused.device:
             return None
         y = torch.ops.vptq_rs.gemv(
-            x.reshape(n, self.in_features).contiguous(), *fused.tensors, cur[8], *fused.ints, 0
+            x.reshape(-1, self.in_features).contiguous(), *fused.tensors, cur[8], *fused.ints, 0
         )
         return y.reshape(*x.shape[:-1], self.out_features)
 
@@ -303,11 +302,9 @@ class _FusedArgs:
     def build(cls, layer: VQuantLinear, cur: tuple[torch.Tensor | None, ...]) -> _FusedArgs:
         cfg, idx, cb, bias = layer.config, cur[0], cur[1], cur[8]
         none = cls(cfg, cur)
+        # which inputs qualify is cuda_ext.fused_gemv_applies's call, per forward
         if (
             ops.cuda_extension() is None
-            or cfg.vector_quant_dim != "out"
-            or cb is None
-            or cb.dtype not in (torch.float16, torch.bfloat16)
             or (bias is not None and bias.dtype != cb.dtype)
             or not idx.is_cuda
         ):
