@@ -2,8 +2,9 @@
 
     python benchmarks/gpu_profile.py [gemv|kmeans|all]
 
-GEMV: batch 1 on the two largest issue-5 shapes with v6/k4096 (codebook in shared memory)
-and v8/k65536 (codebook through L2); k-means: each precision and assignment design on 1M
+GEMV: batch 1 on the two largest issue-5 shapes with v6/k4096 (the histogram kernel, then
+the shared-memory gather kernel), v8/k65536 (codebook through L2) and v12/k4096+res4096
+(histogram); k-means: each precision and assignment design on 1M
 x d8 points against 65,536 centroids, twice. Layers are random (speed does not depend on
 the values).
 """
@@ -34,6 +35,8 @@ def main() -> None:
             cfg, t = random_layer(o, i, v, k, kr, gen)
             x = torch.randn(1, i, device=DEV, generator=gen).half()
             cuda_ext.gemv(x, cfg, t)
+            if k == 4096 and not kr:
+                cuda_ext.gemv(x, cfg, t, mode=1)
             torch.cuda.synchronize()
     if what in ("kmeans", "all"):
         x = torch.randn(1 << 20, 8, device=DEV, generator=gen)

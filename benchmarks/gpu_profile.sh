@@ -17,7 +17,7 @@ SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occu
   --section LaunchStats --section WarpStateStats --section SchedulerStats"
 if [ "$WHAT" != kmeans ]; then
   timeout 240 ncu $SECTIONS --section InstructionStats --section SourceCounters \
-    -k regex:main_kernel -c 3 \
+    -k regex:"main_kernel|hist_kernel" -c 4 \
     python3 benchmarks/gpu_profile.py gemv > "$OUT/profile/gemv.txt" 2>&1
   echo "gemv ncu exit $?"; grep -E "Duration|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" "$OUT/profile/gemv.txt" | head -40
 fi

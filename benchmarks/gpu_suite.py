@@ -191,7 +191,10 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
             }
             moved = layer_bytes(t) + x.numel() * 2 + o * 2
             row["bytes_moved"] = moved
-            for mode, label in ((0, "auto"), (1, "smem"), (2, "l2")):
+            for mode, label in ((0, "auto"), (1, "smem"), (2, "l2"), (3, "hist")):
+                if mode == 3 and not cuda_ext.gemv_hist_applies(cfg, 1):
+                    row["ours_hist_us"] = None
+                    continue
                 y = cuda_ext.gemv(x, cfg, t, mode=mode)
                 err = float((y.float() - ref).norm() / ref.norm())
                 raw = timer(
@@ -200,7 +203,8 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
                 row[f"ours_{label}_us"] = med(raw)
                 row[f"ours_{label}_raw_us"] = raw
                 row[f"ours_{label}_rel_err"] = err
-            best = min(row["ours_auto_us"], row["ours_smem_us"], row["ours_l2_us"])
+            modes = ("auto", "smem", "l2", "hist")
+            best = min(row[f"ours_{m}_us"] for m in modes if row[f"ours_{m}_us"] is not None)
             row["speedup_vs_cublas_auto"] = row["cublas_fp16_us"] / row["ours_auto_us"]
             row["speedup_vs_cublas_best_mode"] = row["cublas_fp16_us"] / best
             row["effective_GBps_auto"] = moved / (row["ours_auto_us"] * 1e-6) / 1e9
@@ -215,7 +219,8 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
             rows.append(row)
             print(
                 f"gemv {o}x{i} {name}: ours {row['ours_auto_us']:.1f}us "
-                f"(smem {row['ours_smem_us']:.1f} l2 {row['ours_l2_us']:.1f}) "
+                f"(smem {row['ours_smem_us']:.1f} l2 {row['ours_l2_us']:.1f} "
+                f"hist {row['ours_hist_us'] or float('nan'):.1f}) "
                 f"cublas {row['cublas_fp16_us']:.1f}us x{row['speedup_vs_cublas_auto']:.2f} "
                 f"bw {row['fraction_of_copy_bw_auto']:.0%} err {row['ours_auto_rel_err']:.1e}",
                 flush=True,

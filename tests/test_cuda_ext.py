@@ -230,8 +230,8 @@ def test_fake_kernels_trace_shapes():
 @pytest.mark.slow
 @needs_toolchain
 def test_one_token_gemv_kernels_do_not_spill(tmp_path):
-    """ptxas report of the fp16 GEMV kernels (shared-memory and L2 codebooks): the 1-token
-    instantiations, the decode hot path, keep every value in registers."""
+    """ptxas report of the fp16 GEMV kernels (shared-memory and L2 codebooks, histogram): the
+    1-token instantiations, the decode hot path, keep every value in registers."""
     import re
 
     from torch.utils import cpp_extension
@@ -246,7 +246,7 @@ def test_one_token_gemv_kernels_do_not_spill(tmp_path):
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for tu in ("gemv_f16.cu", "gemv_f16_l2.cu")
+        for tu in ("gemv_f16.cu", "gemv_f16_l2.cu", "gemv_hist_f16.cu")
     ]
     report = "".join(p.communicate(timeout=600)[0] for p in procs)
     assert all(p.returncode == 0 for p in procs), report[-3000:]
@@ -259,6 +259,13 @@ def test_one_token_gemv_kernels_do_not_spill(tmp_path):
     # 16 vector lengths x 2 codebook placements x with and without a residual codebook
     assert len(one_token) == 64, report[-3000:]
     spilling = [f"v={v} smem={m} res={r}" for v, _, m, r, st, ld in one_token if int(st) or int(ld)]
+    hist = re.findall(
+        r"Function properties for \S*hist_kernelI6__halfLi(\d+)ELb([01])E\S*\s+"
+        r"\d+ bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+        report,
+    )
+    assert len(hist) == 32, report[-3000:]  # 16 vector lengths x with and without a residual
+    spilling += [f"hist v={v} res={r}" for v, r, st, ld in hist if int(st) or int(ld)]
     assert not spilling, spilling
 
 

@@ -147,6 +147,89 @@ def test_gemv_l2_pipeline_cap(pipe_kb, monkeypatch):
     assert err <= 1e-3 and ((y.double() - want.double()).norm() / ref.norm()).item() <= 1e-3
 
 
+# Layers the histogram kernel (mode 3) takes, as (in, out, v, K, Kres, outliers, perm):
+# pairs of codes per 32-bit window (12 bits) over several tiles with a tail; one code per
+# window with a residual (24 bits); 16-bit codes with a residual and outliers; 26-bit codes
+# with 16384 bins (fewer rows per block); more row blocks than SMs (histograms re-zeroed);
+# v = 1, and v = 13 (odd-sized entries, four rows per block).
+HIST_LAYERS = [
+    (4100, 64, 6, 4096, 0, (0, 0, 0), True),
+    (3000, 36, 12, 4096, 4096, (0, 0, 0), False),
+    (1030, 40, 8, 256, 256, (16, 4, 64), True),
+    (700, 35, 16, 8192, 8192, (0, 0, 0), True),
+    (600, 4100, 2, 256, 0, (0, 0, 0), False),
+    (96, 300, 1, 32, 2, (8, 2, 16), True),
+    (2100, 26, 13, 1024, 0, (0, 0, 0), True),
+]
+
+
+def make_hist(layer_t, dtype, seed=0):
+    i, o, v, k, kr, outliers, perm = layer_t
+    return make((i, o, v, k, kr, 1, outliers, perm), dtype, seed=seed)
+
+
+@pytest.mark.parametrize("layer_t", HIST_LAYERS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemv_histogram_kernel_matches_reference(layer_t, dtype):
+    cfg, layer, t = make_hist(layer_t, dtype, seed=len(layer_t))
+    assert cuda_ext.gemv_hist_applies(cfg, 1)
+    x = torch.randn(1, cfg.in_features, device=DEV).to(dtype)
+    bias = layer.bias.to(DEV)
+    ref = reference_linear(x, layer, bias)
+    dense = F.linear(x, layer.dequantize(dtype).to(DEV), bias)
+    drift = ((dense.double() - ref).norm() / ref.norm()).item()
+    y = cuda_ext.gemv(x, cfg, t, bias, mode=3)
+    assert y.shape == (1, cfg.out_features) and y.dtype == dtype
+    err = ((y.double() - ref).norm() / ref.norm()).item()
+    assert err <= max(2 * drift, 1e-3), (err, drift)
+    # fixed-point sums do not depend on the order the atomics land in
+    assert torch.equal(cuda_ext.gemv(x, cfg, t, bias, mode=3), y)
+
+
+def test_gemv_histogram_kernel_edge_inputs():
+    """Zero activations give the bias exactly (nothing rounds); a non-finite activation
+    gives NaN everywhere, as a dot product with it would; activations spanning 2^26 (one
+    large one sets the fixed-point step) stay within fp16 rounding of the reference."""
+    cfg, layer, _ = make_hist(HIST_LAYERS[0], torch.float16)
+    layer.weight_bias.zero_()  # else zero activations still meet sum_j bias_w[j] * 0 terms
+    t = type(packed_tensors(layer))(*[a if a is None else a.to(DEV) for a in packed_tensors(layer)])
+    bias = layer.bias.to(DEV)
+    zero = torch.zeros(1, cfg.in_features, device=DEV).half()
+    assert torch.equal(cuda_ext.gemv(zero, cfg, t, bias, mode=3), bias[None])
+    bad = zero.clone()
+    bad[0, 5] = float("inf")
+    assert torch.isnan(cuda_ext.gemv(bad, cfg, t, bias, mode=3)).all()
+    x = torch.full((1, cfg.in_features), 1e-3, device=DEV).half()
+    x[0, 7] = 2e3  # the outputs stay finite in fp16
+    y = cuda_ext.gemv(x, cfg, t, bias, mode=3)
+    ref = reference_linear(x, layer, bias)
+    assert torch.allclose(y.double(), ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+
+
+def test_gemv_histogram_mode_choice(monkeypatch):
+    """Mode 0 takes the histogram kernel on a 1-token call whose rows have at least half as
+    many columns as bins, on a layer with a vector row per SM (256 here), and a gather kernel
+    otherwise or with VPTQ_RS_GEMV_HIST=0; mode 3 refuses what it does not cover with a
+    message."""
+    assert torch.cuda.get_device_properties(DEV).multi_processor_count <= 256
+    for shape in ((1000, 1536), (2100, 24)):  # too few columns, too few rows
+        cfg, _, t = make_hist((*shape, 6, 4096, 0, (0, 0, 0), True), torch.float16)
+        x = torch.randn(1, cfg.in_features, device=DEV).half()
+        gathers = [cuda_ext.gemv(x, cfg, t, mode=m) for m in (1, 2)]
+        assert any(torch.equal(cuda_ext.gemv(x, cfg, t), g) for g in gathers), shape
+    wide, _, tw = make_hist((2100, 1536, 6, 4096, 0, (0, 0, 0), True), torch.float16)
+    xw = torch.randn(1, wide.in_features, device=DEV).half()
+    assert torch.equal(cuda_ext.gemv(xw, wide, tw), cuda_ext.gemv(xw, wide, tw, mode=3))
+    monkeypatch.setenv("VPTQ_RS_GEMV_HIST", "0")
+    y0 = cuda_ext.gemv(xw, wide, tw)
+    assert any(torch.equal(y0, cuda_ext.gemv(xw, wide, tw, mode=m)) for m in (1, 2))
+    with pytest.raises(RuntimeError, match="mode 3"):
+        cuda_ext.gemv(xw.expand(2, -1), wide, tw, mode=3)
+    grouped, _, tg = make(CONFIGS[1], torch.float16)
+    with pytest.raises(RuntimeError, match="group_num 1"):
+        cuda_ext.gemv(torch.randn(1, grouped.in_features, device=DEV).half(), grouped, tg, mode=3)
+
+
 def misaligned(t: torch.Tensor) -> torch.Tensor:
     """A copy of ``t`` whose data starts 4 bytes past a 16-byte boundary."""
     pad = 4 // t.element_size()

@@ -21,7 +21,9 @@ trace them):
   outlier_size, outlier_vector_len, out_dtype) -> [rows, cols]``, bit-exact with
   :meth:`vptq_rs.layout.QuantizedLayer.dequantize`.
 - ``gemv(x [T, cols], ..., bias?, ..., mode) -> [T, rows]`` for T <= 8 tokens; mode 0 picks
-  where the codebooks live, 1 forces shared memory (when they fit), 2 forces L1/L2.
+  the kernel, 1 gathers codebook rows from shared memory (when they fit), 2 through L1/L2,
+  3 sums each row's activations per code in a shared-memory histogram, then dots it with the
+  codebooks (1 token, one group, codebooks of at most 2^13 entries; see ``gemv_hist.cuh``).
 - ``kmeans_assign(x, centroids, mode, design=0) -> (labels int32 [n], sq_dist float32 [n])``;
   mode 0 fp32 CUDA cores, 1 tensor cores (3xTF32: hi/lo split, about fp32 accuracy), 2 one
   TF32 product, 3 one fp16 product (power-of-two scaled operands, tiled design only);
@@ -57,6 +59,8 @@ SOURCES = (
     "gemv_f16_l2.cu",
     "gemv_bf16.cu",
     "gemv_bf16_l2.cu",
+    "gemv_hist_f16.cu",
+    "gemv_hist_bf16.cu",
     "kmeans.cu",
 )
 HEADERS = (
@@ -369,6 +373,25 @@ def fused_gemv_applies(x: torch.Tensor, cfg: Any, codebook_dtype: torch.dtype) -
         and x.dtype == codebook_dtype
         and x.dtype != torch.float32
         and not (x.requires_grad and torch.is_grad_enabled())
+    )
+
+
+# the histogram GEMV (mode 3) takes codebooks of at most 2^13 entries (gemv_hist.cuh)
+HIST_MAX_CENTROIDS = 1 << 13
+
+
+def gemv_hist_applies(cfg: Any, tokens: int) -> bool:
+    """Whether ``gemv(..., mode=3)`` (the histogram kernel) takes this layer: 1 token, one
+    group, main and residual codebooks of at most 8192 entries, and a fused-GEMV layer
+    (``vector_quant_dim == "out"``). Mode 0 uses it when, in addition, a row has at least half
+    as many columns as the histogram has bins and the layer has at least one vector row per SM
+    (``VPTQ_RS_GEMV_HIST=0`` turns that off)."""
+    return (
+        tokens == 1
+        and cfg.vector_quant_dim == "out"
+        and cfg.group_num == 1
+        and cfg.num_centroids <= HIST_MAX_CENTROIDS
+        and cfg.num_res_centroids <= HIST_MAX_CENTROIDS
     )
 
 

@@ -31,6 +31,7 @@ struct Params {
   LayerArgs a;
   const float* xs;      // [T, cols] permuted, scaled activations (fp32)
   const float* xbias;   // [T, nchunks] partial sums of weight_bias[j] * x[t, j]
+  const float* xabs;    // [T, nchunks] partial sums of |xs[t, p]| (the histogram kernel's scale)
   const void* bias;     // [rows] or null
   void* y;              // [T, rows]
   int tokens, nchunks, splits;
@@ -39,6 +40,7 @@ struct Params {
   int words_vec;        // packed rows are 16-byte aligned: copy words 16 bytes at a time
   int x_vec;            // activation tiles are 16-byte aligned
   int perm_u16;         // perm holds uint16 values (the checkpoint's int16 bits), else int32
+  int hist_rows;        // vector rows per block of the histogram kernel (gemv_hist.cuh)
 };
 
 // 256 threads where the accumulators or odd-length (2-byte aligned) codebook rows need more
@@ -86,14 +88,15 @@ __device__ __forceinline__ void stage_copy(uint32_t* dst, const uint32_t* src, i
   }
 }
 
-// xs[t, p] = x[t, perm[p]] * scale[perm[p]]; xbias[t, chunk] = sum bias_w[j] * x[t, j].
+// xs[t, p] = x[t, perm[p]] * scale[perm[p]]; xbias[t, chunk] = sum bias_w[j] * x[t, j];
+// xabs[t, chunk] = sum |xs[t, p]|.
 template <typename T>
 __global__ void __launch_bounds__(256) prologue_kernel(Params p, const T* __restrict__ x,
                                                        const void* __restrict__ perm) {
   const int t = blockIdx.y;
   const int cols = p.a.cols;
   const int base = blockIdx.x * kTile;
-  float acc = 0.f;
+  float acc = 0.f, aabs = 0.f;
   for (int k = threadIdx.x; k < kTile; k += blockDim.x) {
     const int pos = base + k;
     if (pos >= cols) break;
@@ -113,17 +116,32 @@ __global__ void __launch_bounds__(256) prologue_kernel(Params p, const T* __rest
     }
     const_cast<float*>(p.xs)[int64_t{t} * cols + pos] = xv * s;
     acc = fmaf(b, xv, acc);
+    aabs += fabsf(xv * s);
   }
-  __shared__ float red[32];
+  __shared__ float red[2][32];
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = acc;
+  for (int o = 16; o > 0; o >>= 1) {
+    acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    aabs += __shfl_xor_sync(0xffffffffu, aabs, o);
+  }
+  if ((threadIdx.x & 31) == 0) {
+    red[0][threadIdx.x >> 5] = acc;
+    red[1][threadIdx.x >> 5] = aabs;
+  }
   __syncthreads();
   if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
+    const bool in = threadIdx.x < (blockDim.x >> 5);
+    float v = in ? red[0][threadIdx.x] : 0.f;
+    float va = in ? red[1][threadIdx.x] : 0.f;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (threadIdx.x == 0) const_cast<float*>(p.xbias)[t * p.nchunks + blockIdx.x] = v;
+    for (int o = 16; o > 0; o >>= 1) {
+      v += __shfl_xor_sync(0xffffffffu, v, o);
+      va += __shfl_xor_sync(0xffffffffu, va, o);
+    }
+    if (threadIdx.x == 0) {
+      const_cast<float*>(p.xbias)[t * p.nchunks + blockIdx.x] = v;
+      const_cast<float*>(p.xabs)[t * p.nchunks + blockIdx.x] = va;
+    }
   }
 }
 

@@ -12,7 +12,11 @@ cudaError_t launch_gemv_bf16(const LayerArgs& a, const void* x, int tokens, cons
                              int mode, cudaStream_t stream);
 
 int64_t gemv_workspace_floats(int cols, int tokens) {
-  return int64_t{tokens} * cols + int64_t{tokens} * ((cols + gemv::kTile - 1) / gemv::kTile);
+  return int64_t{tokens} * cols + 2 * int64_t{tokens} * ((cols + gemv::kTile - 1) / gemv::kTile);
+}
+
+bool gemv_hist_applies(const LayerArgs& a, int tokens) {
+  return a.cb_dtype != kF32 && gemv::hist_applies(a, tokens);
 }
 
 int64_t gemv_codebook_smem_bytes(const LayerArgs& a, int tokens) {

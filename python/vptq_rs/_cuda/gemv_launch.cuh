@@ -1,6 +1,7 @@
 // Host-side launch of the GEMV kernels. The kernels of one codebook dtype and codebook
-// placement (shared memory or L1/L2) are instantiated in their own translation unit
-// (gemv_{f16,bf16}{,_l2}.cu) so the four compile in parallel.
+// placement (shared memory or L1/L2), and the histogram kernels of one dtype, are
+// instantiated in their own translation unit (gemv_{f16,bf16}{,_l2,_hist}.cu) so the six
+// compile in parallel.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <mutex>
 
 #include "gemv.cuh"
+#include "gemv_hist.cuh"
 
 namespace vptq {
 namespace gemv {
@@ -260,25 +262,141 @@ cudaError_t run(const Params& p, cudaStream_t s) {
   }
 }
 
+// ---- histogram kernel (gemv_hist.cuh) ----
+
+// Whether the histogram kernel takes this call: one token, one group, codebooks of at most
+// 2^13 entries, and one row's histogram plus the smallest pipeline fit in shared memory.
+inline bool hist_applies(const LayerArgs& a, int tokens) {
+  if (tokens != 1 || a.groups != 1 || a.index_bits > kHistMaxBits) return false;
+  if (a.res_centroids && a.res_bits > kHistMaxBits) return false;
+  return hist_smem_bytes(a, 1, 512, 2) <= device_info().smem_block_optin - 1024;
+}
+
+// Whether mode 0 picks the histogram kernel where it applies: when a row has at least half as
+// many columns as its histogram has bins (the dot phase reads and zeroes every bin once per
+// row) and there are enough vector rows to give every SM one (a block owns whole rows). On an
+// H100 it beat the gather kernels on every k4096 layer of the issue's shapes, the narrowest
+// being v12/k4096+res4096 on 4096x4096 (4096 columns, 8192 bins: 27 vs 34 us;
+// benchmarks/results/gpu-gemv.json), and lost on 512x2048 v4/k4096 (128 rows, 132 SMs).
+// VPTQ_RS_GEMV_HIST=0 turns it off for comparisons.
+inline bool hist_auto(const LayerArgs& a) {
+  const char* e = std::getenv("VPTQ_RS_GEMV_HIST");
+  if (e != nullptr && e[0] == '0') return false;
+  return 2 * a.group_size >= hist_bins(a) && a.num_vectors >= device_info().sms;
+}
+
+template <typename T, int V, bool kRes>
+cudaError_t launch_hist(Params p, cudaStream_t s) {
+  constexpr int kRowsMax = hist_max_rows<V>();
+  const DeviceInfo dev = device_info();
+  const LayerArgs& a = p.a;
+  const int64_t budget = dev.smem_block_optin - 1024;
+  const int R = a.num_vectors;
+  // Rows per block: the most that fit whose row blocks keep 85% of the SMs busy in every
+  // round (one block per SM); failing that, the best spread.
+  auto balance = [&](int rows) {
+    const int64_t n = (R + rows - 1) / rows;
+    const int64_t rounds = (n + dev.sms - 1) / dev.sms;
+    return static_cast<double>(n) / static_cast<double>(rounds * dev.sms);
+  };
+  int rows = 0, best = 0;
+  double best_bal = -1.0;
+  for (int r = kRowsMax; r >= 1; --r) {
+    if (hist_smem_bytes(a, r, 512, 2) > budget) continue;
+    const double b = balance(r);
+    if (b >= 0.85) {
+      rows = r;
+      break;
+    }
+    if (b > best_bal) {
+      best_bal = b;
+      best = r;
+    }
+  }
+  if (rows == 0) rows = best;
+  if (rows == 0) return cudaErrorInvalidConfiguration;
+  int tile = std::min(2048, std::max(512, next_pow2(a.group_size)));
+  int stages = 3;
+  while (hist_smem_bytes(a, rows, tile, stages) > budget) {
+    if (tile > 1024) {
+      tile >>= 1;
+    } else if (stages == 3) {
+      stages = 2;
+    } else if (tile > 512) {
+      tile >>= 1;
+    } else {
+      return cudaErrorInvalidConfiguration;
+    }
+  }
+  const int64_t bytes = hist_smem_bytes(a, rows, tile, stages);
+  p.hist_rows = rows;
+  p.tile = tile;
+  p.stages = stages;
+  constexpr auto kern = hist_kernel<T, V, kRes>;
+  int bps = 0;
+  const cudaError_t e = Launcher<kern>::prepare(dev.id, kHistThreads, bytes, &bps);
+  if (e != cudaSuccess) return e;
+  const int nrb = (R + rows - 1) / rows;
+  const int grid = std::max(1, std::min(nrb, dev.sms * std::max(1, bps)));
+  kern<<<grid, kHistThreads, bytes, s>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, int V>
+cudaError_t launch_hist_res(const Params& p, cudaStream_t s) {
+  return p.a.res_centroids ? launch_hist<T, V, true>(p, s) : launch_hist<T, V, false>(p, s);
+}
+
+// Every vector length for one dtype (explicitly instantiated in gemv_hist_{f16,bf16}.cu).
+template <typename T>
+cudaError_t run_hist(const Params& p, cudaStream_t s) {
+  switch (p.a.v) {
+    case 1: return launch_hist_res<T, 1>(p, s);
+    case 2: return launch_hist_res<T, 2>(p, s);
+    case 3: return launch_hist_res<T, 3>(p, s);
+    case 4: return launch_hist_res<T, 4>(p, s);
+    case 5: return launch_hist_res<T, 5>(p, s);
+    case 6: return launch_hist_res<T, 6>(p, s);
+    case 7: return launch_hist_res<T, 7>(p, s);
+    case 8: return launch_hist_res<T, 8>(p, s);
+    case 9: return launch_hist_res<T, 9>(p, s);
+    case 10: return launch_hist_res<T, 10>(p, s);
+    case 11: return launch_hist_res<T, 11>(p, s);
+    case 12: return launch_hist_res<T, 12>(p, s);
+    case 13: return launch_hist_res<T, 13>(p, s);
+    case 14: return launch_hist_res<T, 14>(p, s);
+    case 15: return launch_hist_res<T, 15>(p, s);
+    case 16: return launch_hist_res<T, 16>(p, s);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+extern template cudaError_t run_hist<__half>(const Params&, cudaStream_t);
+extern template cudaError_t run_hist<__nv_bfloat16>(const Params&, cudaStream_t);
 extern template cudaError_t run<__half, true>(const Params&, cudaStream_t);
 extern template cudaError_t run<__half, false>(const Params&, cudaStream_t);
 extern template cudaError_t run<__nv_bfloat16, true>(const Params&, cudaStream_t);
 extern template cudaError_t run<__nv_bfloat16, false>(const Params&, cudaStream_t);
 
 // Prologue, then the main kernel with the codebooks in shared memory (mode 1, or mode 0
-// when they fit and staging them per block costs less than the index stream) or in L2.
+// when they fit and staging them per block costs less than the index stream) or in L2, or
+// the histogram kernel (mode 3, or mode 0 where hist_auto says so).
 template <typename T>
 cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const void* perm,
                          int perm_bytes, const void* bias, void* y, float* workspace, int mode,
                          cudaStream_t s) {
   if (tokens < 1 || tokens > 8 || a.v < 1 || a.v > 16) return cudaErrorInvalidValue;
   if (perm != nullptr && perm_bytes != 2 && perm_bytes != 4) return cudaErrorInvalidValue;
+  const bool hist = hist_applies(a, tokens);
+  if (mode == 3 && !hist) return cudaErrorInvalidValue;
   Params p;
   p.a = a;
   p.tokens = tokens;
   p.nchunks = (a.cols + kTile - 1) / kTile;
   p.xs = workspace;
   p.xbias = workspace + int64_t{tokens} * a.cols;
+  p.xabs = p.xbias + int64_t{tokens} * p.nchunks;
+  p.hist_rows = 1;
   p.bias = bias;
   p.y = y;
   p.splits = 1;
@@ -291,6 +409,7 @@ cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const vo
   prologue_kernel<T><<<dim3(p.nchunks, tokens), 256, 0, s>>>(p, static_cast<const T*>(x), perm);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
+  if (mode == 3 || (mode == 0 && hist && hist_auto(a))) return run_hist<T>(p, s);
   const DeviceInfo dev = device_info();
   const int nt = next_pow2(tokens);
   const int64_t cb = codebook_bytes<T>(a);

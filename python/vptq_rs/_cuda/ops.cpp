@@ -209,6 +209,12 @@ Tensor gemv(const Tensor& x, const Tensor& indices, const Tensor& centroids,
               x.sizes());
   const int64_t tokens = x.size(0);
   TORCH_CHECK(tokens >= 1 && tokens <= 8, "gemv takes 1 to 8 tokens, got ", tokens);
+  TORCH_CHECK(mode >= 0 && mode <= 3,
+              "mode must be 0 (auto), 1 (shared-memory codebooks), 2 (L1/L2 codebooks) or 3 "
+              "(histogram), got ",
+              mode);
+  TORCH_CHECK(mode != 3 || vptq::gemv_hist_applies(L.a, static_cast<int>(tokens)),
+              "mode 3 (histogram) needs 1 token, group_num 1 and index and residual bits <= 13");
   if (L.a.norm_dtype != vptq::kF32 && L.a.norm_dtype != L.a.cb_dtype) {
     // the prologue reads norms as fp32 or as the codebook dtype
     for (auto* pr : {&weight_scale, &weight_bias}) {

@@ -38,12 +38,16 @@ int64_t gemv_codebook_smem_bytes(const LayerArgs& a, int tokens);
 // y[t, r] = sum_j W[r, j] x[t, j] + bias[r] for t < tokens <= 8; x/y/bias in x_dtype which
 // must equal the codebook dtype (fp16/bf16). perm[p] = original column at position p or null,
 // perm_bytes wide: 2 (uint16, the checkpoint's int16 bits, read as is) or 4 (int32).
-// workspace: float [tokens * cols + tokens * ceil(cols / 1024)].
-// mode: 0 auto, 1 codebooks in shared memory, 2 codebooks read through L1/L2.
+// workspace: float [tokens * cols + 2 * tokens * ceil(cols / 1024)].
+// mode: 0 auto, 1 codebooks in shared memory, 2 codebooks read through L1/L2, 3 the histogram
+// kernel (only where gemv_hist_applies).
 cudaError_t launch_gemv(const LayerArgs& a, const void* x, int tokens, const void* perm,
                         int perm_bytes, const void* bias, void* y, float* workspace, int mode,
                         cudaStream_t stream);
 int64_t gemv_workspace_floats(int cols, int tokens);
+// Whether gemv mode 3 (histogram kernel) takes this layer: 1 token, group_num 1, fp16/bf16,
+// index and residual bits <= 13.
+bool gemv_hist_applies(const LayerArgs& a, int tokens);
 
 // k-means assignment of fp32 points x [n, d] (d <= 16) to centroids [k, d].
 // labels int32 [n]; dist float [n] squared distance; scratch: kmeans_assign_scratch_bytes.
