@@ -181,6 +181,23 @@ def test_gemv_falls_back_where_the_kernel_does_not_apply(monkeypatch, case):
     assert y.shape == (2, 24) and y.dtype == x.dtype
 
 
+def test_histogram_gemv_eligibility():
+    """Which layers ``gemv(..., mode=3)`` takes (the C++ op checks the same rule)."""
+    from vptq_rs.layout import LayerConfig
+
+    def cfg(**kw):
+        base = dict(in_features=64, out_features=48, vector_len=6, num_centroids=4096)
+        return LayerConfig(**{**base, **kw})
+
+    assert cuda_ext.gemv_hist_applies(cfg(), 1)
+    assert cuda_ext.gemv_hist_applies(cfg(num_centroids=8192, num_res_centroids=8192), 1)
+    assert not cuda_ext.gemv_hist_applies(cfg(), 2)  # one token only
+    assert not cuda_ext.gemv_hist_applies(cfg(num_centroids=16384), 1)
+    assert not cuda_ext.gemv_hist_applies(cfg(num_res_centroids=65536), 1)
+    assert not cuda_ext.gemv_hist_applies(cfg(group_num=2), 1)
+    assert not cuda_ext.gemv_hist_applies(cfg(vector_quant_dim="in"), 1)
+
+
 needs_toolchain = pytest.mark.skipif(
     cuda_ext.toolchain_problem() is not None,
     reason="no CUDA toolchain to build with (make cuda-toolchain provides one)",

@@ -5,8 +5,11 @@
 // row per code from shared memory at a random address; Nsight showed 54% of those wavefronts
 // to be bank-conflict replays, three 4-byte gathers per v = 6 entry. Here a code costs one
 // 4-byte shared-memory atomic add into its row's histogram (two with a residual codebook),
-// and the codebooks are read in order, once per block of rows. That pays when a row has more
-// columns than its histogram has bins.
+// and the codebooks are read in order, once per block of rows. The dot with the codebooks
+// costs in proportion to the bins, so this pays on rows about as wide as the histogram or
+// wider (mode 0 asks for at least half as wide: hist_auto in gemv_launch.cuh). Leaner
+// variants of the scatter (no per-code branches, rows unrolled by a compile-time count) were
+// slower on an H100; README, "What limits the GEMV", has the numbers.
 //
 // The histograms hold integers: xs becomes fixed point with one power-of-two scale per call,
 // chosen from sum |xs| so that no bin can overflow. Integer adds are native shared-memory
