@@ -14,9 +14,10 @@
 // The histograms hold integers: xs becomes fixed point with one power-of-two scale per call,
 // chosen from sum |xs| so that no bin can overflow. Integer adds are native shared-memory
 // atomics (float ones are compare-and-swap loops on sm_90) and their sums do not depend on
-// the order the atomics land in, so the result is bitwise repeatable. The rounding error of
-// a term is at most sum |xs| / 2^31, below an fp16 ulp of the average |xs| for rows up to
-// 2^20 columns.
+// the order the atomics land in, so the result is bitwise repeatable. The scale is 2^(30-e)
+// for sum |xs| in [2^(e-1), 2^e), so the rounding error of a term is at most
+// 2^(e-31) <= sum |xs| / 2^30: below an fp16 ulp of the average |xs| for rows up to 2^19
+// columns.
 //
 // A block owns `hist_rows` vector rows and walks the columns in tiles with the gather
 // kernel's cp.async pipeline (x tile and the rows' packed words, `stages` tiles ahead); every

@@ -277,7 +277,8 @@ inline bool hist_applies(const LayerArgs& a, int tokens) {
 // row) and there are enough vector rows to give every SM one (a block owns whole rows). On an
 // H100 it beat the gather kernels on every k4096 layer of the issue's shapes, the narrowest
 // being v12/k4096+res4096 on 4096x4096 (4096 columns, 8192 bins: 27 vs 34 us;
-// benchmarks/results/gpu-gemv.json), and lost on 512x2048 v4/k4096 (128 rows, 132 SMs).
+// benchmarks/results/gpu-gemv.json). It was slower on 512x2048 v4/k4096, 128 rows on 132 SMs
+// (17.1 us in run 12b against 13.9 us for the gather kernel in run 12c; gpu-run12{b,c} logs).
 // VPTQ_RS_GEMV_HIST=0 turns it off for comparisons.
 inline bool hist_auto(const LayerArgs& a) {
   const char* e = std::getenv("VPTQ_RS_GEMV_HIST");
