@@ -1,10 +1,11 @@
 """Launch the hot kernels a few times for Nsight Compute (``benchmarks/gpu_profile.sh``).
 
-    python benchmarks/gpu_profile.py [gemv|kmeans|all]
+    python benchmarks/gpu_profile.py [gemv|sorted|kmeans|all]
 
 GEMV: batch 1 on the two largest issue-5 shapes with v6/k4096 (the histogram kernel, then
 the shared-memory gather kernel), v8/k65536 (codebook through L2) and v12/k4096+res4096
-(histogram); k-means: each precision and assignment design on 1M
+(histogram); sorted: the sorted GEMV on the two largest shapes, v6/k4096 and
+v12/k4096+res4096; k-means: each precision and assignment design on 1M
 x d8 points against 65,536 centroids, twice. Layers are random (speed does not depend on
 the values).
 """
@@ -37,6 +38,17 @@ def main() -> None:
             cuda_ext.gemv(x, cfg, t)
             if k == 4096 and not kr:
                 cuda_ext.gemv(x, cfg, t, mode=1)
+            torch.cuda.synchronize()
+    if what in ("sorted", "all"):
+        from vptq_rs import sorted_layout
+
+        for (o, i), (v, k, kr) in (
+            ((28672, 8192), (6, 4096, 0)),
+            ((8192, 28672), (12, 4096, 4096)),
+        ):
+            cfg, t = random_layer(o, i, v, k, kr, gen)
+            x = torch.randn(1, i, device=DEV, generator=gen).half()
+            cuda_ext.gemv_sorted(x, cfg, t, sorted_layout.build(cfg, t.indices))
             torch.cuda.synchronize()
     if what in ("kmeans", "all"):
         x = torch.randn(1 << 20, 8, device=DEV, generator=gen)

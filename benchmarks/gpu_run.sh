@@ -9,7 +9,9 @@
 # limited to 10 minutes, so a full run takes two calls)
 #
 # TAG=h200 names the suite's files gpu-<section>-h200.json (a run on another card); TEST_K and
-# SAN_K narrow the tests and the sanitizer sweep (pytest -k expressions).
+# SAN_K narrow the tests and the sanitizer sweep (pytest -k expressions); SAN_TOOL picks the
+# compute-sanitizer tool (memcheck, racecheck, ...) and SAN_KERNEL limits it to kernels whose
+# name holds that substring (racecheck flags cuBLAS's own kernels, which tests call too).
 # Expects the abi3 wheel in .device/wheels/ (maturin build --release -o .device/wheels).
 set -uo pipefail
 MODE=${1:-full}
@@ -54,15 +56,18 @@ timeout "${TEST_T:-200}" python3 -m pytest -q -p no:cacheprovider tests/test_cud
 fi
 
 if [ "$MODE" != suite ] && [ "$MODE" != tests ]; then
-step "compute-sanitizer memcheck over the kernel sweep"
+SAN_TOOL=${SAN_TOOL:-memcheck}
+step "compute-sanitizer $SAN_TOOL over the kernel sweep"
 # the whole sweep under memcheck took over 240 s on an H100 (session 10): give it a call
 SAN_T=${SAN_T:-$([ "$MODE" = quick ] && echo 150 || echo 420)}
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "$SAN_T" \
-  compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+  compute-sanitizer --tool "$SAN_TOOL" ${SAN_KERNEL:+--kernel-name kns=$SAN_KERNEL} \
+  --error-exitcode 9 --print-limit 20 \
   python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py -k "${SAN_K:-not graph}" 2>&1 \
-  > "$OUT/sanitizer.txt"
+  > "$OUT/sanitizer-$SAN_TOOL.txt"
 echo "sanitizer exit: $?" | tee -a "$LOG"
-head -c 6000 "$OUT/sanitizer.txt" | tee -a "$LOG"; echo; tail -15 "$OUT/sanitizer.txt" | tee -a "$LOG"
+head -c 6000 "$OUT/sanitizer-$SAN_TOOL.txt" | tee -a "$LOG"; echo
+tail -15 "$OUT/sanitizer-$SAN_TOOL.txt" | tee -a "$LOG"
 fi
 
 [ "$MODE" = tests ] || [ "$MODE" = sanitizer ] && { step "end"; exit 0; }

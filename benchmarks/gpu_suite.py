@@ -10,7 +10,8 @@ centroids, device-to-device copy bandwidth).
     python benchmarks/gpu_suite.py --out benchmarks/results [--quick] [--sections a,b]
 
 Sections: copy, gemv, lut, gemm, kmeans, e2e, msvptq. Layers are random (random packed
-words are valid codes: K is a power of two), which is what speed depends on.
+words are valid codes: K is a power of two), which is what speed depends on. The gemv and
+lut sections also time the sorted GEMV (``vptq_rs.sorted_layout``) where its layout applies.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vptq_rs import cuda_ext
+from vptq_rs import cuda_ext, sorted_layout
 from vptq_rs.layout import LayerConfig
 from vptq_rs.ops import PackedTensors, dequantize_t
 
@@ -203,7 +204,8 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
                 row[f"ours_{label}_us"] = med(raw)
                 row[f"ours_{label}_raw_us"] = raw
                 row[f"ours_{label}_rel_err"] = err
-            modes = ("auto", "smem", "l2", "hist")
+            row.update(sorted_gemv(timer, x, cfg, t, ref, moved, copy_gbps))
+            modes = ("auto", "smem", "l2", "hist", "sorted")
             best = min(row[f"ours_{m}_us"] for m in modes if row[f"ours_{m}_us"] is not None)
             row["speedup_vs_cublas_auto"] = row["cublas_fp16_us"] / row["ours_auto_us"]
             row["speedup_vs_cublas_best_mode"] = row["cublas_fp16_us"] / best
@@ -220,13 +222,50 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
             print(
                 f"gemv {o}x{i} {name}: ours {row['ours_auto_us']:.1f}us "
                 f"(smem {row['ours_smem_us']:.1f} l2 {row['ours_l2_us']:.1f} "
-                f"hist {row['ours_hist_us'] or float('nan'):.1f}) "
+                f"hist {row['ours_hist_us'] or float('nan'):.1f} "
+                f"sorted {row['ours_sorted_us'] or float('nan'):.1f}) "
                 f"cublas {row['cublas_fp16_us']:.1f}us x{row['speedup_vs_cublas_auto']:.2f} "
                 f"bw {row['fraction_of_copy_bw_auto']:.0%} err {row['ours_auto_rel_err']:.1e}",
                 flush=True,
             )
             del t
     return {"copy_GBps": copy_gbps, "tokens": 1, "rows": rows}
+
+
+def sorted_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> dict[str, Any]:
+    """The sorted GEMV on one layer where its layout applies and fits: time, error, layout
+    size and build time, and bandwidth two ways: the issue's bytes (packed indices etc.) and
+    the bytes the kernel reads (the layout in place of the packed indices)."""
+    row: dict[str, Any] = {"ours_sorted_us": None}
+    if not sorted_layout.applies(cfg):
+        return row
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    lay = sorted_layout.build(cfg, t.indices)
+    torch.cuda.synchronize()
+    build_s = time.perf_counter() - t0
+    if not sorted_layout.fits(cfg, lay, DEV):
+        return row
+    if ref is None:
+        ref = F.linear(x.float(), cuda_ext.dequant(cfg, t, torch.float32))
+    y = cuda_ext.gemv_sorted(x, cfg, t, lay)
+    raw = timer(lambda: cuda_ext.gemv_sorted(x, cfg, t, lay))
+    read = moved - t.indices.numel() * 4 + lay.nbytes
+    us = med(raw)
+    row.update(
+        {
+            "ours_sorted_us": us,
+            "ours_sorted_raw_us": raw,
+            "ours_sorted_rel_err": float((y.float() - ref).norm() / ref.norm()),
+            "sorted_layout_bytes": lay.nbytes,
+            "sorted_layout_over_packed": lay.nbytes / (t.indices.numel() * 4),
+            "sorted_build_s": build_s,
+            "sorted_bytes_read": read,
+            "fraction_of_copy_bw_sorted": moved / (us * 1e-6) / 1e9 / copy_gbps,
+            "fraction_of_copy_bw_sorted_bytes_read": read / (us * 1e-6) / 1e9 / copy_gbps,
+        }
+    )
+    return row
 
 
 def lut_section(timer: Timer, quick: bool) -> dict[str, Any]:
@@ -245,10 +284,18 @@ def lut_section(timer: Timer, quick: bool) -> dict[str, Any]:
             row[f"ours_{bits}bit_raw_us"] = raw
             row[f"ours_{bits}bit_config"] = f"v{v}_k{kk}"
             row[f"speedup_{bits}bit"] = cublas / med(raw)
+            srt = sorted_gemv(timer, x, cfg, t, None, 0, 1.0)
+            row[f"ours_{bits}bit_sorted_us"] = srt["ours_sorted_us"]
+            if srt["ours_sorted_us"] is not None:
+                row[f"speedup_{bits}bit_sorted"] = cublas / srt["ours_sorted_us"]
         rows.append(row)
         print(
             f"lut {n}x{k}: cublas {cublas:.1f}us "
-            + " ".join(f"{b}b {row[f'ours_{b}bit_us']:.1f}us" for b in LUT_BITS),
+            + " ".join(f"{b}b {row[f'ours_{b}bit_us']:.1f}us" for b in LUT_BITS)
+            + " sorted "
+            + " ".join(
+                f"{b}b {row[f'ours_{b}bit_sorted_us'] or float('nan'):.1f}us" for b in LUT_BITS
+            ),
             flush=True,
         )
     return {"rows": rows}

@@ -116,15 +116,29 @@ def gpu(tag: str = "") -> str | None:
         "",
         "Fused dequant-GEMV, 1 token (speedup < 1 means slower than cuBLAS fp16):",
         "",
-        "| out x in | config | cuBLAS fp16 us | vptq-rs us | speedup | % of copy bandwidth |",
-        "|---|---|---|---|---|---|",
     ]
+    # the sorted GEMV (sorted_layout) where its layout applies: its own columns when it ran
+    srt = any("ours_sorted_us" in x for x in gemv["rows"])
+    head = "| out x in | config | cuBLAS fp16 us | vptq-rs us | speedup | % of copy bandwidth |"
+    if srt:
+        head += " sorted us | sorted speedup | sorted % of copy bandwidth (bytes read) |"
+    lines += [head, "|---" * (head.count("|") - 1) + "|"]
     for x in gemv["rows"]:
-        lines.append(
+        row = (
             f"| {x['out']}x{x['in']} | {x['config']} | {x['cublas_fp16_us']:.1f} | "
             f"{x['ours_auto_us']:.1f} | {x['speedup_vs_cublas_auto']:.2f}x | "
             f"{100 * x['fraction_of_copy_bw_auto']:.1f}% |"
         )
+        if srt:
+            us = x.get("ours_sorted_us")
+            row += (
+                f" {us:.1f} | {x['cublas_fp16_us'] / us:.2f}x | "
+                f"{100 * x['fraction_of_copy_bw_sorted']:.1f}% "
+                f"({100 * x['fraction_of_copy_bw_sorted_bytes_read']:.1f}%) |"
+                if us is not None
+                else " - | - | - |"
+            )
+        lines.append(row)
     if km is not None:
         names = {"tf32x1": "1xTF32", "tf32": "3xTF32", "fp32": "fp32", "fp16x1": "1xfp16"}
         if any(k.startswith("ours_tiled_") for k in km):  # the tiled design ran too
@@ -149,22 +163,29 @@ def gpu(tag: str = "") -> str | None:
         ]
     if lut is not None:
         cfgs = {b: lut["rows"][0].get(f"ours_{b}bit_config", "?") for b in (2, 3, 4)}
+        lsrt = any(f"ours_{b}bit_sorted_us" in x for x in lut["rows"] for b in (2, 3, 4))
         lines += [
             "",
             "GEMV latency, 1 token, LUT-GEMM's shapes (us; speedup vs cuBLAS fp16 in brackets):",
             "",
             "| n x k | cuBLAS fp16 | "
             + " | ".join(f"{b}-bit ({cfgs[b]})" for b in (2, 3, 4))
+            + (" | sorted " + " | sorted ".join(f"{b}-bit" for b in (2, 3, 4)) if lsrt else "")
             + " |",
-            "|---|---|---|---|---|",
+            "|---|---|---|---|---|" + ("---|---|---|" if lsrt else ""),
         ]
+
+        def cell(x, key, speed):
+            return f"{x[key]:.1f} ({x[speed]:.2f}x)" if x.get(key) is not None else "-"
+
         for x in lut["rows"]:
+            cells = [cell(x, f"ours_{b}bit_us", f"speedup_{b}bit") for b in (2, 3, 4)]
+            if lsrt:
+                cells += [
+                    cell(x, f"ours_{b}bit_sorted_us", f"speedup_{b}bit_sorted") for b in (2, 3, 4)
+                ]
             lines.append(
-                f"| {x['n']}x{x['k']} | {x['cublas_fp16_us']:.1f} | "
-                + " | ".join(
-                    f"{x[f'ours_{b}bit_us']:.1f} ({x[f'speedup_{b}bit']:.2f}x)" for b in (2, 3, 4)
-                )
-                + " |"
+                f"| {x['n']}x{x['k']} | {x['cublas_fp16_us']:.1f} | " + " | ".join(cells) + " |"
             )
     if gemm is not None:
         worst = max(x["ratio_ours_over_cublas"] for x in gemm["rows"])

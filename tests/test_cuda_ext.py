@@ -234,6 +234,32 @@ def test_fake_kernels_trace_shapes():
             x, idx, cb, None, None, None, None, None, None, None, 45, 8, 8, 3, 0, 2, 0, 1, 0
         )
         assert y.shape == (3, 45)
+        ent = torch.empty(6, 1, 256, dtype=torch.int16, device="cuda")
+        base = torch.empty(6, 1, 1, dtype=torch.int32, device="cuda")
+        ys = ops.gemv_sorted(
+            x[:1],
+            ent,
+            base,
+            1,
+            idx[:1],
+            cb[:1],
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            45,
+            8,
+            8,
+            3,
+            0,
+            1,
+            0,
+            1,
+        )
+        assert ys.shape == (1, 45) and ys.dtype == torch.float16
         pts = torch.empty(100, 5, device="cuda")
         lab, dist = ops.kmeans_assign(pts, torch.empty(7, 5, device="cuda"), 1)
         assert lab.dtype == torch.int32 and dist.shape == (100,)
@@ -247,8 +273,8 @@ def test_fake_kernels_trace_shapes():
 @pytest.mark.slow
 @needs_toolchain
 def test_one_token_gemv_kernels_do_not_spill(tmp_path):
-    """ptxas report of the fp16 GEMV kernels (shared-memory and L2 codebooks, histogram): the
-    1-token instantiations, the decode hot path, keep every value in registers."""
+    """ptxas report of the fp16 GEMV kernels (shared-memory and L2 codebooks, histogram,
+    sorted): the 1-token instantiations, the decode hot path, keep every value in registers."""
     import re
 
     from torch.utils import cpp_extension
@@ -263,7 +289,7 @@ def test_one_token_gemv_kernels_do_not_spill(tmp_path):
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for tu in ("gemv_f16.cu", "gemv_f16_l2.cu", "gemv_hist_f16.cu")
+        for tu in ("gemv_f16.cu", "gemv_f16_l2.cu", "gemv_hist_f16.cu", "gemv_sorted_f16.cu")
     ]
     report = "".join(p.communicate(timeout=600)[0] for p in procs)
     assert all(p.returncode == 0 for p in procs), report[-3000:]
@@ -283,6 +309,13 @@ def test_one_token_gemv_kernels_do_not_spill(tmp_path):
     )
     assert len(hist) == 32, report[-3000:]  # 16 vector lengths x with and without a residual
     spilling += [f"hist v={v} res={r}" for v, r, st, ld in hist if int(st) or int(ld)]
+    srt = re.findall(
+        r"Function properties for \S*sorted_kernelI6__halfLi(\d+)E\S*\s+"
+        r"\d+ bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+        report,
+    )
+    assert len(srt) == 16, report[-3000:]  # 16 vector lengths
+    spilling += [f"sorted v={v}" for v, st, ld in srt if int(st) or int(ld)]
     assert not spilling, spilling
 
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vptq_rs import cuda_ext
+from vptq_rs import cuda_ext, sorted_layout
 from vptq_rs.errors import InvalidValueError
 from vptq_rs.layout import LayerConfig
-from vptq_rs.nn import packed_tensors, random_quantized_layer
+from vptq_rs.nn import VQuantLinear, packed_tensors, random_quantized_layer
 
 pytestmark = pytest.mark.gpu
 
@@ -228,6 +228,98 @@ def test_gemv_histogram_mode_choice(monkeypatch):
     grouped, _, tg = make(CONFIGS[1], torch.float16)
     with pytest.raises(RuntimeError, match="group_num 1"):
         cuda_ext.gemv(torch.randn(1, grouped.in_features, device=DEV).half(), grouped, tg, mode=3)
+
+
+# Layers the sorted kernel takes, as (in, out, v, K, Kres, outliers, perm): 12-bit codes over
+# several chunks; a residual list (two codebooks staged in turn); small codebooks with
+# outliers; more vector rows than SMs (several rows per block); v = 1 (32 rows per block on
+# 132 SMs) and v = 13 and 16 (odd-sized entries, 512 threads); a group near the 32767-column
+# limit (120 KB of activations in shared memory).
+SORTED_LAYERS = [
+    (4100, 64, 6, 4096, 0, (0, 0, 0), True),
+    (4200, 36, 12, 4096, 4096, (0, 0, 0), False),
+    (1030, 40, 8, 256, 256, (16, 4, 64), True),
+    (600, 4100, 2, 256, 0, (0, 0, 0), False),
+    (300, 4300, 1, 32, 2, (8, 2, 16), True),
+    (2100, 26, 13, 1024, 0, (0, 0, 0), True),
+    (1100, 35, 16, 1024, 64, (0, 0, 0), True),
+    (30000, 24, 6, 4096, 0, (0, 0, 0), False),
+]
+
+
+@pytest.mark.parametrize("layer_t", SORTED_LAYERS[:4] if SMALL else SORTED_LAYERS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemv_sorted_kernel_matches_reference(layer_t, dtype):
+    cfg, layer, t = make_hist(layer_t, dtype, seed=layer_t[0])
+    lay = sorted_layout.build(cfg, t.indices)
+    assert sorted_layout.fits(cfg, lay, DEV)
+    x = torch.randn(1, cfg.in_features, device=DEV).to(dtype)
+    bias = layer.bias.to(DEV)
+    ref = reference_linear(x, layer, bias)
+    dense = F.linear(x, layer.dequantize(dtype).to(DEV), bias)
+    drift = ((dense.double() - ref).norm() / ref.norm()).item()
+    y = cuda_ext.gemv_sorted(x, cfg, t, lay, bias)
+    assert y.shape == (1, cfg.out_features) and y.dtype == dtype
+    err = ((y.double() - ref).norm() / ref.norm()).item()
+    assert err <= max(2 * drift, 1e-3), (err, drift)
+    # every item's sum has its own slot, added in a fixed order
+    assert torch.equal(cuda_ext.gemv_sorted(x, cfg, t, lay, bias), y)
+
+
+def test_gemv_sorted_kernel_edge_inputs_and_refusals():
+    """Zero activations give the bias exactly; a NaN activation reaches every output (each
+    list holds every column once); the op refuses two tokens, a layout of the wrong shape and
+    a codebook that does not fit beside the activations, each with a message."""
+    cfg, layer, _ = make_hist(SORTED_LAYERS[0], torch.float16)
+    layer.weight_bias.zero_()
+    t = type(packed_tensors(layer))(*[a if a is None else a.to(DEV) for a in packed_tensors(layer)])
+    lay = sorted_layout.build(cfg, t.indices)
+    bias = layer.bias.to(DEV)
+    zero = torch.zeros(1, cfg.in_features, device=DEV).half()
+    assert torch.equal(cuda_ext.gemv_sorted(zero, cfg, t, lay, bias), bias[None])
+    bad = zero.clone()
+    bad[0, 9] = float("nan")
+    assert torch.isnan(cuda_ext.gemv_sorted(bad, cfg, t, lay, bias)).all()
+    with pytest.raises(InvalidValueError, match="one token"):
+        cuda_ext.gemv_sorted(zero.expand(2, -1), cfg, t, lay)
+    short = lay._replace(entries=lay.entries[:, :, :256].contiguous())
+    with pytest.raises(RuntimeError, match="chunk_base must be"):
+        cuda_ext.gemv_sorted(zero, cfg, t, short)
+    wide, _, wt = make_hist((20000, 32, 16, 8192, 0, (0, 0, 0), False), torch.float16)
+    wlay = sorted_layout.build(wide, wt.indices)
+    assert not sorted_layout.fits(wide, wlay, DEV)  # 256 KB codebook
+    with pytest.raises(RuntimeError, match="does not fit"):
+        cuda_ext.gemv_sorted(torch.zeros(1, 20000, device=DEV).half(), wide, wt, wlay)
+
+
+def test_sorted_layout_builds_alike_on_gpu_and_cpu():
+    cfg, _, t = make_hist(SORTED_LAYERS[1], torch.float16)
+    on_gpu = sorted_layout.build(cfg, t.indices)
+    on_cpu = sorted_layout.build(cfg, t.indices.cpu())
+    assert on_gpu.chunk_groups == on_cpu.chunk_groups
+    assert torch.equal(on_gpu.entries.cpu(), on_cpu.entries)
+    assert torch.equal(on_gpu.chunk_base.cpu(), on_cpu.chunk_base)
+
+
+def test_vquantlinear_sorted_gemv_path():
+    """use_sorted_gemv: one-token forwards go through the sorted kernel (equal to calling it
+    directly), several tokens through the other kernels; off again, mode 0 comes back."""
+    _, layer, _ = make_hist(SORTED_LAYERS[0], torch.float16, seed=5)
+    mod = VQuantLinear.from_quantized(layer, torch.float16).to(DEV)
+    cfg = mod.config
+    x = torch.randn(1, 1, cfg.in_features, device=DEV).half()
+    base = mod(x)
+    assert mod.use_sorted_gemv()
+    lay = sorted_layout.build(cfg, mod.indices)
+    y = mod(x)
+    assert torch.equal(y[0], cuda_ext.gemv_sorted(x[0], cfg, mod.packed(), lay, mod.bias))
+    assert ((y.double() - base.double()).norm() / base.double().norm()).item() < 1e-3
+    x3 = torch.randn(3, cfg.in_features, device=DEV).half()
+    assert torch.equal(mod(x3), cuda_ext.gemv(x3, cfg, mod.packed(), mod.bias))
+    mod.use_sorted_gemv(False)
+    assert torch.equal(mod(x), base)
+    _, nlayer, _ = make_hist((1000, 64, 6, 4096, 0, (0, 0, 0), True), torch.float16)
+    assert not VQuantLinear.from_quantized(nlayer).use_sorted_gemv()
 
 
 def misaligned(t: torch.Tensor) -> torch.Tensor:

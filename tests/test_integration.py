@@ -73,6 +73,18 @@ def test_cache_weights_gives_the_same_logits(packed: dict[str, Any]) -> None:
         torch.testing.assert_close(cached(_ids()).logits, plain(_ids()).logits)
 
 
+def test_load_model_turns_on_the_sorted_gemv_where_it_applies(packed: dict[str, Any]) -> None:
+    from vptq_rs import sorted_layout
+
+    model, _ = checkpoint.load_model(packed["packed_dir"], sorted_gemv=True)
+    layers = [m for m in model.modules() if isinstance(m, VQuantLinear)]
+    on = [m.sorted_gemv for m in layers]
+    assert any(on) and not all(on)  # group_num 2 and residual layers are left out
+    assert on == [sorted_layout.pays(m.config) for m in layers]
+    plain, _ = checkpoint.load_model(packed["packed_dir"])
+    assert not any(m.sorted_gemv for m in plain.modules() if isinstance(m, VQuantLinear))
+
+
 def test_unregister_restores_transformers_quantizer() -> None:
     from transformers.quantizers import auto
 

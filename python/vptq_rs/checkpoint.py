@@ -522,11 +522,14 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
     cache_weights: bool = False,
+    sorted_gemv: bool = False,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a float folder, a packed folder or a ``.gguf`` file.
 
     dtype: torch dtype, "fp16"/"bf16"/"fp32", "auto" (the checkpoint's) or None = fp32 on
     CPU and the checkpoint's dtype elsewhere (CPU half precision is slow and less exact).
+    sorted_gemv: one-token CUDA forwards of the layers it covers go through the sorted GEMV
+    (:meth:`VQuantLinear.use_sorted_gemv`; a code-sorted copy of their indices is kept).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -561,6 +564,12 @@ def load_model(
         for mod in model.modules():
             if isinstance(mod, VQuantLinear):
                 mod.cache_weight(True)
+    if sorted_gemv:
+        from vptq_rs.nn import use_sorted_gemv
+
+        covered, total = use_sorted_gemv(model)
+        where = "" if dev.type == "cuda" else f" (it only runs on CUDA; this model is on {dev})"
+        logger.info("sorted GEMV on %d of %d quantized layers%s", covered, total, where)
     return model, tokenizer
 
 

@@ -10,8 +10,8 @@ is installed without them; ``$VPTQ_RS_NO_CUDA_EXT=1`` disables the extension.
 
 :func:`load` never raises: without CUDA or a toolchain it logs the reason once and returns
 None, and callers (``vptq_rs.ops``) use the native PyTorch path. When it succeeds it returns
-this module, whose :func:`dequant`, :func:`gemv`, :func:`gemm` and :func:`kmeans` take the
-packed tensors of one layer as FORMAT.md stores them.
+this module, whose :func:`dequant`, :func:`gemv`, :func:`gemv_sorted`, :func:`gemm` and
+:func:`kmeans` take the packed tensors of one layer as FORMAT.md stores them.
 
 The ops (all CUDA-only, with fake implementations so ``torch.compile`` and CUDA graphs can
 trace them):
@@ -24,6 +24,9 @@ trace them):
   the kernel, 1 gathers codebook rows from shared memory (when they fit), 2 through L1/L2,
   3 sums each row's activations per code in a shared-memory histogram, then dots it with the
   codebooks (1 token, one group, codebooks of at most 2^13 entries; see ``gemv_hist.cuh``).
+- ``gemv_sorted(x [1, cols], entries, chunk_base, chunk_groups, indices, ..., bias?, ...)
+  -> [1, rows]``: one token from the code-sorted layout of :mod:`vptq_rs.sorted_layout`
+  (see ``gemv_sorted.cuh``); :func:`gemv_sorted` wraps it.
 - ``kmeans_assign(x, centroids, mode, design=0) -> (labels int32 [n], sq_dist float32 [n])``;
   mode 0 fp32 CUDA cores, 1 tensor cores (3xTF32: hi/lo split, about fp32 accuracy), 2 one
   TF32 product, 3 one fp16 product (power-of-two scaled operands, tiled design only);
@@ -61,12 +64,16 @@ SOURCES = (
     "gemv_bf16_l2.cu",
     "gemv_hist_f16.cu",
     "gemv_hist_bf16.cu",
+    "gemv_sorted_f16.cu",
+    "gemv_sorted_bf16.cu",
     "kmeans.cu",
 )
 HEADERS = (
     "common.cuh",
     "vptq_kernels.h",
     "gemv.cuh",
+    "gemv_hist.cuh",
+    "gemv_sorted.cuh",
     "gemv_launch.cuh",
     "kmeans_common.cuh",
     "kmeans_merged.cuh",
@@ -253,6 +260,32 @@ def _register_fakes() -> None:
     ):
         return x.new_empty((x.shape[0], rows))
 
+    @torch.library.register_fake(lib + "gemv_sorted")
+    def _gemv_sorted_fake(
+        x,
+        entries,
+        chunk_base,
+        chunk_groups,
+        indices,
+        centroids,
+        res_centroids,
+        outlier_indices,
+        outlier_centroids,
+        perm,
+        weight_scale,
+        weight_bias,
+        bias,
+        rows,
+        cols,
+        vector_len,
+        index_bits,
+        res_bits,
+        group_num,
+        outlier_size,
+        outlier_vector_len,
+    ):
+        return x.new_empty((1, rows))
+
     @torch.library.register_fake(lib + "kmeans_assign")
     def _assign_fake(x, centroids, mode, design=0):
         n = x.shape[0]
@@ -416,6 +449,43 @@ def gemv(
     b = bias.to(x.dtype).contiguous() if bias is not None else None
     y = torch.ops.vptq_rs.gemv(x2.contiguous(), *tensors, b, *ints, mode)
     return y.reshape(*lead, cfg.out_features)
+
+
+def gemv_sorted(
+    x: torch.Tensor, cfg: Any, t: Any, layout: Any, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ Wᵀ + bias`` for one token from the code-sorted layout
+    (:mod:`vptq_rs.sorted_layout`, built from ``t.indices`` by ``sorted_layout.build``).
+
+    x: ``[..., I]`` holding one token, in the codebooks' fp16/bf16 dtype; returns ``[..., O]``.
+    Raises where the layout does not cover the layer (``sorted_layout.problem``) or its
+    codebook does not fit the kernel's shared memory.
+    """
+    from vptq_rs import sorted_layout
+
+    why = sorted_layout.problem(cfg)
+    if why is not None:
+        raise InvalidValueError(f"the sorted GEMV does not cover this layer: {why}")
+    if x.numel() != x.shape[-1]:
+        raise InvalidValueError(f"gemv_sorted takes one token, got x of shape {list(x.shape)}")
+    if x.dtype != t.centroids.dtype:
+        raise InvalidValueError(
+            f"x must have the codebooks' dtype {t.centroids.dtype}, got {x.dtype}"
+        )
+    tensors, ints = _layer_args(cfg, t)
+    if x.device != t.indices.device:
+        raise InvalidValueError(f"x must be on {t.indices.device}, got {x.device}")
+    b = bias.to(x.dtype).contiguous() if bias is not None else None
+    y = torch.ops.vptq_rs.gemv_sorted(
+        x.reshape(1, -1).contiguous(),
+        layout.entries,
+        layout.chunk_base,
+        layout.chunk_groups,
+        *tensors,
+        b,
+        *ints,
+    )
+    return y.reshape(*x.shape[:-1], cfg.out_features)
 
 
 def gemm(x: torch.Tensor, cfg: Any, t: Any, bias: torch.Tensor | None = None) -> torch.Tensor:

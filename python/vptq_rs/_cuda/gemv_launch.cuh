@@ -1,7 +1,7 @@
 // Host-side launch of the GEMV kernels. The kernels of one codebook dtype and codebook
-// placement (shared memory or L1/L2), and the histogram kernels of one dtype, are
-// instantiated in their own translation unit (gemv_{f16,bf16}{,_l2,_hist}.cu) so the six
-// compile in parallel.
+// placement (shared memory or L1/L2), and the histogram and sorted kernels of one dtype, are
+// instantiated in their own translation unit (gemv_{f16,bf16}{,_l2,_hist,_sorted}.cu) so
+// the eight compile in parallel.
 #pragma once
 
 #include <algorithm>
@@ -11,6 +11,7 @@
 
 #include "gemv.cuh"
 #include "gemv_hist.cuh"
+#include "gemv_sorted.cuh"
 
 namespace vptq {
 namespace gemv {
@@ -372,6 +373,64 @@ cudaError_t run_hist(const Params& p, cudaStream_t s) {
   }
 }
 
+// ---- sorted kernel (gemv_sorted.cuh) ----
+
+// Rows per block of the sorted kernel: one block per SM, contiguous row ranges.
+inline int sorted_grid(const LayerArgs& a) {
+  return std::max(1, std::min(a.num_vectors, device_info().sms));
+}
+
+// Whether the sorted kernel takes this layer: one group, group_size <= 32767, and xs, one
+// codebook and the partial sums in shared memory.
+inline bool sorted_applies(const LayerArgs& a, const SortedLayout& s) {
+  if (a.groups != 1 || a.group_size > kSortedMaxGroupSize) return false;
+  const int grid = sorted_grid(a);
+  const int rows = (a.num_vectors + grid - 1) / grid;
+  return sorted_smem_bytes(a, s, rows) <= device_info().smem_block_optin - 1024;
+}
+
+template <typename T, int V>
+cudaError_t launch_sorted(const SortedParams& sp, cudaStream_t st) {
+  const DeviceInfo dev = device_info();
+  const LayerArgs& a = sp.p.a;
+  const int grid = sorted_grid(a);
+  const int rows = (a.num_vectors + grid - 1) / grid;
+  const int64_t bytes = sorted_smem_bytes(a, sp.s, rows);
+  if (bytes > dev.smem_block_optin - 1024) return cudaErrorInvalidConfiguration;
+  constexpr auto kern = sorted_kernel<T, V>;
+  int bps = 0;
+  const cudaError_t e = Launcher<kern>::prepare(dev.id, sorted_threads<V>(), bytes, &bps);
+  if (e != cudaSuccess) return e;
+  kern<<<grid, sorted_threads<V>(), bytes, st>>>(sp);
+  return cudaGetLastError();
+}
+
+// Every vector length for one dtype (explicitly instantiated in gemv_sorted_{f16,bf16}.cu).
+template <typename T>
+cudaError_t run_sorted(const SortedParams& sp, cudaStream_t st) {
+  switch (sp.p.a.v) {
+    case 1: return launch_sorted<T, 1>(sp, st);
+    case 2: return launch_sorted<T, 2>(sp, st);
+    case 3: return launch_sorted<T, 3>(sp, st);
+    case 4: return launch_sorted<T, 4>(sp, st);
+    case 5: return launch_sorted<T, 5>(sp, st);
+    case 6: return launch_sorted<T, 6>(sp, st);
+    case 7: return launch_sorted<T, 7>(sp, st);
+    case 8: return launch_sorted<T, 8>(sp, st);
+    case 9: return launch_sorted<T, 9>(sp, st);
+    case 10: return launch_sorted<T, 10>(sp, st);
+    case 11: return launch_sorted<T, 11>(sp, st);
+    case 12: return launch_sorted<T, 12>(sp, st);
+    case 13: return launch_sorted<T, 13>(sp, st);
+    case 14: return launch_sorted<T, 14>(sp, st);
+    case 15: return launch_sorted<T, 15>(sp, st);
+    case 16: return launch_sorted<T, 16>(sp, st);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+extern template cudaError_t run_sorted<__half>(const SortedParams&, cudaStream_t);
+extern template cudaError_t run_sorted<__nv_bfloat16>(const SortedParams&, cudaStream_t);
 extern template cudaError_t run_hist<__half>(const Params&, cudaStream_t);
 extern template cudaError_t run_hist<__nv_bfloat16>(const Params&, cudaStream_t);
 extern template cudaError_t run<__half, true>(const Params&, cudaStream_t);
@@ -379,17 +438,9 @@ extern template cudaError_t run<__half, false>(const Params&, cudaStream_t);
 extern template cudaError_t run<__nv_bfloat16, true>(const Params&, cudaStream_t);
 extern template cudaError_t run<__nv_bfloat16, false>(const Params&, cudaStream_t);
 
-// Prologue, then the main kernel with the codebooks in shared memory (mode 1, or mode 0
-// when they fit and staging them per block costs less than the index stream) or in L2, or
-// the histogram kernel (mode 3, or mode 0 where hist_auto says so).
-template <typename T>
-cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const void* perm,
-                         int perm_bytes, const void* bias, void* y, float* workspace, int mode,
-                         cudaStream_t s) {
-  if (tokens < 1 || tokens > 8 || a.v < 1 || a.v > 16) return cudaErrorInvalidValue;
-  if (perm != nullptr && perm_bytes != 2 && perm_bytes != 4) return cudaErrorInvalidValue;
-  const bool hist = hist_applies(a, tokens);
-  if (mode == 3 && !hist) return cudaErrorInvalidValue;
+// The kernels' parameters before the launch choices (tile, stages, splits, rows per block).
+inline Params make_params(const LayerArgs& a, int tokens, const void* bias, void* y,
+                          float* workspace, int perm_bytes) {
   Params p;
   p.a = a;
   p.tokens = tokens;
@@ -407,6 +458,38 @@ cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const vo
   // 16-byte copies need 16-byte aligned rows: whole multiples of 4 words / floats
   p.words_vec = (a.words % 4 == 0 && reinterpret_cast<uintptr_t>(a.indices) % 16 == 0) ? 1 : 0;
   p.x_vec = (a.cols % 4 == 0 && a.outlier_size % 4 == 0 && a.group_size % 4 == 0) ? 1 : 0;
+  return p;
+}
+
+// Prologue, then the sorted kernel (one token).
+template <typename T>
+cudaError_t launch_sorted_typed(const LayerArgs& a, const SortedLayout& sl, const void* x,
+                                const void* perm, int perm_bytes, const void* bias, void* y,
+                                float* workspace, cudaStream_t s) {
+  if (a.v < 1 || a.v > 16) return cudaErrorInvalidValue;
+  if (perm != nullptr && perm_bytes != 2 && perm_bytes != 4) return cudaErrorInvalidValue;
+  if (!sorted_applies(a, sl)) return cudaErrorInvalidValue;
+  SortedParams sp;
+  sp.p = make_params(a, 1, bias, y, workspace, perm_bytes);
+  sp.s = sl;
+  prologue_kernel<T><<<dim3(sp.p.nchunks, 1), 256, 0, s>>>(sp.p, static_cast<const T*>(x), perm);
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  return run_sorted<T>(sp, s);
+}
+
+// Prologue, then the main kernel with the codebooks in shared memory (mode 1, or mode 0
+// when they fit and staging them per block costs less than the index stream) or in L2, or
+// the histogram kernel (mode 3, or mode 0 where hist_auto says so).
+template <typename T>
+cudaError_t launch_typed(const LayerArgs& a, const void* x, int tokens, const void* perm,
+                         int perm_bytes, const void* bias, void* y, float* workspace, int mode,
+                         cudaStream_t s) {
+  if (tokens < 1 || tokens > 8 || a.v < 1 || a.v > 16) return cudaErrorInvalidValue;
+  if (perm != nullptr && perm_bytes != 2 && perm_bytes != 4) return cudaErrorInvalidValue;
+  const bool hist = hist_applies(a, tokens);
+  if (mode == 3 && !hist) return cudaErrorInvalidValue;
+  const Params p = make_params(a, tokens, bias, y, workspace, perm_bytes);
   prologue_kernel<T><<<dim3(p.nchunks, tokens), 256, 0, s>>>(p, static_cast<const T*>(x), perm);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;

@@ -49,6 +49,21 @@ int64_t gemv_workspace_floats(int cols, int tokens);
 // index and residual bits <= 13.
 bool gemv_hist_applies(const LayerArgs& a, int tokens);
 
+// The code-sorted layout of one layer (python/vptq_rs/sorted_layout.py), device pointers.
+struct SortedLayout {
+  const int16_t* entries = nullptr;     // [R, lists, groups * 256] bits of uint16, 16B aligned
+  const int32_t* chunk_base = nullptr;  // [R, lists, chunks]
+  int lists = 1, groups = 0, chunks = 0, chunk_groups = 0;
+};
+
+// Whether the sorted GEMV takes this layer: group_num 1, fp16/bf16, group_size <= 32767, and
+// xs plus one codebook plus the partial sums fit in shared memory.
+bool gemv_sorted_applies(const LayerArgs& a, const SortedLayout& s);
+// y[0, r] for one token from the sorted layout (everything else as launch_gemv).
+cudaError_t launch_gemv_sorted(const LayerArgs& a, const SortedLayout& s, const void* x,
+                               const void* perm, int perm_bytes, const void* bias, void* y,
+                               float* workspace, cudaStream_t stream);
+
 // k-means assignment of fp32 points x [n, d] (d <= 16) to centroids [k, d].
 // labels int32 [n]; dist float [n] squared distance; scratch: kmeans_assign_scratch_bytes.
 // mode 0: exact fp32 CUDA cores; 1: TF32 tensor cores, 3 split products (~fp32);

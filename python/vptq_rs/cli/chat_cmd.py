@@ -19,6 +19,7 @@ from vptq_rs.cli.generate_cmd import (
     dtype_option,
     generation_kwargs,
     sampling_options,
+    sorted_option,
 )
 
 
@@ -29,6 +30,7 @@ from vptq_rs.cli.generate_cmd import (
 @dtype_option
 @device_option
 @cache_option
+@sorted_option
 @adapter_option
 def chat_cmd(
     model: Path,
@@ -40,6 +42,7 @@ def chat_cmd(
     dtype: str | None,
     device: str | None,
     cache_weights: bool,
+    sorted_gemv: bool,
     adapter: Path | None,
 ) -> None:
     """Chat with MODEL using its chat template; one user turn per input line.
@@ -51,7 +54,12 @@ def chat_cmd(
     from vptq_rs.finetune.lora import load_with_adapter
 
     net, tokenizer = load_with_adapter(
-        model, adapter, dtype=dtype, device=device, cache_weights=cache_weights
+        model,
+        adapter,
+        dtype=dtype,
+        device=device,
+        cache_weights=cache_weights,
+        sorted_gemv=sorted_gemv,
     )
     if not getattr(tokenizer, "chat_template", None):
         raise click.BadParameter(f"{model}: the tokenizer has no chat template", param_hint="MODEL")

@@ -24,6 +24,14 @@ cache_option = click.option(
     help="Keep dequantized weights in memory (faster, uses as much memory as the float model).",
 )
 
+sorted_option = click.option(
+    "--sorted-gemv",
+    is_flag=True,
+    help="Decode (one token per step, CUDA only) through the sorted GEMV on the layers where "
+    "it pays: one group, one codebook, rows at least as wide as it. Keeps a code-sorted copy "
+    "of their indices, about 1.4x the packed bytes at 12-bit codes.",
+)
+
 
 def sampling_options(f: Any) -> Any:
     """--max-new-tokens, --temperature, --top-p, --seed."""
@@ -87,6 +95,7 @@ class EchoStreamer:
 @dtype_option
 @device_option
 @cache_option
+@sorted_option
 @adapter_option
 def generate_cmd(
     model: Path,
@@ -99,6 +108,7 @@ def generate_cmd(
     dtype: str | None,
     device: str | None,
     cache_weights: bool,
+    sorted_gemv: bool,
     adapter: Path | None,
 ) -> None:
     """Continue PROMPT with MODEL (float folder, packed folder, or .gguf), streamed to stdout."""
@@ -107,7 +117,12 @@ def generate_cmd(
     from vptq_rs.finetune.lora import load_with_adapter
 
     net, tokenizer = load_with_adapter(
-        model, adapter, dtype=dtype, device=device, cache_weights=cache_weights
+        model,
+        adapter,
+        dtype=dtype,
+        device=device,
+        cache_weights=cache_weights,
+        sorted_gemv=sorted_gemv,
     )
     if chat:
         if not getattr(tokenizer, "chat_template", None):

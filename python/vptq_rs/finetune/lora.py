@@ -177,6 +177,7 @@ def load_with_adapter(
     dtype: Any = None,
     device: Any = None,
     cache_weights: bool = False,
+    sorted_gemv: bool = False,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` like :func:`vptq_rs.checkpoint.load_model`, adapters attached.
 
@@ -186,7 +187,11 @@ def load_with_adapter(
     from vptq_rs.checkpoint import load_model
 
     model, tokenizer = load_model(
-        model_path, dtype=dtype, device=device, cache_weights=cache_weights
+        model_path,
+        dtype=dtype,
+        device=device,
+        cache_weights=cache_weights,
+        sorted_gemv=sorted_gemv,
     )
     if adapter_path is None:
         return model, tokenizer

@@ -1,0 +1,192 @@
+// Sorted GEMV: one token, over the code-sorted layout of python/vptq_rs/sorted_layout.py.
+//
+// Per vector row and codebook the layout lists the row's columns sorted by code, 16 bits an
+// entry (a "next code" flag and a 15-bit column). y_r = sum over entries of xs[col] C[code]:
+// - the 32 entries of a warp step cover about 16 adjacent codes, so the codebook rows come
+//   from shared memory nearly in order (distinct banks, most rows read by two lanes at once);
+// - the codes come from the flags: one ballot, two popcounts;
+// - the one random access is the 4-byte activation, from a copy of xs in shared memory;
+// - no atomics, no histograms, no dot phase: the gather kernel's conflicted codebook gathers
+//   and the histogram kernel's shared atomics (README, "What limits the GEMV") are gone, for
+//   4/3 the index bytes at 12-bit codes plus the dummy entries of unused codes.
+// On an H100 (runs 13a-c, README "What limits the GEMV") this loop is bound by instruction
+// issue and the shared-memory pipe about equally: 36 instructions a warp step at 79% of issue
+// slots, L1/shared 68% busy. Two variants moved work from one to the other and were slower:
+// the codebook staged as fp32 (no conversions, 17% fewer instructions, but 8-byte loads: L1
+// 89% busy) and a tensor-core loop (ldmatrix of the rows, one m16n8k16 per step with the
+// activations shuffled into the B operand: 20% fewer instructions, L1 86% busy).
+//
+// A block owns a contiguous range of vector rows (one block per SM) and keeps all of xs in
+// shared memory. For each codebook in turn (main, then residual) it stages that codebook in
+// shared memory, then its warps take (row, chunk) items round-robin; a chunk is a run of
+// 256-entry groups, started from its stored base code. The 16-byte entry loads bypass L1
+// and run two groups ahead. Every item's warp sum lands in its own shared-memory slot, and
+// the epilogue adds a row's slots in a fixed order: the result is bitwise repeatable.
+#pragma once
+
+#include "gemv.cuh"
+
+namespace vptq {
+namespace gemv {
+
+constexpr int kSortedColBits = 15;
+constexpr int kSortedMaxGroupSize = (1 << kSortedColBits) - 1;  // group_size = the zero slot
+
+// 1024 threads keep 32 KB of entry loads in flight per SM; past v = 8 the accumulators and
+// codebook rows need more than the 64 registers that allows.
+template <int V>
+__host__ __device__ constexpr int sorted_threads() {
+  return V <= 8 ? 1024 : 512;
+}
+
+struct SortedParams {
+  Params p;
+  SortedLayout s;
+};
+
+__host__ __device__ inline int64_t sorted_round16(int64_t b) { return (b + 15) / 16 * 16; }
+
+// Shared memory: [xs of the group + the zero slot, fp32] [one codebook, 16-bit]
+// [item partial sums].
+__host__ __device__ inline int64_t sorted_smem_bytes(const LayerArgs& a, const SortedLayout& s,
+                                                    int rows_per_block) {
+  const int64_t K = int64_t{1} << a.index_bits;
+  const int64_t Kr = a.res_centroids ? int64_t{1} << a.res_bits : 0;
+  const int64_t cb = (K > Kr ? K : Kr) * a.v * 2;
+  return sorted_round16(int64_t{a.group_size + 1} * 4) + sorted_round16(cb) +
+         int64_t{rows_per_block} * s.lists * s.chunks * a.v * 4;
+}
+
+// 16 bytes that are read once: skip L1, which shares its SRAM with the shared memory here.
+__device__ __forceinline__ uint4 load_stream(const uint4* ptr) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(ptr));
+  return r;
+}
+
+template <typename T, int V>
+__global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedParams sp) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int kWarps = sorted_threads<V>() / 32;
+  const Params& p = sp.p;
+  const LayerArgs& a = p.a;
+  const SortedLayout& s = sp.s;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int gs = a.group_size;
+  const int R = a.num_vectors;
+  const int r0 = static_cast<int>(int64_t{R} * blockIdx.x / gridDim.x);
+  const int r1 = static_cast<int>(int64_t{R} * (blockIdx.x + 1) / gridDim.x);
+  const int nrows = r1 - r0;
+  const int64_t K = int64_t{1} << a.index_bits;
+  const int64_t Kr = a.res_centroids ? int64_t{1} << a.res_bits : 0;
+
+  float* s_x = reinterpret_cast<float*>(smem);
+  const int64_t x_bytes = sorted_round16(int64_t{gs + 1} * 4);
+  T* s_cb = reinterpret_cast<T*>(smem + x_bytes);
+  float* s_part = reinterpret_cast<float*>(
+      smem + x_bytes + sorted_round16((K > Kr ? K : Kr) * V * int64_t{sizeof(T)}));
+
+  // xs in one cp.async group (every copy in flight at once), then the zero slot
+  stage_copy(reinterpret_cast<uint32_t*>(s_x),
+             reinterpret_cast<const uint32_t*>(p.xs + a.outlier_size), gs,
+             p.x_vec ? (gs + 3) / 4 * 4 : gs, p.x_vec);
+  cp_commit();
+  if (threadIdx.x == 0) s_x[gs] = 0.f;  // past the copy: x_vec implies gs % 4 == 0
+  uint32_t lanes_le;
+  asm("mov.u32 %0, %%lanemask_le;" : "=r"(lanes_le));
+  const int items = nrows * s.chunks;
+  const uint4* entries = reinterpret_cast<const uint4*>(s.entries);
+
+  for (int b = 0; b < s.lists; ++b) {
+    const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
+    const int64_t Kb = b == 0 ? K : Kr;
+    const uint32_t kmax = static_cast<uint32_t>(Kb - 1);
+    __syncthreads();  // the previous codebook's readers are done
+    {
+      // K * V * sizeof(T) is a multiple of 4 (K even); ops.cpp aligns codebooks to 16 bytes
+      const int n = static_cast<int>(Kb * V * int64_t{sizeof(T)} / 4);
+      stage_copy(reinterpret_cast<uint32_t*>(s_cb), reinterpret_cast<const uint32_t*>(cb), n,
+                 (n + 3) / 4 * 4, true);
+      cp_commit();
+    }
+    cp_wait<0>();
+    __syncthreads();
+    for (int item = warp; item < items; item += kWarps) {
+      const int rl = item / s.chunks;
+      const int c = item - rl * s.chunks;
+      const int64_t list = int64_t{r0 + rl} * s.lists + b;
+      int base = s.chunk_base[list * s.chunks + c];
+      const int g0 = c * s.chunk_groups;
+      const int ng = min(s.groups - g0, s.chunk_groups);
+      const uint4* e = entries + (list * s.groups + g0) * 32 + lane;
+      float acc[V];
+#pragma unroll
+      for (int l = 0; l < V; ++l) acc[l] = 0.f;
+      uint4 cur = load_stream(e);
+      uint4 next = ng > 1 ? load_stream(e + 32) : cur;
+      for (int g = 0; g < ng; ++g) {
+        const uint4 ahead = g + 2 < ng ? load_stream(e + (g + 2) * 32) : cur;
+        const uint32_t w[4] = {cur.x, cur.y, cur.z, cur.w};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const uint32_t ev = (w[j >> 1] >> ((j & 1) * 16)) & 0xffffu;
+          const uint32_t flags = __ballot_sync(0xffffffffu, ev >> kSortedColBits);
+          // a malformed layout cannot leave the codebook or xs: both indices are clamped
+          const uint32_t code = min(static_cast<uint32_t>(base + __popc(flags & lanes_le)), kmax);
+          base += __popc(flags);
+          const float xv = s_x[min(ev & ((1u << kSortedColBits) - 1u), static_cast<uint32_t>(gs))];
+          Entry<T, V> ent;
+          ent.load(s_cb + code * V);
+          float cv[V];
+          ent.get(cv);
+#pragma unroll
+          for (int l = 0; l < V; ++l) acc[l] = fmaf(xv, cv[l], acc[l]);
+        }
+        cur = next;
+        next = ahead;
+      }
+#pragma unroll
+      for (int l = 0; l < V; ++l) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc[l] += __shfl_xor_sync(0xffffffffu, acc[l], o);
+      }
+      if (lane == 0) {
+        float* dst = s_part + ((int64_t{rl} * s.lists + b) * s.chunks + c) * V;
+#pragma unroll
+        for (int l = 0; l < V; ++l) dst[l] = acc[l];
+      }
+    }
+  }
+  __syncthreads();
+  const int nout = nrows * V;
+  const int per_row = s.lists * s.chunks;
+  for (int i = threadIdx.x; i < nout; i += blockDim.x) {
+    const int rl = i / V;
+    const int l = i - rl * V;
+    const int row = r0 * V + i;
+    if (row >= a.rows) continue;
+    float sum = 0.f;
+    const float* part = s_part + int64_t{rl} * per_row * V + l;
+    for (int k = 0; k < per_row; ++k) sum += part[k * V];
+    // outlier columns, few: their own codebook and vector length
+    if (a.outlier_size > 0) {
+      const T* ocb = static_cast<const T*>(a.outlier_centroids);
+      const int16_t* oi_row = a.outlier_indices + int64_t{row / a.outlier_v} * a.outlier_size;
+      for (int c = 0; c < a.outlier_size; ++c) {
+        const int oi = static_cast<uint16_t>(oi_row[c]);
+        sum = fmaf(to_f(ocb[int64_t{oi} * a.outlier_v + row % a.outlier_v]), p.xs[c], sum);
+      }
+    }
+    if (a.weight_bias) {
+      for (int k = 0; k < p.nchunks; ++k) sum += p.xbias[k];
+    }
+    if (p.bias) sum += to_f(static_cast<const T*>(p.bias)[row]);
+    static_cast<T*>(p.y)[row] = from_f<T>(sum);
+  }
+}
+
+}  // namespace gemv
+}  // namespace vptq
