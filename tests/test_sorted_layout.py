@@ -108,6 +108,8 @@ def test_what_the_layout_covers():
     assert "narrower" in sorted_layout.problem(cfg(num_res_centroids=8192))
     with pytest.raises(InvalidValueError, match="narrower"):
         sorted_layout.build(cfg(in_features=2000), torch.zeros(1, 8, 750, dtype=torch.int32))
+    with pytest.raises(InvalidValueError, match=r"int32 \[1, 8, 1875\]"):
+        sorted_layout.build(cfg(), torch.zeros(1, 8, 1874, dtype=torch.int32))
 
 
 def test_smem_estimate_counts_activations_codebook_and_partials():
@@ -120,3 +122,15 @@ def test_smem_estimate_counts_activations_codebook_and_partials():
     assert sorted_layout.smem_bytes(c, lay, 132) == x_and_zero_slot + codebook + partials_per_row
     # 11 rows over 4 SMs: 3 rows per block
     assert sorted_layout.smem_bytes(c, lay, 4) == x_and_zero_slot + codebook + 3 * partials_per_row
+
+
+def test_building_in_row_blocks_gives_the_same_layout(monkeypatch):
+    """Rows are sorted a block at a time (bounded temporaries); blocks of other widths are
+    padded to the widest with whole groups, so the layout does not depend on the split."""
+    cfg, words, _, _ = packed_layer(3000, 60, 6, 2048, seed=4)
+    whole = sorted_layout.build(cfg, words)
+    monkeypatch.setattr(sorted_layout, "BUILD_BLOCK_ENTRIES", 3 * cfg.group_size)
+    blocked = sorted_layout.build(cfg, words)
+    assert torch.equal(blocked.entries, whole.entries)
+    assert torch.equal(blocked.chunk_base, whole.chunk_base)
+    assert blocked.chunk_groups == whole.chunk_groups

@@ -40,6 +40,7 @@ import math
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from vptq_rs import ops
 from vptq_rs.errors import InvalidValueError
@@ -147,12 +148,23 @@ def _sorted_list(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return pos, value, length
 
 
+# entries sorted at once while building: bounds the int64 temporaries (about 50 bytes an
+# entry) to a few hundred MB however large the layer
+BUILD_BLOCK_ENTRIES = 1 << 22
+
+
+def _as_int16(v: torch.Tensor) -> torch.Tensor:
+    """uint16 values (in a wider int tensor) -> their int16 bits."""
+    return torch.where(v >= 1 << 15, v - (1 << 16), v).to(torch.int16)
+
+
 def build(
     cfg: Any, indices: torch.Tensor, chunk_groups_target: int = CHUNK_GROUPS_TARGET
 ) -> SortedLayout:
     """The sorted layout of a packed layer, on the indices' device.
 
     cfg: :class:`vptq_rs.layout.LayerConfig`; indices: int32 packed words ``[1, R, words]``.
+    Rows are sorted in blocks of about ``BUILD_BLOCK_ENTRIES`` entries.
     """
     why = problem(cfg)
     if why is not None:
@@ -160,35 +172,47 @@ def build(
     if chunk_groups_target < 1:
         raise InvalidValueError(f"chunk_groups_target must be >= 1, got {chunk_groups_target}")
     gs = cfg.group_size
-    main, res = ops.unpack_codes(indices, cfg.index_bits, gs, cfg.res_bits)
-    lists = [main[0]] + ([res[0]] if res is not None else [])
-    parts = [_sorted_list(c) for c in lists]
-    longest = max(int(length.max()) for _, _, length in parts)
-    groups = max(1, math.ceil(longest / GROUP_ENTRIES))
-    width = groups * GROUP_ENTRIES
-    rows = main.shape[1]
+    nlists = 2 if cfg.res_bits else 1
+    rows = cfg.num_vectors
+    words = -(-gs * (cfg.index_bits + cfg.res_bits) // 32)
+    if indices.dtype != torch.int32 or tuple(indices.shape) != (1, rows, words):
+        raise InvalidValueError(
+            f"indices must be int32 [1, {rows}, {words}], got {indices.dtype} {list(indices.shape)}"
+        )
     dev = indices.device
-    slot = torch.arange(width, device=dev)
-    out = torch.empty(rows, len(lists), width, dtype=torch.int64, device=dev)
-    for b, (pos, value, length) in enumerate(parts):
-        # slots below the list's length that no column takes are unused codes (flag set);
-        # the rest pad the list (flag clear): both read the zero activation
-        o = torch.where(slot[None] < length[:, None], NEW_CODE | gs, gs)
-        o.scatter_(1, pos, value)
-        out[:, b] = o
+    step = max(1, BUILD_BLOCK_ENTRIES // gs)
+    blocks = []  # per row block: int16 [rows, lists, width] in sorted order, its own width
+    for r0 in range(0, rows, step):
+        # unpacked a block at a time too: int64 codes of a whole layer would be the peak
+        main, res = ops.unpack_codes(indices[:, r0 : r0 + step], cfg.index_bits, gs, cfg.res_bits)
+        parts = [_sorted_list(c[0]) for c in (main, res)[:nlists]]
+        width = GROUP_ENTRIES * max(1, math.ceil(max(int(n.max()) for _, _, n in parts) / 256))
+        slot = torch.arange(width, device=dev)
+        block = []
+        for pos, value, length in parts:
+            # slots below the list's length that no column takes are unused codes (flag
+            # set); the rest pad the list (flag clear): both read the zero activation
+            o = torch.where(slot[None] < length[:, None], NEW_CODE | gs, gs)
+            o.scatter_(1, pos, value)
+            block.append(_as_int16(o))
+        blocks.append(torch.stack(block, dim=1))
+    width = max(b.shape[2] for b in blocks)
+    # shorter blocks take whole groups of unflagged padding (the same in any order)
+    out = torch.cat([F.pad(b, (0, width - b.shape[2]), value=gs) for b in blocks])
+    groups = width // GROUP_ENTRIES
     chunks = math.ceil(groups / chunk_groups_target)
     chunk_groups = math.ceil(groups / chunks)
     chunks = math.ceil(groups / chunk_groups)
-    flags_before = torch.cumsum(out >> COLUMN_BITS, dim=2)
-    starts = torch.arange(chunks, device=dev) * chunk_groups * GROUP_ENTRIES
-    chunk_base = torch.full((rows, len(lists), chunks), -1, dtype=torch.int64, device=dev)
+    chunk_base = torch.full((rows, nlists, chunks), -1, dtype=torch.int32, device=dev)
     if chunks > 1:
-        chunk_base[:, :, 1:] = flags_before[:, :, starts[1:] - 1] - 1
+        ends = torch.arange(1, chunks, device=dev) * chunk_groups * GROUP_ENTRIES
+        for r0 in range(0, rows, step):
+            flags = (out[r0 : r0 + step] < 0).to(torch.int32)  # the flag is the sign bit
+            before = torch.cumsum(flags, dim=2, dtype=torch.int32)[:, :, ends - 1]
+            chunk_base[r0 : r0 + step, :, 1:] = before - 1
     # sorted order [g, step, lane] -> stored order [g, lane, step]
-    stored = out.view(rows, len(lists), groups, STEPS_PER_GROUP, LANES).transpose(3, 4)
-    stored = stored.reshape(rows, len(lists), width)
-    stored = torch.where(stored >= 1 << 15, stored - (1 << 16), stored).to(torch.int16)
-    return SortedLayout(stored.contiguous(), chunk_base.to(torch.int32).contiguous(), chunk_groups)
+    stored = out.view(rows, nlists, groups, STEPS_PER_GROUP, LANES).transpose(3, 4)
+    return SortedLayout(stored.reshape(rows, nlists, width).contiguous(), chunk_base, chunk_groups)
 
 
 def decode(layout: SortedLayout, group_size: int) -> torch.Tensor:

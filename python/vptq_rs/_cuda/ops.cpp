@@ -65,7 +65,7 @@ int dtype_code(at::ScalarType t, const char* name) {
 void check_on(const Tensor& t, const Tensor& ref, const char* name) {
   VPTQ_CHECK(t.is_cuda(), name, " must be on CUDA");
   VPTQ_CHECK(t.device() == ref.device(), name, " must be on ", ref.device(), ", got ",
-              t.device());
+             t.device());
   VPTQ_CHECK(t.is_contiguous(), name, " must be contiguous");
 }
 
@@ -88,28 +88,28 @@ Layer make_layer(const Tensor& indices, const Tensor& centroids, const OptTensor
   auto& a = L.a;
   check_on(indices, indices, "indices");
   VPTQ_CHECK(indices.scalar_type() == at::kInt, "indices must be int32, got ",
-              indices.scalar_type());
+             indices.scalar_type());
   VPTQ_CHECK(index_bits >= 1 && index_bits <= 16, "index_bits must be in [1, 16], got ",
-              index_bits);
+             index_bits);
   VPTQ_CHECK(res_bits >= 0 && res_bits <= 16, "res_bits must be in [0, 16], got ", res_bits);
   VPTQ_CHECK(vector_len >= 1 && vector_len <= 16, "vector_len must be in [1, 16], got ",
-              vector_len);
+             vector_len);
   VPTQ_CHECK(rows >= 1 && cols >= 1, "rows and cols must be positive");
   VPTQ_CHECK(group_num >= 1 && outlier_size >= 0 && outlier_size < cols &&
-                  (cols - outlier_size) % group_num == 0,
-              "group_num ", group_num, " must divide cols - outlier_size = ", cols - outlier_size);
+                 (cols - outlier_size) % group_num == 0,
+             "group_num ", group_num, " must divide cols - outlier_size = ", cols - outlier_size);
   const int64_t group_size = (cols - outlier_size) / group_num;
   const int64_t R = (rows + vector_len - 1) / vector_len;
   const int64_t tb = index_bits + res_bits;
   const int64_t W = (group_size * tb + 31) / 32;
   VPTQ_CHECK(indices.dim() == 3 && indices.size(0) == group_num && indices.size(1) == R &&
-                  indices.size(2) == W,
-              "indices must have shape [", group_num, ", ", R, ", ", W, "], got ",
-              indices.sizes());
+                 indices.size(2) == W,
+             "indices must have shape [", group_num, ", ", R, ", ", W, "], got ",
+             indices.sizes());
   check_on(centroids, indices, "centroids");
   const int64_t K = int64_t{1} << index_bits;
   VPTQ_CHECK(centroids.numel() == group_num * K * vector_len, "centroids must hold G*K*v = ",
-              group_num * K * vector_len, " values, got ", centroids.numel());
+             group_num * K * vector_len, " values, got ", centroids.numel());
   a.cb_dtype = dtype_code(centroids.scalar_type(), "centroids");
   Tensor cb = aligned(centroids);
   L.keep.push_back(cb);
@@ -119,31 +119,31 @@ Layer make_layer(const Tensor& indices, const Tensor& centroids, const OptTensor
     const Tensor& r = *res_centroids;
     check_on(r, indices, "res_centroids");
     VPTQ_CHECK(r.scalar_type() == centroids.scalar_type(),
-                "res_centroids must have the centroids' dtype ", centroids.scalar_type());
+               "res_centroids must have the centroids' dtype ", centroids.scalar_type());
     const int64_t Kr = int64_t{1} << res_bits;
     VPTQ_CHECK(r.numel() == group_num * Kr * vector_len, "res_centroids must hold G*Kres*v = ",
-                group_num * Kr * vector_len, " values, got ", r.numel());
+               group_num * Kr * vector_len, " values, got ", r.numel());
     Tensor rr = aligned(r);
     L.keep.push_back(rr);
     a.res_centroids = rr.data_ptr();
   }
   if (outlier_size > 0) {
     VPTQ_CHECK(outlier_indices.has_value() && outlier_centroids.has_value(),
-                "outlier_indices and outlier_centroids are required when outlier_size > 0");
+               "outlier_indices and outlier_centroids are required when outlier_size > 0");
     VPTQ_CHECK(outlier_vector_len >= 1, "outlier_vector_len must be >= 1");
     const Tensor& oi = *outlier_indices;
     const Tensor& oc = *outlier_centroids;
     check_on(oi, indices, "outlier_indices");
     check_on(oc, indices, "outlier_centroids");
     VPTQ_CHECK(oi.scalar_type() == at::kShort, "outlier_indices must be int16, got ",
-                oi.scalar_type());
+               oi.scalar_type());
     const int64_t R0 = (rows + outlier_vector_len - 1) / outlier_vector_len;
     VPTQ_CHECK(oi.numel() == R0 * outlier_size, "outlier_indices must have shape [1, ", R0,
-                ", ", outlier_size, "], got ", oi.sizes());
+               ", ", outlier_size, "], got ", oi.sizes());
     VPTQ_CHECK(oc.scalar_type() == centroids.scalar_type(),
-                "outlier_centroids must have the centroids' dtype");
+               "outlier_centroids must have the centroids' dtype");
     VPTQ_CHECK(oc.numel() % outlier_vector_len == 0 && oc.numel() > 0,
-                "outlier_centroids must hold K0*v0 values");
+               "outlier_centroids must hold K0*v0 values");
     a.outlier_indices = oi.data_ptr<int16_t>();
     a.outlier_centroids = oc.data_ptr();
   }
@@ -156,7 +156,7 @@ Layer make_layer(const Tensor& indices, const Tensor& centroids, const OptTensor
     VPTQ_CHECK(t.numel() == cols, name, " must have ", cols, " values, got ", t.numel());
     const int code = dtype_code(t.scalar_type(), name);
     VPTQ_CHECK(norm_dtype < 0 || norm_dtype == code,
-                "weight_scale and weight_bias must have the same dtype");
+               "weight_scale and weight_bias must have the same dtype");
     norm_dtype = code;
   }
   a.norm_dtype = norm_dtype < 0 ? vptq::kF32 : norm_dtype;
@@ -182,8 +182,8 @@ void check_perm(const Tensor& perm, const Tensor& ref, int64_t cols) {
   check_on(perm, ref, "perm");
   VPTQ_CHECK(perm.numel() == cols, "perm must have ", cols, " values, got ", perm.numel());
   VPTQ_CHECK(perm.scalar_type() == at::kShort || perm.scalar_type() == at::kInt ||
-                  perm.scalar_type() == at::kLong,
-              "perm must be int16, int32 or int64, got ", perm.scalar_type());
+                 perm.scalar_type() == at::kLong,
+             "perm must be int16, int32 or int64, got ", perm.scalar_type());
 }
 
 // perm -> int32 values
@@ -206,7 +206,7 @@ Tensor dequant(const Tensor& indices, const Tensor& centroids, const OptTensor& 
                        group_num, outlier_size, outlier_vector_len);
   const int out_code = dtype_code(out_dtype, "out_dtype");
   VPTQ_CHECK(int64_t{L.a.num_vectors} * cols < (int64_t{1} << 31),
-              "dequant: (rows / v) * cols must stay below 2^31");
+             "dequant: (rows / v) * cols must stay below 2^31");
   Tensor inv;
   if (perm.has_value()) {
     Tensor p = perm_i32(*perm, indices, cols);
@@ -219,6 +219,15 @@ Tensor dequant(const Tensor& indices, const Tensor& centroids, const OptTensor& 
                                   at::cuda::getCurrentCUDAStream().stream()),
              "vptq_rs::dequant");
   return out;
+}
+
+// x: on the layer's device, contiguous, in the codebooks' dtype, which must be fp16 or bf16.
+void check_activations(const Layer& L, const Tensor& x, const Tensor& indices,
+                       const Tensor& centroids, const char* op) {
+  check_on(x, indices, "x");
+  VPTQ_CHECK(x.scalar_type() == centroids.scalar_type(), "x must have the centroids' dtype ",
+             centroids.scalar_type(), ", got ", x.scalar_type());
+  VPTQ_CHECK(L.a.cb_dtype != vptq::kF32, op, " needs fp16 or bf16 codebooks");
 }
 
 // Norms the prologue reads (fp32 or the codebook dtype) and the bias's length and dtype.
@@ -236,7 +245,7 @@ void prepare_gemv_inputs(Layer& L, const Tensor& x, const OptTensor& weight_scal
   if (bias.has_value()) {
     check_on(*bias, x, "bias");
     VPTQ_CHECK(bias->numel() == rows && bias->scalar_type() == x.scalar_type(),
-                "bias must have ", rows, " values of dtype ", x.scalar_type());
+               "bias must have ", rows, " values of dtype ", x.scalar_type());
   }
 }
 
@@ -259,21 +268,17 @@ Tensor gemv(const Tensor& x, const Tensor& indices, const Tensor& centroids,
   Layer L = make_layer(indices, centroids, res_centroids, outlier_indices, outlier_centroids,
                        weight_scale, weight_bias, rows, cols, vector_len, index_bits, res_bits,
                        group_num, outlier_size, outlier_vector_len);
-  check_on(x, indices, "x");
-  VPTQ_CHECK(x.scalar_type() == centroids.scalar_type(),
-              "x must have the centroids' dtype ", centroids.scalar_type(), ", got ",
-              x.scalar_type());
-  VPTQ_CHECK(L.a.cb_dtype != vptq::kF32, "gemv needs fp16 or bf16 codebooks");
+  check_activations(L, x, indices, centroids, "gemv");
   VPTQ_CHECK(x.dim() == 2 && x.size(1) == cols, "x must have shape [tokens, ", cols, "], got ",
-              x.sizes());
+             x.sizes());
   const int64_t tokens = x.size(0);
   VPTQ_CHECK(tokens >= 1 && tokens <= 8, "gemv takes 1 to 8 tokens, got ", tokens);
   VPTQ_CHECK(mode >= 0 && mode <= 3,
-              "mode must be 0 (auto), 1 (shared-memory codebooks), 2 (L1/L2 codebooks) or 3 "
-              "(histogram), got ",
-              mode);
+             "mode must be 0 (auto), 1 (shared-memory codebooks), 2 (L1/L2 codebooks) or 3 "
+             "(histogram), got ",
+             mode);
   VPTQ_CHECK(mode != 3 || vptq::gemv_hist_applies(L.a, static_cast<int>(tokens)),
-              "mode 3 (histogram) needs 1 token, group_num 1 and index and residual bits <= 13");
+             "mode 3 (histogram) needs 1 token, group_num 1 and index and residual bits <= 13");
   prepare_gemv_inputs(L, x, weight_scale, weight_bias, bias, rows);
   Tensor p = kernel_perm(perm, indices, cols);
   Tensor ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols),
@@ -302,32 +307,28 @@ Tensor gemv_sorted(const Tensor& x, const Tensor& entries, const Tensor& chunk_b
   Layer L = make_layer(indices, centroids, res_centroids, outlier_indices, outlier_centroids,
                        weight_scale, weight_bias, rows, cols, vector_len, index_bits, res_bits,
                        group_num, outlier_size, outlier_vector_len);
-  check_on(x, indices, "x");
-  VPTQ_CHECK(x.scalar_type() == centroids.scalar_type(),
-              "x must have the centroids' dtype ", centroids.scalar_type(), ", got ",
-              x.scalar_type());
-  VPTQ_CHECK(L.a.cb_dtype != vptq::kF32, "gemv_sorted needs fp16 or bf16 codebooks");
+  check_activations(L, x, indices, centroids, "gemv_sorted");
   VPTQ_CHECK(x.dim() == 2 && x.size(0) == 1 && x.size(1) == cols,
-              "x must have shape [1, ", cols, "] (gemv_sorted takes one token), got ",
-              x.sizes());
+             "x must have shape [1, ", cols, "] (gemv_sorted takes one token), got ",
+             x.sizes());
   VPTQ_CHECK(group_num == 1, "gemv_sorted needs group_num 1, got ", group_num);
   const int64_t lists = res_bits > 0 ? 2 : 1;
   check_on(entries, indices, "entries");
   VPTQ_CHECK(entries.scalar_type() == at::kShort, "entries must be int16, got ",
-              entries.scalar_type());
+             entries.scalar_type());
   VPTQ_CHECK(entries.dim() == 3 && entries.size(0) == L.a.num_vectors &&
-                  entries.size(1) == lists && entries.size(2) > 0 && entries.size(2) % 256 == 0,
-              "entries must have shape [", L.a.num_vectors, ", ", lists,
-              ", a multiple of 256], got ", entries.sizes());
+                 entries.size(1) == lists && entries.size(2) > 0 && entries.size(2) % 256 == 0,
+             "entries must have shape [", L.a.num_vectors, ", ", lists,
+             ", a multiple of 256], got ", entries.sizes());
   const int64_t groups = entries.size(2) / 256;
   VPTQ_CHECK(chunk_groups >= 1, "chunk_groups must be >= 1, got ", chunk_groups);
   const int64_t chunks = (groups + chunk_groups - 1) / chunk_groups;
   check_on(chunk_base, indices, "chunk_base");
   VPTQ_CHECK(chunk_base.scalar_type() == at::kInt && chunk_base.dim() == 3 &&
-                  chunk_base.size(0) == L.a.num_vectors && chunk_base.size(1) == lists &&
-                  chunk_base.size(2) == chunks,
-              "chunk_base must be int32 [", L.a.num_vectors, ", ", lists, ", ", chunks,
-              "], got ", chunk_base.scalar_type(), " ", chunk_base.sizes());
+                 chunk_base.size(0) == L.a.num_vectors && chunk_base.size(1) == lists &&
+                 chunk_base.size(2) == chunks,
+             "chunk_base must be int32 [", L.a.num_vectors, ", ", lists, ", ", chunks,
+             "], got ", chunk_base.scalar_type(), " ", chunk_base.sizes());
   Tensor ent = aligned(entries);
   L.keep.push_back(ent);
   vptq::SortedLayout sl;
@@ -338,9 +339,9 @@ Tensor gemv_sorted(const Tensor& x, const Tensor& entries, const Tensor& chunk_b
   sl.chunks = static_cast<int>(chunks);
   sl.chunk_groups = static_cast<int>(chunk_groups);
   VPTQ_CHECK(vptq::gemv_sorted_applies(L.a, sl),
-              "gemv_sorted: group_size ", L.a.group_size,
-              " with this codebook does not fit the kernel (group_size <= 32767 and xs, one "
-              "codebook and the partial sums in shared memory)");
+             "gemv_sorted: group_size ", L.a.group_size,
+             " with this codebook does not fit the kernel (group_size <= 32767 and xs, one "
+             "codebook and the partial sums in shared memory)");
   prepare_gemv_inputs(L, x, weight_scale, weight_bias, bias, rows);
   Tensor p = kernel_perm(perm, indices, cols);
   Tensor ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols), 1)},
@@ -360,7 +361,7 @@ void check_points(const Tensor& x) {
   VPTQ_CHECK(x.is_cuda(), "x must be on CUDA");
   VPTQ_CHECK(x.scalar_type() == at::kFloat, "x must be float32, got ", x.scalar_type());
   VPTQ_CHECK(x.dim() == 2 && x.size(1) >= 1 && x.size(1) <= 16,
-              "x must have shape [n, d] with 1 <= d <= 16, got ", x.sizes());
+             "x must have shape [n, d] with 1 <= d <= 16, got ", x.sizes());
   VPTQ_CHECK(x.is_contiguous(), "x must be contiguous");
 }
 
@@ -370,13 +371,13 @@ std::tuple<Tensor, Tensor> kmeans_assign(const Tensor& x, const Tensor& centroid
   const c10::cuda::CUDAGuard guard(x.device());
   check_on(centroids, x, "centroids");
   VPTQ_CHECK(centroids.scalar_type() == at::kFloat && centroids.dim() == 2 &&
-                  centroids.size(1) == x.size(1) && centroids.size(0) >= 1,
-              "centroids must be float32 [k, ", x.size(1), "], got ", centroids.sizes());
+                 centroids.size(1) == x.size(1) && centroids.size(0) >= 1,
+             "centroids must be float32 [k, ", x.size(1), "], got ", centroids.sizes());
   VPTQ_CHECK(centroids.size(0) <= (int64_t{1} << 24), "k must be <= 2^24");
   VPTQ_CHECK(mode >= 0 && mode <= 3,
-              "mode must be 0 (fp32), 1 (tf32), 2 (tf32x1) or 3 (fp16x1), got ", mode);
+             "mode must be 0 (fp32), 1 (tf32), 2 (tf32x1) or 3 (fp16x1), got ", mode);
   VPTQ_CHECK(design == 0 || design == 1, "design must be 0 (merged) or 1 (tiled), got ",
-              design);
+             design);
   VPTQ_CHECK(mode != 3 || design == 1, "mode 3 (fp16x1) needs design 1 (tiled)");
   const int64_t n = x.size(0);
   const int k = static_cast<int>(centroids.size(0));
@@ -401,13 +402,13 @@ std::tuple<Tensor, Tensor> kmeans_update(const Tensor& x, const OptTensor& weigh
   const c10::cuda::CUDAGuard guard(x.device());
   check_on(labels, x, "labels");
   VPTQ_CHECK(labels.scalar_type() == at::kInt && labels.numel() == x.size(0),
-              "labels must be int32 [n]");
+             "labels must be int32 [n]");
   VPTQ_CHECK(k >= 1, "k must be >= 1");
   const float* w = nullptr;
   if (weights.has_value()) {
     check_on(*weights, x, "weights");
     VPTQ_CHECK(weights->scalar_type() == at::kFloat && weights->numel() == x.size(0),
-                "weights must be float32 [n]");
+               "weights must be float32 [n]");
     w = weights->data_ptr<float>();
   }
   Tensor sums = at::zeros({k, x.size(1)}, x.options().dtype(at::kDouble));
@@ -430,7 +431,7 @@ Tensor kmeans_seed(const Tensor& x, const OptTensor& weights, int64_t k, int64_t
   if (weights.has_value()) {
     check_on(*weights, x, "weights");
     VPTQ_CHECK(weights->scalar_type() == at::kFloat && weights->numel() == m,
-                "weights must be float32 [n]");
+               "weights must be float32 [n]");
     w = weights->data_ptr<float>();
   }
   Tensor d2 = at::empty({m}, x.options());
