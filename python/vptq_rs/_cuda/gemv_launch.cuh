@@ -375,18 +375,23 @@ cudaError_t run_hist(const Params& p, cudaStream_t s) {
 
 // ---- sorted kernel (gemv_sorted.cuh) ----
 
-// Rows per block of the sorted kernel: one block per SM, contiguous row ranges.
+// Blocks of the sorted kernel: one per SM (at most one per vector row), each owning a
+// contiguous range of rows.
 inline int sorted_grid(const LayerArgs& a) {
   return std::max(1, std::min(a.num_vectors, device_info().sms));
+}
+
+// Shared memory of the sorted kernel's blocks (sized for the largest row range).
+inline int64_t sorted_block_smem(const LayerArgs& a, const SortedLayout& s) {
+  const int grid = sorted_grid(a);
+  return sorted_smem_bytes(a, s, (a.num_vectors + grid - 1) / grid);
 }
 
 // Whether the sorted kernel takes this layer: one group, group_size <= 32767, and xs, one
 // codebook and the partial sums in shared memory.
 inline bool sorted_applies(const LayerArgs& a, const SortedLayout& s) {
   if (a.groups != 1 || a.group_size > kSortedMaxGroupSize) return false;
-  const int grid = sorted_grid(a);
-  const int rows = (a.num_vectors + grid - 1) / grid;
-  return sorted_smem_bytes(a, s, rows) <= device_info().smem_block_optin - 1024;
+  return sorted_block_smem(a, s) <= device_info().smem_block_optin - 1024;
 }
 
 template <typename T, int V>
@@ -394,8 +399,7 @@ cudaError_t launch_sorted(const SortedParams& sp, cudaStream_t st) {
   const DeviceInfo dev = device_info();
   const LayerArgs& a = sp.p.a;
   const int grid = sorted_grid(a);
-  const int rows = (a.num_vectors + grid - 1) / grid;
-  const int64_t bytes = sorted_smem_bytes(a, sp.s, rows);
+  const int64_t bytes = sorted_block_smem(a, sp.s);
   if (bytes > dev.smem_block_optin - 1024) return cudaErrorInvalidConfiguration;
   constexpr auto kern = sorted_kernel<T, V>;
   int bps = 0;
