@@ -10,12 +10,12 @@
 //   and the histogram kernel's shared atomics (README, "What limits the GEMV") are gone, for
 //   4/3 the index bytes at 12-bit codes plus the dummy entries of unused codes.
 // On an H100 (run 13e profile, README "What limits the GEMV") this loop is bound by
-// instruction issue and the shared-memory pipe together: 36 instructions a warp step, issue
-// on 81% of cycles, L1/shared 71% busy. Two variants moved work from one to the other and
-// were slower (runs 13b, 13c):
-// the codebook staged as fp32 (no conversions, 17% fewer instructions, but 8-byte loads: L1
-// 89% busy) and a tensor-core loop (ldmatrix of the rows, one m16n8k16 per step with the
-// activations shuffled into the B operand: 20% fewer instructions, L1 86% busy).
+// instruction issue and the shared-memory pipe together: about 35 instructions a warp step,
+// issue on 81% of cycles, L1/shared 71% busy. Two variants moved work from one to the other
+// and were slower (runs 13b, 13c): the codebook staged as fp32 (no conversions, 17% fewer
+// instructions, but 8-byte loads: L1 89% busy) and a tensor-core loop (ldmatrix of the rows,
+// one m16n8k16 per step with the activations shuffled into the B operand: 20% fewer
+// instructions, L1 86% busy).
 //
 // A block owns a contiguous range of vector rows (one block per SM) and keeps all of xs in
 // shared memory. For each codebook in turn (main, then residual) it stages that codebook in
