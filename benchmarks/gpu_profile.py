@@ -1,13 +1,13 @@
 """Launch the hot kernels a few times for Nsight Compute (``benchmarks/gpu_profile.sh``).
 
-    python benchmarks/gpu_profile.py [gemv|sorted|kmeans|all]
+    python benchmarks/gpu_profile.py [gemv|sorted|tiled|kmeans|all]
 
 GEMV: batch 1 on the two largest issue-5 shapes with v6/k4096 (the histogram kernel, then
 the shared-memory gather kernel), v8/k65536 (codebook through L2) and v12/k4096+res4096
 (histogram); sorted: the sorted GEMV on the two largest shapes, v6/k4096 and
-v12/k4096+res4096; k-means: each precision and assignment design on 1M
-x d8 points against 65,536 centroids, twice. Layers are random (speed does not depend on
-the values).
+v12/k4096+res4096; tiled: the tiled GEMV on 28672x8192, v8/k65536 then v6/k4096; k-means:
+each precision and assignment design on 1M x d8 points against 65,536 centroids, twice.
+Layers are random (speed does not depend on the values).
 """
 
 from __future__ import annotations
@@ -49,6 +49,15 @@ def main() -> None:
             cfg, t = random_layer(o, i, v, k, kr, gen)
             x = torch.randn(1, i, device=DEV, generator=gen).half()
             cuda_ext.gemv_sorted(x, cfg, t, sorted_layout.build(cfg, t.indices))
+            torch.cuda.synchronize()
+    if what in ("tiled", "all"):
+        from vptq_rs import tiled_layout
+
+        for v, k in ((8, 65536), (6, 4096)):
+            cfg, t = random_layer(28672, 8192, v, k, 0, gen)
+            x = torch.randn(1, 8192, device=DEV, generator=gen).half()
+            lay = tiled_layout.build(cfg, t.indices, tiled_layout.device_tile_codes(cfg, DEV))
+            cuda_ext.gemv_tiled(x, cfg, t, lay)
             torch.cuda.synchronize()
     if what in ("kmeans", "all"):
         x = torch.randn(1 << 20, 8, device=DEV, generator=gen)

@@ -3,7 +3,7 @@
 # one report per kernel family under $OUT/profile/ (text: speed of light, memory, occupancy,
 # warp stalls). Expects the abi3 wheel in .device/wheels/ like gpu_run.sh.
 #
-#   bash benchmarks/gpu_profile.sh [gemv|sorted|kmeans|all]
+#   bash benchmarks/gpu_profile.sh [gemv|sorted|tiled|kmeans|all]
 set -uo pipefail
 WHAT=${1:-all}
 OUT=${OUT:-/tmp/vptq_out}
@@ -20,6 +20,12 @@ if [ "$WHAT" = sorted ] || [ "$WHAT" = all ]; then
     -k regex:"sorted_kernel" -c 2 \
     python3 benchmarks/gpu_profile.py sorted > "$OUT/profile/sorted.txt" 2>&1
   echo "sorted ncu exit $?"; grep -E "Duration|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" "$OUT/profile/sorted.txt" | head -20
+fi
+if [ "$WHAT" = tiled ] || [ "$WHAT" = all ]; then
+  timeout 240 ncu $SECTIONS --section InstructionStats --section SourceCounters \
+    -k regex:"tiled_kernel" -c 2 \
+    python3 benchmarks/gpu_profile.py tiled > "$OUT/profile/tiled.txt" 2>&1
+  echo "tiled ncu exit $?"; grep -E "Duration|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" "$OUT/profile/tiled.txt" | head -20
 fi
 if [ "$WHAT" = gemv ] || [ "$WHAT" = all ]; then
   timeout 240 ncu $SECTIONS --section InstructionStats --section SourceCounters \

@@ -11,7 +11,8 @@ centroids, device-to-device copy bandwidth).
 
 Sections: copy, gemv, lut, gemm, kmeans, e2e, msvptq. Layers are random (random packed
 words are valid codes: K is a power of two), which is what speed depends on. The gemv and
-lut sections also time the sorted GEMV (``vptq_rs.sorted_layout``) where its layout applies.
+lut sections also time the sorted GEMV (``vptq_rs.sorted_layout``) where its layout applies,
+and the gemv section the tiled GEMV (``vptq_rs.tiled_layout``) where its layout fits.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vptq_rs import cuda_ext, sorted_layout
+from vptq_rs import cuda_ext, sorted_layout, tiled_layout
 from vptq_rs.layout import LayerConfig
 from vptq_rs.ops import PackedTensors, dequantize_t
 
@@ -205,7 +206,8 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
                 row[f"ours_{label}_raw_us"] = raw
                 row[f"ours_{label}_rel_err"] = err
             row.update(sorted_gemv(timer, x, cfg, t, ref, moved, copy_gbps))
-            modes = ("auto", "smem", "l2", "hist", "sorted")
+            row.update(tiled_gemv(timer, x, cfg, t, ref, moved, copy_gbps))
+            modes = ("auto", "smem", "l2", "hist", "sorted", "tiled")
             best = min(row[f"ours_{m}_us"] for m in modes if row[f"ours_{m}_us"] is not None)
             row["speedup_vs_cublas_auto"] = row["cublas_fp16_us"] / row["ours_auto_us"]
             row["speedup_vs_cublas_best_mode"] = row["cublas_fp16_us"] / best
@@ -223,7 +225,8 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
                 f"gemv {o}x{i} {name}: ours {row['ours_auto_us']:.1f}us "
                 f"(smem {row['ours_smem_us']:.1f} l2 {row['ours_l2_us']:.1f} "
                 f"hist {row['ours_hist_us'] or float('nan'):.1f} "
-                f"sorted {row['ours_sorted_us'] or float('nan'):.1f}) "
+                f"sorted {row['ours_sorted_us'] or float('nan'):.1f} "
+                f"tiled {row['ours_tiled_us'] or float('nan'):.1f}) "
                 f"cublas {row['cublas_fp16_us']:.1f}us x{row['speedup_vs_cublas_auto']:.2f} "
                 f"bw {row['fraction_of_copy_bw_auto']:.0%} err {row['ours_auto_rel_err']:.1e}",
                 flush=True,
@@ -268,6 +271,41 @@ def sorted_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> d
     return row
 
 
+def tiled_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> dict[str, Any]:
+    """The tiled GEMV on one layer where its layout applies and fits: time, error, tile,
+    layout size and build time, and bandwidth both ways (as :func:`sorted_gemv`)."""
+    row: dict[str, Any] = {"ours_tiled_us": None}
+    tile_codes = tiled_layout.device_tile_codes(cfg, DEV) if tiled_layout.applies(cfg) else None
+    if tile_codes is None:
+        return row
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    lay = tiled_layout.build(cfg, t.indices, tile_codes)
+    torch.cuda.synchronize()
+    build_s = time.perf_counter() - t0
+    if ref is None:
+        ref = F.linear(x.float(), cuda_ext.dequant(cfg, t, torch.float32))
+    y = cuda_ext.gemv_tiled(x, cfg, t, lay)
+    raw = timer(lambda: cuda_ext.gemv_tiled(x, cfg, t, lay))
+    read = moved - t.indices.numel() * 4 + lay.nbytes
+    us = med(raw)
+    row.update(
+        {
+            "ours_tiled_us": us,
+            "ours_tiled_raw_us": raw,
+            "ours_tiled_rel_err": float((y.float() - ref).norm() / ref.norm()),
+            "tiled_tile_codes": tile_codes,
+            "tiled_layout_bytes": lay.nbytes,
+            "tiled_layout_over_packed": lay.nbytes / (t.indices.numel() * 4),
+            "tiled_build_s": build_s,
+            "tiled_bytes_read": read,
+            "fraction_of_copy_bw_tiled": moved / (us * 1e-6) / 1e9 / copy_gbps,
+            "fraction_of_copy_bw_tiled_bytes_read": read / (us * 1e-6) / 1e9 / copy_gbps,
+        }
+    )
+    return row
+
+
 def lut_section(timer: Timer, quick: bool) -> dict[str, Any]:
     gen = torch.Generator(device=DEV).manual_seed(1)
     rows = []
@@ -288,6 +326,7 @@ def lut_section(timer: Timer, quick: bool) -> dict[str, Any]:
             row[f"ours_{bits}bit_sorted_us"] = srt["ours_sorted_us"]
             if srt["ours_sorted_us"] is not None:
                 row[f"speedup_{bits}bit_sorted"] = cublas / srt["ours_sorted_us"]
+
         rows.append(row)
         print(
             f"lut {n}x{k}: cublas {cublas:.1f}us "

@@ -122,6 +122,10 @@ def gpu(tag: str = "") -> str | None:
     head = "| out x in | config | cuBLAS fp16 us | vptq-rs us | speedup | % of copy bandwidth |"
     if srt:
         head += " sorted us | sorted speedup | sorted % of copy bandwidth (bytes read) |"
+    # the tiled GEMV (tiled_layout) likewise
+    til = any("ours_tiled_us" in x for x in gemv["rows"])
+    if til:
+        head += " tiled us | tiled speedup |"
     lines += [head, "|---" * (head.count("|") - 1) + "|"]
     for x in gemv["rows"]:
         row = (
@@ -137,6 +141,11 @@ def gpu(tag: str = "") -> str | None:
                 f"({100 * x['fraction_of_copy_bw_sorted_bytes_read']:.1f}%) |"
                 if us is not None
                 else " - | - | - |"
+            )
+        if til:
+            us = x.get("ours_tiled_us")
+            row += (
+                f" {us:.1f} | {x['cublas_fp16_us'] / us:.2f}x |" if us is not None else " - | - |"
             )
         lines.append(row)
     if km is not None:

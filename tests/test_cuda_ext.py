@@ -260,6 +260,12 @@ def test_fake_kernels_trace_shapes():
             1,
         )
         assert ys.shape == (1, 45) and ys.dtype == torch.float16
+        tent = torch.empty(6, 1, 8, dtype=torch.int32, device="cuda")
+        starts = torch.empty(6, 1, 2, dtype=torch.int32, device="cuda")
+        yt = ops.gemv_tiled(
+            x[:1], tent, starts, 8, idx[:1], cb[:1], *[None] * 7, 45, 8, 8, 3, 0, 1, 0, 1
+        )
+        assert yt.shape == (1, 45) and yt.dtype == torch.float16
         pts = torch.empty(100, 5, device="cuda")
         lab, dist = ops.kmeans_assign(pts, torch.empty(7, 5, device="cuda"), 1)
         assert lab.dtype == torch.int32 and dist.shape == (100,)
@@ -289,7 +295,13 @@ def test_one_token_gemv_kernels_do_not_spill(tmp_path):
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for tu in ("gemv_f16.cu", "gemv_f16_l2.cu", "gemv_hist_f16.cu", "gemv_sorted_f16.cu")
+        for tu in (
+            "gemv_f16.cu",
+            "gemv_f16_l2.cu",
+            "gemv_hist_f16.cu",
+            "gemv_sorted_f16.cu",
+            "gemv_tiled_f16.cu",
+        )
     ]
     report = "".join(p.communicate(timeout=600)[0] for p in procs)
     assert all(p.returncode == 0 for p in procs), report[-3000:]
@@ -316,6 +328,14 @@ def test_one_token_gemv_kernels_do_not_spill(tmp_path):
     )
     assert len(srt) == 16, report[-3000:]  # 16 vector lengths
     spilling += [f"sorted v={v}" for v, st, ld in srt if int(st) or int(ld)]
+    tiled = re.findall(
+        r"Function properties for \S*tiled_kernelI6__halfLi(\d+)E\S*\s+"
+        r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+        report,
+    )
+    assert len(tiled) == 16, report[-3000:]  # 16 vector lengths
+    # nor a stack frame: the two tile buffers are addressed by arithmetic, not an array
+    spilling += [f"tiled v={v}" for v, fr, st, ld in tiled if int(fr) or int(st) or int(ld)]
     assert not spilling, spilling
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vptq_rs import cuda_ext, sorted_layout
+from vptq_rs import cuda_ext, sorted_layout, tiled_layout
 from vptq_rs.errors import InvalidValueError
 from vptq_rs.layout import LayerConfig
 from vptq_rs.nn import VQuantLinear, packed_tensors, random_quantized_layer
@@ -320,6 +320,116 @@ def test_vquantlinear_sorted_gemv_path():
     assert torch.equal(mod(x), base)
     _, nlayer, _ = make_hist((1000, 64, 6, 4096, 0, (0, 0, 0), True), torch.float16)
     assert not VQuantLinear.from_quantized(nlayer).use_sorted_gemv()
+
+
+# Layers the tiled kernel takes, as (in, out, v, K, Kres, outliers, perm): a 65,536-row
+# codebook over 16+ tiles; a smaller residual codebook (its upper tiles are empty); residual,
+# outliers and perm together; 16 vector rows a block (v = 2) and 33 (v = 1: two rows for most
+# warps); v = 13 and 16 (512 threads, odd-sized rows); a 30000-column group (small tiles).
+TILED_LAYERS = [
+    (4100, 64, 8, 65536, 0, (0, 0, 0), True),
+    (3000, 40, 8, 65536, 256, (0, 0, 0), False),
+    (1030, 40, 4, 4096, 4096, (16, 4, 64), True),
+    (600, 4100, 2, 1024, 0, (0, 0, 0), False),
+    (300, 4300, 1, 512, 0, (8, 2, 16), True),
+    (2100, 26, 13, 4096, 0, (0, 0, 0), True),
+    (1100, 35, 16, 8192, 64, (0, 0, 0), True),
+    (30000, 24, 6, 65536, 0, (0, 0, 0), False),
+]
+
+
+@pytest.mark.parametrize("layer_t", TILED_LAYERS[:4] if SMALL else TILED_LAYERS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gemv_tiled_kernel_matches_reference(layer_t, dtype):
+    cfg, layer, t = make_hist(layer_t, dtype, seed=layer_t[0])
+    tile_codes = tiled_layout.device_tile_codes(cfg, DEV)
+    assert tile_codes is not None
+    x = torch.randn(1, cfg.in_features, device=DEV).to(dtype)
+    bias = layer.bias.to(DEV)
+    ref = reference_linear(x, layer, bias)
+    dense = F.linear(x, layer.dequantize(dtype).to(DEV), bias)
+    drift = ((dense.double() - ref).norm() / ref.norm()).item()
+    # the kernel's tile, and a small one (many tiles, most runs a step or less)
+    for tc in (tile_codes, 64):
+        lay = tiled_layout.build(cfg, t.indices, tc)
+        y = cuda_ext.gemv_tiled(x, cfg, t, lay, bias)
+        assert y.shape == (1, cfg.out_features) and y.dtype == dtype
+        err = ((y.double() - ref).norm() / ref.norm()).item()
+        assert err <= max(2 * drift, 1e-3), (tc, err, drift)
+        # each item's sums stay with one warp; a row's splits are added in a fixed order
+        assert torch.equal(cuda_ext.gemv_tiled(x, cfg, t, lay, bias), y)
+
+
+def test_gemv_tiled_kernel_edge_inputs_and_refusals():
+    """Zero activations give the bias exactly; a NaN activation reaches every output; the op
+    refuses two tokens, a layout of the wrong shape, a tile that is not a power of two and
+    a layer with more vector rows than the warps of 132 SMs take, each with a message."""
+    cfg, layer, _ = make_hist(TILED_LAYERS[0], torch.float16)
+    layer.weight_bias.zero_()
+    t = type(packed_tensors(layer))(*[a if a is None else a.to(DEV) for a in packed_tensors(layer)])
+    lay = tiled_layout.build(cfg, t.indices, tiled_layout.device_tile_codes(cfg, DEV))
+    bias = layer.bias.to(DEV)
+    zero = torch.zeros(1, cfg.in_features, device=DEV).half()
+    assert torch.equal(cuda_ext.gemv_tiled(zero, cfg, t, lay, bias), bias[None])
+    bad = zero.clone()
+    bad[0, 9] = float("nan")
+    assert torch.isnan(cuda_ext.gemv_tiled(bad, cfg, t, lay, bias)).all()
+    with pytest.raises(InvalidValueError, match="one token"):
+        cuda_ext.gemv_tiled(zero.expand(2, -1), cfg, t, lay)
+    short = lay._replace(tile_start=lay.tile_start[:, :, :-1].contiguous())
+    with pytest.raises(RuntimeError, match="tile_start must be"):
+        cuda_ext.gemv_tiled(zero, cfg, t, short)
+    with pytest.raises(RuntimeError, match="power of two"):
+        cuda_ext.gemv_tiled(zero, cfg, t, lay._replace(tile_codes=96))
+    tall, _, tt = make_hist((64, 9000, 1, 16, 0, (0, 0, 0), False), torch.float16)
+    assert tiled_layout.device_tile_codes(tall, DEV) is None  # 69 rows a block > 64
+    tlay = tiled_layout.build(tall, tt.indices, 16)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        cuda_ext.gemv_tiled(torch.zeros(1, 64, device=DEV).half(), tall, tt, tlay)
+
+
+def test_gemv_tiled_kernel_survives_a_garbage_layout():
+    """Random entries and tile starts (codes outside the tile, columns past the group, runs
+    that end before they start or past the row): the kernel clamps every index and returns."""
+    cfg, _, t = make_hist(TILED_LAYERS[1], torch.float16)
+    lay = tiled_layout.build(cfg, t.indices, tiled_layout.device_tile_codes(cfg, DEV))
+    g = torch.Generator(device=DEV).manual_seed(1)
+    junk = torch.randint(-(1 << 31), 1 << 31, lay.entries.shape, generator=g, device=DEV)
+    gs = cfg.group_size
+    starts = torch.randint(-100, gs + 100, lay.tile_start.shape, generator=g, device=DEV)
+    bad = lay._replace(entries=junk.to(torch.int32), tile_start=starts.to(torch.int32))
+    x = torch.randn(1, cfg.in_features, device=DEV).half()
+    y = cuda_ext.gemv_tiled(x, cfg, t, bad)
+    torch.cuda.synchronize()
+    assert y.shape == (1, cfg.out_features)
+
+
+def test_tiled_layout_builds_alike_on_gpu_and_cpu():
+    cfg, _, t = make_hist(TILED_LAYERS[1], torch.float16)
+    on_gpu = tiled_layout.build(cfg, t.indices, 1024)
+    on_cpu = tiled_layout.build(cfg, t.indices.cpu(), 1024)
+    assert torch.equal(on_gpu.entries.cpu(), on_cpu.entries)
+    assert torch.equal(on_gpu.tile_start.cpu(), on_cpu.tile_start)
+
+
+def test_vquantlinear_sorted_gemv_takes_the_tiled_kernel_for_wide_codebooks():
+    """A codebook wider than a row on a layer large enough (tiled_layout.pays):
+    use_sorted_gemv turns on the tiled kernel (equal to calling it directly); several tokens
+    keep the other kernels; a small layer keeps them too."""
+    _, layer, _ = make_hist((4096, 8448, 8, 16384, 0, (0, 0, 0), True), torch.float16, seed=5)
+    mod = VQuantLinear.from_quantized(layer, torch.float16).to(DEV)
+    cfg = mod.config
+    x = torch.randn(1, 1, cfg.in_features, device=DEV).half()
+    base = mod(x)
+    assert mod.use_sorted_gemv()
+    lay = tiled_layout.build(cfg, mod.indices, tiled_layout.device_tile_codes(cfg, DEV))
+    y = mod(x)
+    assert torch.equal(y[0], cuda_ext.gemv_tiled(x[0], cfg, mod.packed(), lay, mod.bias))
+    assert ((y.double() - base.double()).norm() / base.double().norm()).item() < 1e-3
+    x3 = torch.randn(3, cfg.in_features, device=DEV).half()
+    assert torch.equal(mod(x3), cuda_ext.gemv(x3, cfg, mod.packed(), mod.bias))
+    _, small, _ = make_hist(TILED_LAYERS[0], torch.float16)
+    assert not VQuantLinear.from_quantized(small).use_sorted_gemv()
 
 
 def misaligned(t: torch.Tensor) -> torch.Tensor:

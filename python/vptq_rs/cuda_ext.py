@@ -10,8 +10,8 @@ is installed without them; ``$VPTQ_RS_NO_CUDA_EXT=1`` disables the extension.
 
 :func:`load` never raises: without CUDA or a toolchain it logs the reason once and returns
 None, and callers (``vptq_rs.ops``) use the native PyTorch path. When it succeeds it returns
-this module, whose :func:`dequant`, :func:`gemv`, :func:`gemv_sorted`, :func:`gemm` and
-:func:`kmeans` take the packed tensors of one layer as FORMAT.md stores them.
+this module, whose :func:`dequant`, :func:`gemv`, :func:`gemv_sorted`, :func:`gemv_tiled`,
+:func:`gemm` and :func:`kmeans` take the packed tensors of one layer as FORMAT.md stores them.
 
 The ops (all CUDA-only, with fake implementations so ``torch.compile`` and CUDA graphs can
 trace them):
@@ -27,6 +27,9 @@ trace them):
 - ``gemv_sorted(x [1, cols], entries, chunk_base, chunk_groups, indices, ..., bias?, ...)
   -> [1, rows]``: one token from the code-sorted layout of :mod:`vptq_rs.sorted_layout`
   (see ``gemv_sorted.cuh``); :func:`gemv_sorted` wraps it.
+- ``gemv_tiled(x [1, cols], entries, tile_start, tile_codes, indices, ..., bias?, ...)
+  -> [1, rows]``: one token from the code-tiled layout of :mod:`vptq_rs.tiled_layout`, for
+  codebooks too large for shared memory (see ``gemv_tiled.cuh``); :func:`gemv_tiled` wraps it.
 - ``kmeans_assign(x, centroids, mode, design=0) -> (labels int32 [n], sq_dist float32 [n])``;
   mode 0 fp32 CUDA cores, 1 tensor cores (3xTF32: hi/lo split, about fp32 accuracy), 2 one
   TF32 product, 3 one fp16 product (power-of-two scaled operands, tiled design only);
@@ -66,6 +69,8 @@ SOURCES = (
     "gemv_hist_bf16.cu",
     "gemv_sorted_f16.cu",
     "gemv_sorted_bf16.cu",
+    "gemv_tiled_f16.cu",
+    "gemv_tiled_bf16.cu",
     "kmeans.cu",
 )
 HEADERS = (
@@ -74,6 +79,7 @@ HEADERS = (
     "gemv.cuh",
     "gemv_hist.cuh",
     "gemv_sorted.cuh",
+    "gemv_tiled.cuh",
     "gemv_launch.cuh",
     "kmeans_common.cuh",
     "kmeans_merged.cuh",
@@ -266,6 +272,32 @@ def _register_fakes() -> None:
         entries,
         chunk_base,
         chunk_groups,
+        indices,
+        centroids,
+        res_centroids,
+        outlier_indices,
+        outlier_centroids,
+        perm,
+        weight_scale,
+        weight_bias,
+        bias,
+        rows,
+        cols,
+        vector_len,
+        index_bits,
+        res_bits,
+        group_num,
+        outlier_size,
+        outlier_vector_len,
+    ):
+        return x.new_empty((1, rows))
+
+    @torch.library.register_fake(lib + "gemv_tiled")
+    def _gemv_tiled_fake(
+        x,
+        entries,
+        tile_start,
+        tile_codes,
         indices,
         centroids,
         res_centroids,
@@ -481,6 +513,43 @@ def gemv_sorted(
         layout.entries,
         layout.chunk_base,
         layout.chunk_groups,
+        *tensors,
+        b,
+        *ints,
+    )
+    return y.reshape(*x.shape[:-1], cfg.out_features)
+
+
+def gemv_tiled(
+    x: torch.Tensor, cfg: Any, t: Any, layout: Any, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ Wᵀ + bias`` for one token from the code-tiled layout
+    (:mod:`vptq_rs.tiled_layout`, built from ``t.indices`` by ``tiled_layout.build``).
+
+    x: ``[..., I]`` holding one token, in the codebooks' fp16/bf16 dtype; returns ``[..., O]``.
+    Raises where the layout does not cover the layer (``tiled_layout.problem``) or the
+    kernel's shared memory does not fit.
+    """
+    from vptq_rs import tiled_layout
+
+    why = tiled_layout.problem(cfg)
+    if why is not None:
+        raise InvalidValueError(f"the tiled GEMV does not cover this layer: {why}")
+    if x.numel() != x.shape[-1]:
+        raise InvalidValueError(f"gemv_tiled takes one token, got x of shape {list(x.shape)}")
+    if x.dtype != t.centroids.dtype:
+        raise InvalidValueError(
+            f"x must have the codebooks' dtype {t.centroids.dtype}, got {x.dtype}"
+        )
+    tensors, ints = _layer_args(cfg, t)
+    if x.device != t.indices.device:
+        raise InvalidValueError(f"x must be on {t.indices.device}, got {x.device}")
+    b = bias.to(x.dtype).contiguous() if bias is not None else None
+    y = torch.ops.vptq_rs.gemv_tiled(
+        x.reshape(1, -1).contiguous(),
+        layout.entries,
+        layout.tile_start,
+        layout.tile_codes,
         *tensors,
         b,
         *ints,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import vptq_rs
-from vptq_rs import cuda_ext, ops, sorted_layout
+from vptq_rs import cuda_ext, ops, sorted_layout, tiled_layout
 from vptq_rs.errors import InvalidValueError
 from vptq_rs.layout import LayerConfig, QuantizedLayer
 
@@ -216,15 +216,19 @@ class VQuantLinear(nn.Module):
     # -- sorted GEMV ------------------------------------------------------------------------
 
     def use_sorted_gemv(self, enable: bool = True) -> bool:
-        """Run one-token CUDA forwards through the sorted GEMV (:mod:`vptq_rs.sorted_layout`).
+        """Run one-token CUDA forwards through a GEMV over a code-sorted copy of the indices:
+        the sorted kernel (:mod:`vptq_rs.sorted_layout`) where the codebook is at most as
+        wide as a row, the tiled kernel (:mod:`vptq_rs.tiled_layout`) where it is wider
+        (e.g. 65,536 rows).
 
-        The code-sorted copy of the indices is built on first use on the layer's device and
-        kept beside the packed words (never saved): 1.35x their bytes at 12-bit codes on rows
-        of 8192+ columns, 1.9x on 4096.
-        Returns whether it is on: only where it pays (``sorted_layout.pays``: the layout
-        covers the layer and there is no residual codebook); elsewhere forwards keep the
-        other kernels."""
-        self._sorted_gemv = bool(enable) and sorted_layout.pays(self.config)
+        The copy is built on first use on the layer's device and kept beside the packed
+        words (never saved): 1.35x their bytes at 12-bit codes on rows of 8192+ columns
+        (sorted), 2x at 16-bit codes (tiled). Returns whether it is on: only where one of
+        them pays (``sorted_layout.pays``: no residual codebook; ``tiled_layout.pays``);
+        elsewhere forwards keep the other kernels."""
+        cfg = self.config
+        pays = sorted_layout.pays(cfg) or tiled_layout.pays(cfg)
+        self._sorted_gemv = bool(enable) and pays
         self._fused = None
         return self._sorted_gemv
 
@@ -292,7 +296,11 @@ class VQuantLinear(nn.Module):
             return None
         x2 = x.reshape(-1, self.in_features).contiguous()
         s = fused.sorted
-        if s is not None and x2.shape[0] == 1:
+        if isinstance(s, tiled_layout.TiledLayout) and x2.shape[0] == 1:
+            y = torch.ops.vptq_rs.gemv_tiled(
+                x2, s.entries, s.tile_start, s.tile_codes, *fused.tensors, cur[8], *fused.ints
+            )
+        elif s is not None and x2.shape[0] == 1:
             y = torch.ops.vptq_rs.gemv_sorted(
                 x2, s.entries, s.chunk_base, s.chunk_groups, *fused.tensors, cur[8], *fused.ints
             )
@@ -322,7 +330,8 @@ class _FusedArgs:
     ints: tuple[int, ...] = ()
     dtype: torch.dtype | None = None
     device: torch.device | None = None
-    sorted: sorted_layout.SortedLayout | None = None  # the sorted GEMV's layout, when on
+    # the sorted GEMV's layout, when on
+    sorted: sorted_layout.SortedLayout | tiled_layout.TiledLayout | None = None
 
     @classmethod
     def build(cls, layer: VQuantLinear, cur: tuple[torch.Tensor | None, ...]) -> _FusedArgs:
@@ -344,16 +353,30 @@ class _FusedArgs:
         ops._log_path("cuda", idx.device)
         layout = None
         if layer.sorted_gemv:
-            layout = sorted_layout.build(cfg, idx)
-            if not sorted_layout.fits(cfg, layout, idx.device):
-                logger.warning(
-                    "%s: the sorted GEMV's shared memory does not fit on %s; "
-                    "using the other kernels",
-                    layer.extra_repr(),
-                    idx.device,
-                )
-                layout = None
+            layout = _sorted_layout(layer, idx)
         return cls(cfg, cur, tuple(tensors), tuple(ints), cb.dtype, idx.device, layout)
+
+
+def _sorted_layout(
+    layer: VQuantLinear, idx: torch.Tensor
+) -> sorted_layout.SortedLayout | tiled_layout.TiledLayout | None:
+    """The layer's sorted or tiled layout on ``idx``'s device, or None (with a warning)
+    where its kernel's shared memory does not fit that GPU."""
+    cfg = layer.config
+    if sorted_layout.pays(cfg):
+        layout = sorted_layout.build(cfg, idx)
+        if sorted_layout.fits(cfg, layout, idx.device):
+            return layout
+    else:
+        tile_codes = tiled_layout.device_tile_codes(cfg, idx.device)
+        if tile_codes is not None:
+            return tiled_layout.build(cfg, idx, tile_codes)
+    logger.warning(
+        "%s: the sorted GEMV's shared memory does not fit on %s; using the other kernels",
+        layer.extra_repr(),
+        idx.device,
+    )
+    return None
 
 
 def use_sorted_gemv(model: nn.Module, enable: bool = True) -> tuple[int, int]:

@@ -12,6 +12,7 @@
 #include "gemv.cuh"
 #include "gemv_hist.cuh"
 #include "gemv_sorted.cuh"
+#include "gemv_tiled.cuh"
 
 namespace vptq {
 namespace gemv {
@@ -433,6 +434,63 @@ cudaError_t run_sorted(const SortedParams& sp, cudaStream_t st) {
   }
 }
 
+// ---- tiled kernel (gemv_tiled.cuh) ----
+
+// Vector rows of the busiest block of the sorted and tiled kernels.
+inline int rows_per_block(const LayerArgs& a) {
+  const int grid = sorted_grid(a);
+  return (a.num_vectors + grid - 1) / grid;
+}
+
+// Whether the tiled kernel takes this layer: one group, group_size <= 65534, at most
+// kTiledItemsPerWarp rows a warp, and xs, two tiles and the partial sums in shared memory.
+inline bool tiled_applies(const LayerArgs& a, const TiledLayout& t) {
+  if (a.groups != 1 || a.group_size > kTiledMaxGroupSize) return false;
+  const int rpb = rows_per_block(a);
+  if (rpb > kTiledItemsPerWarp * tiled_warps(a.v)) return false;
+  return tiled_smem_bytes(a, t.tile_codes, rpb) <= device_info().smem_block_optin - 1024;
+}
+
+template <typename T, int V>
+cudaError_t launch_tiled(const TiledParams& tp, cudaStream_t st) {
+  const DeviceInfo dev = device_info();
+  const LayerArgs& a = tp.p.a;
+  const int64_t bytes = tiled_smem_bytes(a, tp.t.tile_codes, rows_per_block(a));
+  if (bytes > dev.smem_block_optin - 1024) return cudaErrorInvalidConfiguration;
+  constexpr auto kern = tiled_kernel<T, V>;
+  int bps = 0;
+  const cudaError_t e = Launcher<kern>::prepare(dev.id, tiled_threads<V>(), bytes, &bps);
+  if (e != cudaSuccess) return e;
+  kern<<<sorted_grid(a), tiled_threads<V>(), bytes, st>>>(tp);
+  return cudaGetLastError();
+}
+
+// Every vector length for one dtype (explicitly instantiated in gemv_tiled_{f16,bf16}.cu).
+template <typename T>
+cudaError_t run_tiled(const TiledParams& tp, cudaStream_t st) {
+  switch (tp.p.a.v) {
+    case 1: return launch_tiled<T, 1>(tp, st);
+    case 2: return launch_tiled<T, 2>(tp, st);
+    case 3: return launch_tiled<T, 3>(tp, st);
+    case 4: return launch_tiled<T, 4>(tp, st);
+    case 5: return launch_tiled<T, 5>(tp, st);
+    case 6: return launch_tiled<T, 6>(tp, st);
+    case 7: return launch_tiled<T, 7>(tp, st);
+    case 8: return launch_tiled<T, 8>(tp, st);
+    case 9: return launch_tiled<T, 9>(tp, st);
+    case 10: return launch_tiled<T, 10>(tp, st);
+    case 11: return launch_tiled<T, 11>(tp, st);
+    case 12: return launch_tiled<T, 12>(tp, st);
+    case 13: return launch_tiled<T, 13>(tp, st);
+    case 14: return launch_tiled<T, 14>(tp, st);
+    case 15: return launch_tiled<T, 15>(tp, st);
+    case 16: return launch_tiled<T, 16>(tp, st);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+extern template cudaError_t run_tiled<__half>(const TiledParams&, cudaStream_t);
+extern template cudaError_t run_tiled<__nv_bfloat16>(const TiledParams&, cudaStream_t);
 extern template cudaError_t run_sorted<__half>(const SortedParams&, cudaStream_t);
 extern template cudaError_t run_sorted<__nv_bfloat16>(const SortedParams&, cudaStream_t);
 extern template cudaError_t run_hist<__half>(const Params&, cudaStream_t);
@@ -480,6 +538,24 @@ cudaError_t launch_sorted_typed(const LayerArgs& a, const SortedLayout& sl, cons
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   return run_sorted<T>(sp, s);
+}
+
+// Prologue, then the tiled kernel (one token).
+template <typename T>
+cudaError_t launch_tiled_typed(const LayerArgs& a, const TiledLayout& tl, const void* x,
+                               const void* perm, int perm_bytes, const void* bias, void* y,
+                               float* workspace, cudaStream_t s) {
+  if (a.v < 1 || a.v > 16) return cudaErrorInvalidValue;
+  if (perm != nullptr && perm_bytes != 2 && perm_bytes != 4) return cudaErrorInvalidValue;
+  if (!tiled_applies(a, tl)) return cudaErrorInvalidValue;
+  TiledParams tp;
+  tp.p = make_params(a, 1, bias, y, workspace, perm_bytes);
+  tp.t = tl;
+  tp.splits = tiled_splits(rows_per_block(a), a.v);
+  prologue_kernel<T><<<dim3(tp.p.nchunks, 1), 256, 0, s>>>(tp.p, static_cast<const T*>(x), perm);
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  return run_tiled<T>(tp, s);
 }
 
 // Prologue, then the main kernel with the codebooks in shared memory (mode 1, or mode 0

@@ -67,6 +67,39 @@ __device__ __forceinline__ uint4 load_stream(const uint4* ptr) {
   return r;
 }
 
+// y for a block's rows [r0, r0 + nrows) from their partial sums s_part [nrows][per_row][V]
+// (added in a fixed order), plus outlier columns, weight bias and bias. Shared by the sorted
+// and tiled kernels.
+template <typename T, int V>
+__device__ __forceinline__ void sorted_epilogue(const Params& p, const float* s_part, int r0,
+                                                int nrows, int per_row) {
+  const LayerArgs& a = p.a;
+  const int nout = nrows * V;
+  for (int i = threadIdx.x; i < nout; i += blockDim.x) {
+    const int rl = i / V;
+    const int l = i - rl * V;
+    const int row = r0 * V + i;
+    if (row >= a.rows) continue;
+    float sum = 0.f;
+    const float* part = s_part + int64_t{rl} * per_row * V + l;
+    for (int k = 0; k < per_row; ++k) sum += part[k * V];
+    // outlier columns, few: their own codebook and vector length
+    if (a.outlier_size > 0) {
+      const T* ocb = static_cast<const T*>(a.outlier_centroids);
+      const int16_t* oi_row = a.outlier_indices + int64_t{row / a.outlier_v} * a.outlier_size;
+      for (int c = 0; c < a.outlier_size; ++c) {
+        const int oi = static_cast<uint16_t>(oi_row[c]);
+        sum = fmaf(to_f(ocb[int64_t{oi} * a.outlier_v + row % a.outlier_v]), p.xs[c], sum);
+      }
+    }
+    if (a.weight_bias) {
+      for (int k = 0; k < p.nchunks; ++k) sum += p.xbias[k];
+    }
+    if (p.bias) sum += to_f(static_cast<const T*>(p.bias)[row]);
+    static_cast<T*>(p.y)[row] = from_f<T>(sum);
+  }
+}
+
 template <typename T, int V>
 __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedParams sp) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -162,31 +195,7 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
     }
   }
   __syncthreads();
-  const int nout = nrows * V;
-  const int per_row = s.lists * s.chunks;
-  for (int i = threadIdx.x; i < nout; i += blockDim.x) {
-    const int rl = i / V;
-    const int l = i - rl * V;
-    const int row = r0 * V + i;
-    if (row >= a.rows) continue;
-    float sum = 0.f;
-    const float* part = s_part + int64_t{rl} * per_row * V + l;
-    for (int k = 0; k < per_row; ++k) sum += part[k * V];
-    // outlier columns, few: their own codebook and vector length
-    if (a.outlier_size > 0) {
-      const T* ocb = static_cast<const T*>(a.outlier_centroids);
-      const int16_t* oi_row = a.outlier_indices + int64_t{row / a.outlier_v} * a.outlier_size;
-      for (int c = 0; c < a.outlier_size; ++c) {
-        const int oi = static_cast<uint16_t>(oi_row[c]);
-        sum = fmaf(to_f(ocb[int64_t{oi} * a.outlier_v + row % a.outlier_v]), p.xs[c], sum);
-      }
-    }
-    if (a.weight_bias) {
-      for (int k = 0; k < p.nchunks; ++k) sum += p.xbias[k];
-    }
-    if (p.bias) sum += to_f(static_cast<const T*>(p.bias)[row]);
-    static_cast<T*>(p.y)[row] = from_f<T>(sum);
-  }
+  sorted_epilogue<T, V>(p, s_part, r0, nrows, s.lists * s.chunks);
 }
 
 }  // namespace gemv

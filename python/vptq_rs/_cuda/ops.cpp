@@ -357,6 +357,68 @@ Tensor gemv_sorted(const Tensor& x, const Tensor& entries, const Tensor& chunk_b
   return y;
 }
 
+Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_start,
+                  int64_t tile_codes, const Tensor& indices, const Tensor& centroids,
+                  const OptTensor& res_centroids, const OptTensor& outlier_indices,
+                  const OptTensor& outlier_centroids, const OptTensor& perm,
+                  const OptTensor& weight_scale, const OptTensor& weight_bias,
+                  const OptTensor& bias, int64_t rows, int64_t cols, int64_t vector_len,
+                  int64_t index_bits, int64_t res_bits, int64_t group_num,
+                  int64_t outlier_size, int64_t outlier_vector_len) {
+  const c10::cuda::CUDAGuard guard(indices.device());
+  Layer L = make_layer(indices, centroids, res_centroids, outlier_indices, outlier_centroids,
+                       weight_scale, weight_bias, rows, cols, vector_len, index_bits, res_bits,
+                       group_num, outlier_size, outlier_vector_len);
+  check_activations(L, x, indices, centroids, "gemv_tiled");
+  VPTQ_CHECK(x.dim() == 2 && x.size(0) == 1 && x.size(1) == cols,
+             "x must have shape [1, ", cols, "] (gemv_tiled takes one token), got ", x.sizes());
+  VPTQ_CHECK(group_num == 1, "gemv_tiled needs group_num 1, got ", group_num);
+  VPTQ_CHECK(tile_codes >= 8 && tile_codes <= 65536 && (tile_codes & (tile_codes - 1)) == 0,
+             "tile_codes must be a power of two in [8, 65536], got ", tile_codes);
+  const int64_t lists = res_bits > 0 ? 2 : 1;
+  const int64_t widest = int64_t{1} << std::max(index_bits, res_bits);
+  const int64_t tiles = (widest + tile_codes - 1) / tile_codes;
+  const int64_t gs = L.a.group_size;
+  check_on(entries, indices, "entries");
+  VPTQ_CHECK(entries.scalar_type() == at::kInt && entries.dim() == 3 &&
+                 entries.size(0) == L.a.num_vectors && entries.size(1) == lists &&
+                 entries.size(2) == gs,
+             "entries must be int32 [", L.a.num_vectors, ", ", lists, ", ", gs, "], got ",
+             entries.scalar_type(), " ", entries.sizes());
+  check_on(tile_start, indices, "tile_start");
+  VPTQ_CHECK(tile_start.scalar_type() == at::kInt && tile_start.dim() == 3 &&
+                 tile_start.size(0) == L.a.num_vectors && tile_start.size(1) == lists &&
+                 tile_start.size(2) == tiles + 1,
+             "tile_start must be int32 [", L.a.num_vectors, ", ", lists, ", ", tiles + 1,
+             "], got ", tile_start.scalar_type(), " ", tile_start.sizes());
+  Tensor ent = entries.contiguous();
+  Tensor starts = tile_start.contiguous();
+  L.keep.push_back(ent);
+  L.keep.push_back(starts);
+  vptq::TiledLayout tl;
+  tl.entries = ent.data_ptr<int32_t>();
+  tl.tile_start = starts.data_ptr<int32_t>();
+  tl.lists = static_cast<int>(lists);
+  tl.tiles = static_cast<int>(tiles);
+  tl.tile_codes = static_cast<int>(tile_codes);
+  VPTQ_CHECK(vptq::gemv_tiled_applies(L.a, tl),
+             "gemv_tiled: this layer does not fit the kernel (group_size <= 65534, at most "
+             "two vector rows a warp, and xs plus two tiles of ", tile_codes,
+             " codebook rows in shared memory)");
+  prepare_gemv_inputs(L, x, weight_scale, weight_bias, bias, rows);
+  Tensor p = kernel_perm(perm, indices, cols);
+  Tensor ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols), 1)},
+                        x.options().dtype(at::kFloat));
+  Tensor y = at::empty({1, rows}, x.options());
+  check_cuda(vptq::launch_gemv_tiled(L.a, tl, x.data_ptr(), p.defined() ? p.data_ptr() : nullptr,
+                                     p.defined() ? static_cast<int>(p.element_size()) : 4,
+                                     bias.has_value() ? bias->data_ptr() : nullptr,
+                                     y.data_ptr(), ws.data_ptr<float>(),
+                                     at::cuda::getCurrentCUDAStream().stream()),
+             "vptq_rs::gemv_tiled");
+  return y;
+}
+
 void check_points(const Tensor& x) {
   VPTQ_CHECK(x.is_cuda(), "x must be on CUDA");
   VPTQ_CHECK(x.scalar_type() == at::kFloat, "x must be float32, got ", x.scalar_type());
@@ -469,6 +531,12 @@ TORCH_LIBRARY(vptq_rs, m) {
       "Tensor? outlier_centroids, Tensor? perm, Tensor? weight_scale, Tensor? weight_bias, "
       "Tensor? bias, int rows, int cols, int vector_len, int index_bits, int res_bits, "
       "int group_num, int outlier_size, int outlier_vector_len) -> Tensor");
+  m.def(
+      "gemv_tiled(Tensor x, Tensor entries, Tensor tile_start, int tile_codes, "
+      "Tensor indices, Tensor centroids, Tensor? res_centroids, Tensor? outlier_indices, "
+      "Tensor? outlier_centroids, Tensor? perm, Tensor? weight_scale, Tensor? weight_bias, "
+      "Tensor? bias, int rows, int cols, int vector_len, int index_bits, int res_bits, "
+      "int group_num, int outlier_size, int outlier_vector_len) -> Tensor");
   m.def("kmeans_assign(Tensor x, Tensor centroids, int mode, int design=0) -> (Tensor, Tensor)");
   m.def("kmeans_update(Tensor x, Tensor? weights, Tensor labels, int k) -> (Tensor, Tensor)");
   m.def("kmeans_seed(Tensor x, Tensor? weights, int k, int seed) -> Tensor");
@@ -478,6 +546,7 @@ TORCH_LIBRARY_IMPL(vptq_rs, CUDA, m) {
   m.impl("dequant", &dequant);
   m.impl("gemv", &gemv);
   m.impl("gemv_sorted", &gemv_sorted);
+  m.impl("gemv_tiled", &gemv_tiled);
   m.impl("kmeans_assign", &kmeans_assign);
   m.impl("kmeans_update", &kmeans_update);
   m.impl("kmeans_seed", &kmeans_seed);

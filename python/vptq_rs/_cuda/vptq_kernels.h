@@ -56,6 +56,22 @@ struct SortedLayout {
   int lists = 1, groups = 0, chunks = 0, chunk_groups = 0;
 };
 
+// Code-tiled layout of python/vptq_rs/tiled_layout.py (codebooks larger than shared memory).
+struct TiledLayout {
+  const int32_t* entries = nullptr;     // [R, lists, group_size] code << 16 | column
+  const int32_t* tile_start = nullptr;  // [R, lists, tiles + 1] first entry of each tile
+  int lists = 1, tiles = 0, tile_codes = 0;
+};
+
+// Whether the tiled GEMV takes this layer: group_num 1, fp16/bf16, group_size <= 65534, at
+// most 2 * warps vector rows a block, and xs, two codebook tiles and the partial sums fit in
+// shared memory.
+bool gemv_tiled_applies(const LayerArgs& a, const TiledLayout& t);
+// y[0, r] for one token from the tiled layout (everything else as launch_gemv).
+cudaError_t launch_gemv_tiled(const LayerArgs& a, const TiledLayout& t, const void* x,
+                              const void* perm, int perm_bytes, const void* bias, void* y,
+                              float* workspace, cudaStream_t stream);
+
 // Whether the sorted GEMV takes this layer: group_num 1, fp16/bf16, group_size <= 32767, and
 // xs plus one codebook plus the partial sums fit in shared memory.
 bool gemv_sorted_applies(const LayerArgs& a, const SortedLayout& s);

@@ -27,9 +27,10 @@ cache_option = click.option(
 sorted_option = click.option(
     "--sorted-gemv",
     is_flag=True,
-    help="Decode (one token per step, CUDA only) through the sorted GEMV on the layers where "
-    "it pays: one group, one codebook, rows at least as wide as it. Keeps a code-sorted copy "
-    "of their indices: 1.35-1.9x the packed bytes at 12-bit codes.",
+    help="Decode (one token per step, CUDA only) through a GEMV over a code-sorted copy of the "
+    "indices, on the layers where it pays: the sorted kernel (one group, one codebook, rows "
+    "at least as wide as it; 1.35-1.9x the packed bytes at 12-bit codes) or, for codebooks "
+    "wider than a row on large layers, the tiled kernel (2x the packed bytes at 16-bit codes).",
 )
 
 

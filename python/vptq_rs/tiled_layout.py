@@ -1,0 +1,221 @@
+"""Code-tiled index layout for the one-token GEMV with a codebook too large for shared
+memory (``_cuda/gemv_tiled.cuh``), e.g. v8/k65536: 1 MB of fp16 rows.
+
+The gather kernel reads such a codebook from L2, one 32-byte sector a weight vector at a
+random address; the sorted layout (:mod:`vptq_rs.sorted_layout`) does not apply because its
+dummy entries for unused codes would outnumber the columns. Here each vector row (and each
+codebook: main, then residual) lists its columns grouped by codebook tile, one 32-bit entry
+each: ``code << 16 | column``. The kernel stages the codebook through shared memory a tile
+of ``tile_codes`` rows at a time, and ``tile_start`` says where each tile's entries begin in
+every list, so the warps sum exactly the entries the staged tile serves. Within a tile the
+entries keep column order: codes in ascending order would sit a near-constant stride apart
+(about tile_codes / entries a tile), which puts a warp's codebook rows in the same
+shared-memory banks; in column order they are as good as random.
+
+Storage:
+
+- ``entries`` int32 ``[R, lists, group_size]`` (bits of uint32); ``column < group_size <=
+  65534``.
+- ``tile_start`` int32 ``[R, lists, tiles + 1]``: entries ``tile_start[t] ..
+  tile_start[t+1] - 1`` have codes in ``[t * tile_codes, (t+1) * tile_codes)``, columns
+  ascending;
+  ``tiles = ceil(max(K, K_res) / tile_codes)``.
+
+Entries take 4 bytes where the packed words take ``(index_bits + res_bits) / 8``: twice the
+bytes at 16-bit codes, which is cheap here since the gather, not the index stream, bounds
+these layers. The layout is derived from the packed indices at load time (:func:`build`)
+and never saved.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+
+from vptq_rs import ops
+from vptq_rs.errors import InvalidValueError
+
+MAX_GROUP_SIZE = 0xFFFE  # 16-bit columns; group_size itself is the zero slot
+ITEMS_PER_WARP = 2  # accumulator sets a thread keeps (kTiledItemsPerWarp in gemv_tiled.cuh)
+MIN_TILE_CODES = 8  # tile starts stay 16-byte aligned
+
+
+class TiledLayout(NamedTuple):
+    """One layer's code-tiled entries (module docstring).
+
+    entries:    int32 ``[R, lists, group_size]``
+    tile_start: int32 ``[R, lists, tiles + 1]``
+    tile_codes: codebook rows a tile (a power of two)
+    """
+
+    entries: torch.Tensor
+    tile_start: torch.Tensor
+    tile_codes: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.entries, self.tile_start))
+
+
+def problem(cfg: Any) -> str | None:
+    """Why the tiled layout does not cover this layer (None when it does)."""
+    if cfg.vector_quant_dim != "out":
+        return "vectors run along the input dimension"
+    if cfg.group_num != 1:
+        return f"group_num is {cfg.group_num}, not 1"
+    if cfg.group_size > MAX_GROUP_SIZE:
+        return f"group_size {cfg.group_size} exceeds {MAX_GROUP_SIZE}"
+    return None
+
+
+def applies(cfg: Any) -> bool:
+    """Whether :func:`build` takes this layer (see :func:`problem`)."""
+    return problem(cfg) is None
+
+
+# Each block streams the whole codebook through shared memory, so the kernel pays only where
+# a block's entries outnumber the codebook's rows enough: at least PAYS_ENTRIES_PER_ROW
+# entries per codebook row and SM of a PAYS_SMS-SM H100 (run 14, gpu-gemv.json: v8/k65536
+# beat the L2 gather kernel on 28672x8192 and 8192x28672, 29.4M entries, and lost on the
+# 4096-wide shapes, 7.3M).
+PAYS_ENTRIES_PER_ROW = 2
+PAYS_SMS = 132
+
+
+def pays(cfg: Any) -> bool:
+    """Whether the tiled GEMV is the one to use: it applies, the codebook is wider than a
+    row (where the sorted layout does not apply and the gather kernel reads the codebook
+    through L2), and the layer has entries enough to pay for streaming the codebook through
+    every SM (``PAYS_ENTRIES_PER_ROW``)."""
+    widest = max(cfg.num_centroids, cfg.num_res_centroids)
+    entries = cfg.num_vectors * cfg.group_size
+    return (
+        applies(cfg)
+        and widest > cfg.group_size
+        and entries >= PAYS_ENTRIES_PER_ROW * widest * PAYS_SMS
+    )
+
+
+def threads(cfg: Any) -> int:
+    """Threads of a tiled kernel block (``tiled_threads`` in gemv_tiled.cuh)."""
+    return 1024 if cfg.vector_len <= 8 else 512
+
+
+def _round16(b: int) -> int:
+    return -(-b // 16) * 16
+
+
+def rows_per_block(cfg: Any, sms: int) -> int:
+    """Vector rows of the busiest block on a GPU with ``sms`` SMs (one block an SM)."""
+    r = cfg.num_vectors
+    return -(-r // max(1, min(r, sms)))
+
+
+def smem_bytes(cfg: Any, tile_codes: int, sms: int) -> int:
+    """Shared memory the tiled kernel asks for: xs plus a zero slot (fp32), two codebook
+    tiles (16-bit), and a partial sum per (row, split, element) of a block's rows (mirrors
+    ``tiled_smem_bytes`` in gemv_tiled.cuh)."""
+    rpb = rows_per_block(cfg, sms)
+    splits = max(1, ITEMS_PER_WARP * (threads(cfg) // 32) // rpb)
+    return (
+        _round16((cfg.group_size + 1) * 4)
+        + 2 * _round16(tile_codes * cfg.vector_len * 2)
+        + rpb * splits * cfg.vector_len * 4
+    )
+
+
+def tile_codes_for(cfg: Any, smem_limit: int, sms: int) -> int | None:
+    """The largest power-of-two tile (at most the widest codebook) whose shared memory fits
+    ``smem_limit`` bytes on ``sms`` SMs; None when none does or the block has more rows
+    than its warps take (``ITEMS_PER_WARP`` each)."""
+    if rows_per_block(cfg, sms) > ITEMS_PER_WARP * threads(cfg) // 32:
+        return None
+    tc = max(cfg.num_centroids, cfg.num_res_centroids)
+    while tc >= MIN_TILE_CODES:
+        if smem_bytes(cfg, tc, sms) <= smem_limit:
+            return tc
+        tc //= 2
+    return None
+
+
+def device_tile_codes(cfg: Any, device: torch.device) -> int | None:
+    """:func:`tile_codes_for` on a CUDA device (1 KB of its per-block limit left spare, as
+    the kernel's own check does)."""
+    props = torch.cuda.get_device_properties(device)
+    return tile_codes_for(
+        cfg, props.shared_memory_per_block_optin - 1024, props.multi_processor_count
+    )
+
+
+# entries sorted at once while building: bounds the int64 temporaries to a few hundred MB
+BUILD_BLOCK_ENTRIES = 1 << 22
+
+
+def build(cfg: Any, indices: torch.Tensor, tile_codes: int) -> TiledLayout:
+    """The tiled layout of a packed layer, on the indices' device.
+
+    cfg: :class:`vptq_rs.layout.LayerConfig`; indices: int32 packed words ``[1, R, words]``;
+    tile_codes: a power of two >= 8 (:func:`device_tile_codes` picks the kernel's).
+    """
+    why = problem(cfg)
+    if why is not None:
+        raise InvalidValueError(f"the tiled GEMV layout does not cover this layer: {why}")
+    if tile_codes < MIN_TILE_CODES or tile_codes & (tile_codes - 1):
+        raise InvalidValueError(
+            f"tile_codes must be a power of two >= {MIN_TILE_CODES}, got {tile_codes}"
+        )
+    gs = cfg.group_size
+    nlists = 2 if cfg.res_bits else 1
+    rows = cfg.num_vectors
+    words = -(-gs * (cfg.index_bits + cfg.res_bits) // 32)
+    if indices.dtype != torch.int32 or tuple(indices.shape) != (1, rows, words):
+        raise InvalidValueError(
+            f"indices must be int32 [1, {rows}, {words}], got {indices.dtype} {list(indices.shape)}"
+        )
+    dev = indices.device
+    tiles = math.ceil(max(cfg.num_centroids, cfg.num_res_centroids) / tile_codes)
+    bounds = torch.arange(tiles + 1, device=dev, dtype=torch.int64)  # tile numbers
+    entries = torch.empty(rows, nlists, gs, dtype=torch.int32, device=dev)
+    tile_start = torch.empty(rows, nlists, tiles + 1, dtype=torch.int32, device=dev)
+    step = max(1, BUILD_BLOCK_ENTRIES // gs)
+    for r0 in range(0, rows, step):
+        main, res = ops.unpack_codes(indices[:, r0 : r0 + step], cfg.index_bits, gs, cfg.res_bits)
+        for b, codes in enumerate((main, res)[:nlists]):
+            c = codes[0].to(torch.int64)
+            # stable: within a tile, columns stay in order
+            tile, order = torch.sort(c // tile_codes, dim=1, stable=True)
+            e = (torch.gather(c, 1, order) << 16) | order
+            # uint32 bits in an int32 tensor
+            entries[r0 : r0 + step, b] = torch.where(e >= 1 << 31, e - (1 << 32), e).to(torch.int32)
+            start = torch.searchsorted(tile, bounds.expand(tile.shape[0], -1).contiguous())
+            tile_start[r0 : r0 + step, b] = start.to(torch.int32)
+    return TiledLayout(entries, tile_start, tile_codes)
+
+
+def decode(layout: TiledLayout, group_size: int) -> torch.Tensor:
+    """The codes a layout encodes, int64 ``[lists, R, group_size]`` (the reference for
+    :func:`build`). Raises if a column is missing or appears twice, if entries are not in
+    (tile, column) order, or if a tile's start disagrees with the codes."""
+    e = layout.entries.to(torch.int64) & 0xFFFFFFFF
+    rows, nlists, n = e.shape
+    if n != group_size:
+        raise InvalidValueError(f"entries hold {n} columns, not group_size {group_size}")
+    code, col = e >> 16, e & 0xFFFF
+    tile = code // layout.tile_codes
+    if not bool((tile * (1 << 16) + col).diff(dim=2).gt(0).all()):
+        raise InvalidValueError("entries must be in (tile, column) order within a list")
+    bounds = torch.arange(layout.tile_start.shape[2], device=e.device)
+    expect = torch.searchsorted(
+        tile.reshape(rows * nlists, n), bounds.expand(rows * nlists, -1).contiguous()
+    )
+    if not torch.equal(expect.view(rows, nlists, -1), layout.tile_start.to(torch.int64)):
+        raise InvalidValueError("tile_start disagrees with the entries")
+    counts = torch.zeros(rows, nlists, group_size + 1, dtype=torch.int64, device=e.device)
+    counts.scatter_add_(2, col.clamp(max=group_size), torch.ones_like(col))
+    if not bool((counts[:, :, :group_size] == 1).all()):
+        raise InvalidValueError("every column must appear exactly once per list")
+    out = torch.zeros(rows, nlists, group_size, dtype=torch.int64, device=e.device)
+    out.scatter_(2, col, code)
+    return out.transpose(0, 1)

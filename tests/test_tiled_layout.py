@@ -1,0 +1,140 @@
+"""The code-tiled index layout of the tiled GEMV (CPU: build, decode, what it covers)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vptq_rs
+from vptq_rs import tiled_layout
+from vptq_rs.errors import InvalidValueError
+from vptq_rs.layout import LayerConfig
+
+
+def packed_layer(i, o, v, k, kr=0, seed=0):
+    cfg = LayerConfig(
+        in_features=i, out_features=o, vector_len=v, num_centroids=k, num_res_centroids=kr
+    )
+    g = torch.Generator().manual_seed(seed)
+    shape = (cfg.num_vectors, cfg.group_size)
+    main = torch.randint(0, k, shape, generator=g)
+    res = torch.randint(0, kr, shape, generator=g) if kr else None
+    words = vptq_rs.pack_indices(
+        main.numpy(), cfg.index_bits, None if res is None else res.numpy(), cfg.res_bits
+    )
+    return cfg, torch.from_numpy(words)[None], main, res
+
+
+@pytest.mark.parametrize(
+    "shape, tile_codes",
+    [
+        ((3000, 64, 8, 65536, 0), 4096),  # 16-bit codes: entries with the sign bit set
+        ((2000, 36, 8, 65536, 256), 8192),  # a residual codebook narrower than one tile
+        ((700, 12, 4, 512, 2), 8),  # 1-bit residual codes, 64 tiles of 8 codes
+    ],
+)
+def test_build_then_decode_gives_the_codes_back(shape, tile_codes):
+    cfg, words, main, res = packed_layer(*shape)
+    lay = tiled_layout.build(cfg, words, tile_codes)
+    codes = tiled_layout.decode(lay, cfg.group_size)
+    assert torch.equal(codes[0], main)
+    if res is not None:
+        assert torch.equal(codes[1], res)
+    lists = 2 if res is not None else 1
+    tiles = -(-max(cfg.num_centroids, cfg.num_res_centroids) // tile_codes)
+    assert lay.entries.shape == (cfg.num_vectors, lists, cfg.group_size)
+    assert lay.tile_start.shape == (cfg.num_vectors, lists, tiles + 1)
+    assert lay.entries.dtype == lay.tile_start.dtype == torch.int32
+    # each list's tiles cover it from the first entry to the last
+    assert bool((lay.tile_start[:, :, 0] == 0).all())
+    assert bool((lay.tile_start[:, :, -1] == cfg.group_size).all())
+
+
+def test_tile_starts_count_the_codes_below_each_tile():
+    cfg, words, main, _ = packed_layer(3000, 16, 8, 65536, seed=1)
+    lay = tiled_layout.build(cfg, words, 4096)
+    for t in range(17):
+        below = (main < t * 4096).sum(dim=1).to(torch.int32)
+        assert torch.equal(lay.tile_start[:, 0, t], below)
+
+
+def test_entries_run_in_column_order_within_each_tile():
+    cfg, words, main, _ = packed_layer(3000, 16, 8, 65536, seed=2)
+    lay = tiled_layout.build(cfg, words, 4096)
+    e = lay.entries[:, 0].to(torch.int64) & 0xFFFFFFFF
+    code, col = e >> 16, e & 0xFFFF
+    assert torch.equal(torch.gather(main, 1, col), code)
+    tile = code // 4096
+    assert bool((tile[:, 1:] >= tile[:, :-1]).all())
+    same = tile[:, 1:] == tile[:, :-1]
+    assert bool((col[:, 1:] > col[:, :-1])[same].all())
+
+
+def test_decode_rejects_a_corrupt_layout():
+    cfg, words, _, _ = packed_layer(600, 16, 8, 65536)
+    lay = tiled_layout.build(cfg, words, 1024)
+    lost = lay.entries.clone()
+    # the last entry points at the zero slot: still in order, but its column is missing
+    lost[0, 0, -1] = (lost[0, 0, -1] & ~0xFFFF) | cfg.group_size
+    with pytest.raises(InvalidValueError, match="exactly once"):
+        tiled_layout.decode(lay._replace(entries=lost), cfg.group_size)
+    dup = lay.entries.clone()
+    dup[0, 0, 1] = dup[0, 0, 0]  # a column twice
+    with pytest.raises(InvalidValueError, match="column"):
+        tiled_layout.decode(lay._replace(entries=dup), cfg.group_size)
+    swapped = lay.entries.clone()
+    swapped[0, 0, :2] = swapped[0, 0, :2].flip(0)
+    with pytest.raises(InvalidValueError, match="column"):
+        tiled_layout.decode(lay._replace(entries=swapped), cfg.group_size)
+    starts = lay.tile_start.clone()
+    starts[0, 0, 3] += 1
+    with pytest.raises(InvalidValueError, match="tile_start"):
+        tiled_layout.decode(lay._replace(tile_start=starts), cfg.group_size)
+
+
+def test_what_the_layout_covers_and_where_it_pays():
+    def cfg(**kw):
+        return LayerConfig(
+            **{**dict(in_features=5000, out_features=48, vector_len=8, num_centroids=65536), **kw}
+        )
+
+    # 28672x8192 at v8/k65536: 29.4M entries, 3.4 per codebook row and SM of 132
+    big = dict(in_features=8192, out_features=28672)
+    assert tiled_layout.pays(cfg(**big))
+    assert tiled_layout.pays(cfg(**big, num_centroids=256, num_res_centroids=65536))
+    # 14336x4096: 7.3M entries, too few to stream a 65,536-row codebook through 132 SMs
+    assert not tiled_layout.pays(cfg(in_features=4096, out_features=14336))
+    # a codebook no wider than a row: the sorted kernel's case
+    assert tiled_layout.applies(cfg(num_centroids=4096)) and not tiled_layout.pays(
+        cfg(**big, num_centroids=4096)
+    )
+    assert "group_num" in tiled_layout.problem(cfg(group_num=2))
+    assert "input dimension" in tiled_layout.problem(cfg(vector_quant_dim="in"))
+    assert "exceeds 65534" in tiled_layout.problem(cfg(in_features=70000))
+    with pytest.raises(InvalidValueError, match="power of two"):
+        tiled_layout.build(cfg(), torch.zeros(1, 6, 2500, dtype=torch.int32), 96)
+    with pytest.raises(InvalidValueError, match=r"int32 \[1, 6, 2500\]"):
+        tiled_layout.build(cfg(), torch.zeros(1, 6, 2499, dtype=torch.int32), 1024)
+
+
+def test_smem_estimate_and_tile_choice():
+    c = LayerConfig(in_features=8192, out_features=28672, vector_len=8, num_centroids=65536)
+    # 3584 vector rows over 132 SMs: 28 a block, 2 splits (64 items for 32 warps)
+    x_and_zero_slot = 32784  # 8193 floats, rounded up to 16 bytes
+    parts = 28 * 2 * 8 * 4
+    assert tiled_layout.smem_bytes(c, 4096, 132) == x_and_zero_slot + 2 * 4096 * 16 + parts
+    # 227 KB: two 64 KB tiles fit beside 32 KB of activations, two 128 KB tiles do not
+    assert tiled_layout.tile_codes_for(c, 227 * 1024, 132) == 4096
+    wide = LayerConfig(in_features=28672, out_features=8192, vector_len=8, num_centroids=65536)
+    assert tiled_layout.tile_codes_for(wide, 227 * 1024, 132) == 2048  # 112 KB of xs
+    tall = LayerConfig(in_features=64, out_features=9000, vector_len=1, num_centroids=256)
+    assert tiled_layout.tile_codes_for(tall, 227 * 1024, 132) is None  # 69 rows > 64 warps x 2
+
+
+def test_building_in_row_blocks_gives_the_same_layout(monkeypatch):
+    cfg, words, _, _ = packed_layer(3000, 60, 6, 8192, kr=16, seed=4)
+    whole = tiled_layout.build(cfg, words, 512)
+    monkeypatch.setattr(tiled_layout, "BUILD_BLOCK_ENTRIES", 3 * cfg.group_size)
+    blocked = tiled_layout.build(cfg, words, 512)
+    assert torch.equal(blocked.entries, whole.entries)
+    assert torch.equal(blocked.tile_start, whole.tile_start)
