@@ -74,13 +74,14 @@ def test_cache_weights_gives_the_same_logits(packed: dict[str, Any]) -> None:
 
 
 def test_load_model_turns_on_the_sorted_gemv_where_it_applies(packed: dict[str, Any]) -> None:
-    from vptq_rs import sorted_layout
+    from vptq_rs import sorted_layout, tiled_layout
 
     model, _ = checkpoint.load_model(packed["packed_dir"], sorted_gemv=True)
     layers = [m for m in model.modules() if isinstance(m, VQuantLinear)]
     on = [m.sorted_gemv for m in layers]
     assert any(on) and not all(on)  # group_num 2 and residual layers are left out
-    assert on == [sorted_layout.pays(m.config) for m in layers]
+    pays = [sorted_layout.pays(m.config) or tiled_layout.pays(m.config) for m in layers]
+    assert on == pays
     plain, _ = checkpoint.load_model(packed["packed_dir"])
     assert not any(m.sorted_gemv for m in plain.modules() if isinstance(m, VQuantLinear))
 

@@ -9,6 +9,7 @@ import vptq_rs
 from vptq_rs import tiled_layout
 from vptq_rs.errors import InvalidValueError
 from vptq_rs.layout import LayerConfig
+from vptq_rs.nn import VQuantLinear, random_quantized_layer
 
 
 def packed_layer(i, o, v, k, kr=0, seed=0):
@@ -138,3 +139,15 @@ def test_building_in_row_blocks_gives_the_same_layout(monkeypatch):
     blocked = tiled_layout.build(cfg, words, 512)
     assert torch.equal(blocked.entries, whole.entries)
     assert torch.equal(blocked.tile_start, whole.tile_start)
+
+
+def test_use_sorted_gemv_takes_the_tiled_kernel_where_it_pays():
+    """A codebook wider than a row turns the switch on only on a layer with entries enough
+    (2 per codebook row and SM of 132): 80,000 entries against 256 rows, not 20,000."""
+
+    def layer(out):
+        cfg = LayerConfig(in_features=200, out_features=out, vector_len=1, num_centroids=256)
+        return VQuantLinear.from_quantized(random_quantized_layer(cfg, seed=0))
+
+    assert tiled_layout.pays(layer(400).config) and layer(400).use_sorted_gemv()
+    assert not layer(100).use_sorted_gemv()
