@@ -235,75 +235,63 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
     return {"copy_GBps": copy_gbps, "tokens": 1, "rows": rows}
 
 
-def sorted_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> dict[str, Any]:
-    """The sorted GEMV on one layer where its layout applies and fits: time, error, layout
-    size and build time, and bandwidth two ways: the issue's bytes (packed indices etc.) and
-    the bytes the kernel reads (the layout in place of the packed indices)."""
-    row: dict[str, Any] = {"ours_sorted_us": None}
-    if not sorted_layout.applies(cfg):
-        return row
+def _built(build) -> tuple[Any, float]:
+    """A layout from ``build()`` and the seconds it took on the GPU."""
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    lay = sorted_layout.build(cfg, t.indices)
+    lay = build()
     torch.cuda.synchronize()
-    build_s = time.perf_counter() - t0
-    if not sorted_layout.fits(cfg, lay, DEV):
-        return row
+    return lay, time.perf_counter() - t0
+
+
+def _layout_gemv_row(
+    name: str, timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float, lay, build_s, call
+) -> dict[str, Any]:
+    """Time, error, layout size and build time of a GEMV over its own layout (``call()``),
+    and bandwidth two ways: the issue's bytes (packed indices etc.) and the bytes the kernel
+    reads (the layout in place of the packed indices). Keys carry ``name``."""
     if ref is None:
         ref = F.linear(x.float(), cuda_ext.dequant(cfg, t, torch.float32))
-    y = cuda_ext.gemv_sorted(x, cfg, t, lay)
-    raw = timer(lambda: cuda_ext.gemv_sorted(x, cfg, t, lay))
-    read = moved - t.indices.numel() * 4 + lay.nbytes
+    y = call()
+    raw = timer(call)
+    packed = t.indices.numel() * 4
+    read = moved - packed + lay.nbytes
     us = med(raw)
-    row.update(
-        {
-            "ours_sorted_us": us,
-            "ours_sorted_raw_us": raw,
-            "ours_sorted_rel_err": float((y.float() - ref).norm() / ref.norm()),
-            "sorted_layout_bytes": lay.nbytes,
-            "sorted_layout_over_packed": lay.nbytes / (t.indices.numel() * 4),
-            "sorted_build_s": build_s,
-            "sorted_bytes_read": read,
-            "fraction_of_copy_bw_sorted": moved / (us * 1e-6) / 1e9 / copy_gbps,
-            "fraction_of_copy_bw_sorted_bytes_read": read / (us * 1e-6) / 1e9 / copy_gbps,
-        }
-    )
-    return row
+    return {
+        f"ours_{name}_us": us,
+        f"ours_{name}_raw_us": raw,
+        f"ours_{name}_rel_err": float((y.float() - ref).norm() / ref.norm()),
+        f"{name}_layout_bytes": lay.nbytes,
+        f"{name}_layout_over_packed": lay.nbytes / packed,
+        f"{name}_build_s": build_s,
+        f"{name}_bytes_read": read,
+        f"fraction_of_copy_bw_{name}": moved / (us * 1e-6) / 1e9 / copy_gbps,
+        f"fraction_of_copy_bw_{name}_bytes_read": read / (us * 1e-6) / 1e9 / copy_gbps,
+    }
+
+
+def sorted_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> dict[str, Any]:
+    """The sorted GEMV on one layer where its layout applies and fits
+    (:func:`_layout_gemv_row`)."""
+    if not sorted_layout.applies(cfg):
+        return {"ours_sorted_us": None}
+    lay, build_s = _built(lambda: sorted_layout.build(cfg, t.indices))
+    if not sorted_layout.fits(cfg, lay, DEV):
+        return {"ours_sorted_us": None}
+    call = lambda: cuda_ext.gemv_sorted(x, cfg, t, lay)  # noqa: E731
+    return _layout_gemv_row("sorted", timer, x, cfg, t, ref, moved, copy_gbps, lay, build_s, call)
 
 
 def tiled_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> dict[str, Any]:
-    """The tiled GEMV on one layer where its layout applies and fits: time, error, tile,
-    layout size and build time, and bandwidth both ways (as :func:`sorted_gemv`)."""
-    row: dict[str, Any] = {"ours_tiled_us": None}
+    """The tiled GEMV on one layer where its layout applies and fits, with its tile
+    (:func:`_layout_gemv_row`)."""
     tile_codes = tiled_layout.device_tile_codes(cfg, DEV) if tiled_layout.applies(cfg) else None
     if tile_codes is None:
-        return row
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    lay = tiled_layout.build(cfg, t.indices, tile_codes)
-    torch.cuda.synchronize()
-    build_s = time.perf_counter() - t0
-    if ref is None:
-        ref = F.linear(x.float(), cuda_ext.dequant(cfg, t, torch.float32))
-    y = cuda_ext.gemv_tiled(x, cfg, t, lay)
-    raw = timer(lambda: cuda_ext.gemv_tiled(x, cfg, t, lay))
-    read = moved - t.indices.numel() * 4 + lay.nbytes
-    us = med(raw)
-    row.update(
-        {
-            "ours_tiled_us": us,
-            "ours_tiled_raw_us": raw,
-            "ours_tiled_rel_err": float((y.float() - ref).norm() / ref.norm()),
-            "tiled_tile_codes": tile_codes,
-            "tiled_layout_bytes": lay.nbytes,
-            "tiled_layout_over_packed": lay.nbytes / (t.indices.numel() * 4),
-            "tiled_build_s": build_s,
-            "tiled_bytes_read": read,
-            "fraction_of_copy_bw_tiled": moved / (us * 1e-6) / 1e9 / copy_gbps,
-            "fraction_of_copy_bw_tiled_bytes_read": read / (us * 1e-6) / 1e9 / copy_gbps,
-        }
-    )
-    return row
+        return {"ours_tiled_us": None}
+    lay, build_s = _built(lambda: tiled_layout.build(cfg, t.indices, tile_codes))
+    call = lambda: cuda_ext.gemv_tiled(x, cfg, t, lay)  # noqa: E731
+    row = _layout_gemv_row("tiled", timer, x, cfg, t, ref, moved, copy_gbps, lay, build_s, call)
+    return {**row, "tiled_tile_codes": tile_codes}
 
 
 def lut_section(timer: Timer, quick: bool) -> dict[str, Any]:

@@ -483,6 +483,25 @@ def gemv(
     return y.reshape(*lead, cfg.out_features)
 
 
+def _one_token(
+    name: str, why: str | None, x: torch.Tensor, cfg: Any, t: Any, bias: torch.Tensor | None
+) -> tuple[list[Any], list[int], torch.Tensor | None]:
+    """The checks and arguments the layout-reading GEMVs share: the layer's op tensors and
+    ints, and the bias in x's dtype. ``why``: the layout's ``problem(cfg)``."""
+    if why is not None:
+        raise InvalidValueError(f"the {name} GEMV does not cover this layer: {why}")
+    if x.numel() != x.shape[-1]:
+        raise InvalidValueError(f"gemv_{name} takes one token, got x of shape {list(x.shape)}")
+    if x.dtype != t.centroids.dtype:
+        raise InvalidValueError(
+            f"x must have the codebooks' dtype {t.centroids.dtype}, got {x.dtype}"
+        )
+    tensors, ints = _layer_args(cfg, t)
+    if x.device != t.indices.device:
+        raise InvalidValueError(f"x must be on {t.indices.device}, got {x.device}")
+    return tensors, ints, bias.to(x.dtype).contiguous() if bias is not None else None
+
+
 def gemv_sorted(
     x: torch.Tensor, cfg: Any, t: Any, layout: Any, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -495,28 +514,9 @@ def gemv_sorted(
     """
     from vptq_rs import sorted_layout
 
-    why = sorted_layout.problem(cfg)
-    if why is not None:
-        raise InvalidValueError(f"the sorted GEMV does not cover this layer: {why}")
-    if x.numel() != x.shape[-1]:
-        raise InvalidValueError(f"gemv_sorted takes one token, got x of shape {list(x.shape)}")
-    if x.dtype != t.centroids.dtype:
-        raise InvalidValueError(
-            f"x must have the codebooks' dtype {t.centroids.dtype}, got {x.dtype}"
-        )
-    tensors, ints = _layer_args(cfg, t)
-    if x.device != t.indices.device:
-        raise InvalidValueError(f"x must be on {t.indices.device}, got {x.device}")
-    b = bias.to(x.dtype).contiguous() if bias is not None else None
-    y = torch.ops.vptq_rs.gemv_sorted(
-        x.reshape(1, -1).contiguous(),
-        layout.entries,
-        layout.chunk_base,
-        layout.chunk_groups,
-        *tensors,
-        b,
-        *ints,
-    )
+    tensors, ints, b = _one_token("sorted", sorted_layout.problem(cfg), x, cfg, t, bias)
+    lay = (layout.entries, layout.chunk_base, layout.chunk_groups)
+    y = torch.ops.vptq_rs.gemv_sorted(x.reshape(1, -1).contiguous(), *lay, *tensors, b, *ints)
     return y.reshape(*x.shape[:-1], cfg.out_features)
 
 
@@ -524,7 +524,8 @@ def gemv_tiled(
     x: torch.Tensor, cfg: Any, t: Any, layout: Any, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``x @ Wᵀ + bias`` for one token from the code-tiled layout
-    (:mod:`vptq_rs.tiled_layout`, built from ``t.indices`` by ``tiled_layout.build``).
+    (:mod:`vptq_rs.tiled_layout`, built from ``t.indices`` by ``tiled_layout.build``), for
+    codebooks wider than a row.
 
     x: ``[..., I]`` holding one token, in the codebooks' fp16/bf16 dtype; returns ``[..., O]``.
     Raises where the layout does not cover the layer (``tiled_layout.problem``) or the
@@ -532,28 +533,9 @@ def gemv_tiled(
     """
     from vptq_rs import tiled_layout
 
-    why = tiled_layout.problem(cfg)
-    if why is not None:
-        raise InvalidValueError(f"the tiled GEMV does not cover this layer: {why}")
-    if x.numel() != x.shape[-1]:
-        raise InvalidValueError(f"gemv_tiled takes one token, got x of shape {list(x.shape)}")
-    if x.dtype != t.centroids.dtype:
-        raise InvalidValueError(
-            f"x must have the codebooks' dtype {t.centroids.dtype}, got {x.dtype}"
-        )
-    tensors, ints = _layer_args(cfg, t)
-    if x.device != t.indices.device:
-        raise InvalidValueError(f"x must be on {t.indices.device}, got {x.device}")
-    b = bias.to(x.dtype).contiguous() if bias is not None else None
-    y = torch.ops.vptq_rs.gemv_tiled(
-        x.reshape(1, -1).contiguous(),
-        layout.entries,
-        layout.tile_start,
-        layout.tile_codes,
-        *tensors,
-        b,
-        *ints,
-    )
+    tensors, ints, b = _one_token("tiled", tiled_layout.problem(cfg), x, cfg, t, bias)
+    lay = (layout.entries, layout.tile_start, layout.tile_codes)
+    y = torch.ops.vptq_rs.gemv_tiled(x.reshape(1, -1).contiguous(), *lay, *tensors, b, *ints)
     return y.reshape(*x.shape[:-1], cfg.out_features)
 
 

@@ -73,14 +73,24 @@ class SortedLayout(NamedTuple):
         return sum(t.numel() * t.element_size() for t in (self.entries, self.chunk_base))
 
 
-def problem(cfg: Any) -> str | None:
-    """Why the sorted layout does not cover this layer (None when it does)."""
+def group_problem(cfg: Any, max_group_size: int) -> str | None:
+    """What keeps a one-token kernel over a per-row layout (this one or
+    :mod:`vptq_rs.tiled_layout`) off a layer: vectors along the input dimension, several
+    groups, or a group wider than ``max_group_size``. None when there is nothing."""
     if cfg.vector_quant_dim != "out":
         return "vectors run along the input dimension"
     if cfg.group_num != 1:
         return f"group_num is {cfg.group_num}, not 1"
-    if cfg.group_size > MAX_GROUP_SIZE:
-        return f"group_size {cfg.group_size} exceeds {MAX_GROUP_SIZE}"
+    if cfg.group_size > max_group_size:
+        return f"group_size {cfg.group_size} exceeds {max_group_size}"
+    return None
+
+
+def problem(cfg: Any) -> str | None:
+    """Why the sorted layout does not cover this layer (None when it does)."""
+    why = group_problem(cfg, MAX_GROUP_SIZE)
+    if why is not None:
+        return why
     widest = max(cfg.num_centroids, cfg.num_res_centroids)
     if cfg.group_size < widest:
         return (
@@ -158,6 +168,17 @@ def _as_int16(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v >= 1 << 15, v - (1 << 16), v).to(torch.int16)
 
 
+def check_indices(cfg: Any, indices: torch.Tensor) -> None:
+    """Raises unless ``indices`` are the layer's packed words, int32 ``[1, R, words]`` (what
+    this layout's and :mod:`vptq_rs.tiled_layout`'s builders read)."""
+    rows = cfg.num_vectors
+    words = -(-cfg.group_size * (cfg.index_bits + cfg.res_bits) // 32)
+    if indices.dtype != torch.int32 or tuple(indices.shape) != (1, rows, words):
+        raise InvalidValueError(
+            f"indices must be int32 [1, {rows}, {words}], got {indices.dtype} {list(indices.shape)}"
+        )
+
+
 def build(
     cfg: Any, indices: torch.Tensor, chunk_groups_target: int = CHUNK_GROUPS_TARGET
 ) -> SortedLayout:
@@ -171,14 +192,10 @@ def build(
         raise InvalidValueError(f"the sorted GEMV layout does not cover this layer: {why}")
     if chunk_groups_target < 1:
         raise InvalidValueError(f"chunk_groups_target must be >= 1, got {chunk_groups_target}")
+    check_indices(cfg, indices)
     gs = cfg.group_size
     nlists = 2 if cfg.res_bits else 1
     rows = cfg.num_vectors
-    words = -(-gs * (cfg.index_bits + cfg.res_bits) // 32)
-    if indices.dtype != torch.int32 or tuple(indices.shape) != (1, rows, words):
-        raise InvalidValueError(
-            f"indices must be int32 [1, {rows}, {words}], got {indices.dtype} {list(indices.shape)}"
-        )
     dev = indices.device
     step = max(1, BUILD_BLOCK_ENTRIES // gs)
     blocks = []  # per row block: int16 [rows, lists, width] in sorted order, its own width

@@ -16,10 +16,9 @@ Storage:
 
 - ``entries`` int32 ``[R, lists, group_size]`` (bits of uint32); ``column < group_size <=
   65534``.
-- ``tile_start`` int32 ``[R, lists, tiles + 1]``: entries ``tile_start[t] ..
-  tile_start[t+1] - 1`` have codes in ``[t * tile_codes, (t+1) * tile_codes)``, columns
-  ascending;
-  ``tiles = ceil(max(K, K_res) / tile_codes)``.
+- ``tile_start`` int32 ``[R, lists, tiles + 1]`` with ``tiles = ceil(max(K, K_res) /
+  tile_codes)``: entries ``tile_start[t] .. tile_start[t+1] - 1`` have codes in
+  ``[t * tile_codes, (t+1) * tile_codes)``, their columns ascending.
 
 Entries take 4 bytes where the packed words take ``(index_bits + res_bits) / 8``: twice the
 bytes at 16-bit codes, which is cheap here since the gather, not the index stream, bounds
@@ -34,7 +33,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from vptq_rs import ops
+from vptq_rs import ops, sorted_layout
 from vptq_rs.errors import InvalidValueError
 
 MAX_GROUP_SIZE = 0xFFFE  # 16-bit columns; group_size itself is the zero slot
@@ -61,13 +60,7 @@ class TiledLayout(NamedTuple):
 
 def problem(cfg: Any) -> str | None:
     """Why the tiled layout does not cover this layer (None when it does)."""
-    if cfg.vector_quant_dim != "out":
-        return "vectors run along the input dimension"
-    if cfg.group_num != 1:
-        return f"group_num is {cfg.group_num}, not 1"
-    if cfg.group_size > MAX_GROUP_SIZE:
-        return f"group_size {cfg.group_size} exceeds {MAX_GROUP_SIZE}"
-    return None
+    return sorted_layout.group_problem(cfg, MAX_GROUP_SIZE)
 
 
 def applies(cfg: Any) -> bool:
@@ -166,14 +159,10 @@ def build(cfg: Any, indices: torch.Tensor, tile_codes: int) -> TiledLayout:
         raise InvalidValueError(
             f"tile_codes must be a power of two >= {MIN_TILE_CODES}, got {tile_codes}"
         )
+    sorted_layout.check_indices(cfg, indices)
     gs = cfg.group_size
     nlists = 2 if cfg.res_bits else 1
     rows = cfg.num_vectors
-    words = -(-gs * (cfg.index_bits + cfg.res_bits) // 32)
-    if indices.dtype != torch.int32 or tuple(indices.shape) != (1, rows, words):
-        raise InvalidValueError(
-            f"indices must be int32 [1, {rows}, {words}], got {indices.dtype} {list(indices.shape)}"
-        )
     dev = indices.device
     tiles = math.ceil(max(cfg.num_centroids, cfg.num_res_centroids) / tile_codes)
     bounds = torch.arange(tiles + 1, device=dev, dtype=torch.int64)  # tile numbers

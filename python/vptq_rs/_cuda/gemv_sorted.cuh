@@ -67,6 +67,17 @@ __device__ __forceinline__ uint4 load_stream(const uint4* ptr) {
   return r;
 }
 
+// The group's activations xs into s_x [group_size + 1] (cp.async copies, not committed), and
+// the zero slot past them that dummy and padding entries read. Shared by the sorted and tiled
+// kernels.
+__device__ __forceinline__ void stage_xs(const Params& p, float* s_x) {
+  const int gs = p.a.group_size;
+  stage_copy(reinterpret_cast<uint32_t*>(s_x),
+             reinterpret_cast<const uint32_t*>(p.xs + p.a.outlier_size), gs,
+             p.x_vec ? (gs + 3) / 4 * 4 : gs, p.x_vec);
+  if (threadIdx.x == 0) s_x[gs] = 0.f;  // past the copy: x_vec implies gs % 4 == 0
+}
+
 // y for a block's rows [r0, r0 + nrows) from their partial sums s_part [nrows][per_row][V]
 // (added in a fixed order), plus outlier columns, weight bias and bias. Shared by the sorted
 // and tiled kernels.
@@ -123,12 +134,8 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
   float* s_part = reinterpret_cast<float*>(
       smem + x_bytes + sorted_round16((K > Kr ? K : Kr) * V * int64_t{sizeof(T)}));
 
-  // xs in one cp.async group (every copy in flight at once), then the zero slot
-  stage_copy(reinterpret_cast<uint32_t*>(s_x),
-             reinterpret_cast<const uint32_t*>(p.xs + a.outlier_size), gs,
-             p.x_vec ? (gs + 3) / 4 * 4 : gs, p.x_vec);
+  stage_xs(p, s_x);  // in one cp.async group: every copy in flight at once
   cp_commit();
-  if (threadIdx.x == 0) s_x[gs] = 0.f;  // past the copy: x_vec implies gs % 4 == 0
   uint32_t lanes_le;
   asm("mov.u32 %0, %%lanemask_le;" : "=r"(lanes_le));
   const int items = nrows * s.chunks;

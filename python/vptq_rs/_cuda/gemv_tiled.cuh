@@ -27,6 +27,8 @@ namespace gemv {
 constexpr int kTiledMaxGroupSize = 0xfffe;  // 16-bit columns; group_size is the zero slot
 constexpr int kTiledItemsPerWarp = 2;       // accumulator sets a thread keeps
 
+// 1024 threads up to v = 8; past it two accumulator sets need more than the 64 registers a
+// 1024-thread block leaves a thread
 template <int V>
 __host__ __device__ constexpr int tiled_threads() {
   return V <= 8 ? 1024 : 512;
@@ -87,11 +89,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
   auto s_tile = [&](int i) { return reinterpret_cast<T*>(smem + x_bytes + i * tile_bytes); };
   float* s_part = reinterpret_cast<float*>(smem + x_bytes + 2 * tile_bytes);
 
-  // xs in one cp.async group, then the zero slot
-  stage_copy(reinterpret_cast<uint32_t*>(s_x),
-             reinterpret_cast<const uint32_t*>(p.xs + a.outlier_size), gs,
-             p.x_vec ? (gs + 3) / 4 * 4 : gs, p.x_vec);
-  if (threadIdx.x == 0) s_x[gs] = 0.f;  // past the copy: x_vec implies gs % 4 == 0
+  stage_xs(p, s_x);  // committed with the first tile
 
   // phase f: tile f % tiles of list f / tiles (main codebook, then residual)
   const int phases = t.lists * t.tiles;

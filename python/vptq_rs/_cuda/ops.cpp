@@ -295,6 +295,36 @@ Tensor gemv(const Tensor& x, const Tensor& indices, const Tensor& centroids,
   return y;
 }
 
+// The checks the layout-reading one-token ops share, after make_layer: the activations,
+// one token, one group.
+void check_one_token(const Layer& L, const Tensor& x, const Tensor& indices,
+                     const Tensor& centroids, int64_t cols, int64_t group_num, const char* op) {
+  check_activations(L, x, indices, centroids, op);
+  VPTQ_CHECK(x.dim() == 2 && x.size(0) == 1 && x.size(1) == cols, "x must have shape [1, ",
+             cols, "] (", op, " takes one token), got ", x.sizes());
+  VPTQ_CHECK(group_num == 1, op, " needs group_num 1, got ", group_num);
+}
+
+// y [1, rows] from a layout-reading one-token kernel: the inputs prepared as for gemv, then
+// launch(perm, perm_bytes, bias, y, workspace, stream) -> cudaError_t.
+template <typename Launch>
+Tensor run_one_token(Layer& L, const Tensor& x, const Tensor& indices, const OptTensor& perm,
+                     const OptTensor& weight_scale, const OptTensor& weight_bias,
+                     const OptTensor& bias, int64_t rows, int64_t cols, const char* op,
+                     Launch launch) {
+  prepare_gemv_inputs(L, x, weight_scale, weight_bias, bias, rows);
+  Tensor p = kernel_perm(perm, indices, cols);
+  Tensor ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols), 1)},
+                        x.options().dtype(at::kFloat));
+  Tensor y = at::empty({1, rows}, x.options());
+  check_cuda(launch(p.defined() ? p.data_ptr() : nullptr,
+                    p.defined() ? static_cast<int>(p.element_size()) : 4,
+                    bias.has_value() ? bias->data_ptr() : nullptr, y.data_ptr(),
+                    ws.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream()),
+             op);
+  return y;
+}
+
 Tensor gemv_sorted(const Tensor& x, const Tensor& entries, const Tensor& chunk_base,
                    int64_t chunk_groups, const Tensor& indices, const Tensor& centroids,
                    const OptTensor& res_centroids, const OptTensor& outlier_indices,
@@ -307,11 +337,7 @@ Tensor gemv_sorted(const Tensor& x, const Tensor& entries, const Tensor& chunk_b
   Layer L = make_layer(indices, centroids, res_centroids, outlier_indices, outlier_centroids,
                        weight_scale, weight_bias, rows, cols, vector_len, index_bits, res_bits,
                        group_num, outlier_size, outlier_vector_len);
-  check_activations(L, x, indices, centroids, "gemv_sorted");
-  VPTQ_CHECK(x.dim() == 2 && x.size(0) == 1 && x.size(1) == cols,
-             "x must have shape [1, ", cols, "] (gemv_sorted takes one token), got ",
-             x.sizes());
-  VPTQ_CHECK(group_num == 1, "gemv_sorted needs group_num 1, got ", group_num);
+  check_one_token(L, x, indices, centroids, cols, group_num, "gemv_sorted");
   const int64_t lists = res_bits > 0 ? 2 : 1;
   check_on(entries, indices, "entries");
   VPTQ_CHECK(entries.scalar_type() == at::kShort, "entries must be int16, got ",
@@ -342,19 +368,13 @@ Tensor gemv_sorted(const Tensor& x, const Tensor& entries, const Tensor& chunk_b
              "gemv_sorted: group_size ", L.a.group_size,
              " with this codebook does not fit the kernel (group_size <= 32767 and xs, one "
              "codebook and the partial sums in shared memory)");
-  prepare_gemv_inputs(L, x, weight_scale, weight_bias, bias, rows);
-  Tensor p = kernel_perm(perm, indices, cols);
-  Tensor ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols), 1)},
-                        x.options().dtype(at::kFloat));
-  Tensor y = at::empty({1, rows}, x.options());
-  check_cuda(vptq::launch_gemv_sorted(L.a, sl, x.data_ptr(),
-                                      p.defined() ? p.data_ptr() : nullptr,
-                                      p.defined() ? static_cast<int>(p.element_size()) : 4,
-                                      bias.has_value() ? bias->data_ptr() : nullptr,
-                                      y.data_ptr(), ws.data_ptr<float>(),
-                                      at::cuda::getCurrentCUDAStream().stream()),
-             "vptq_rs::gemv_sorted");
-  return y;
+  return run_one_token(L, x, indices, perm, weight_scale, weight_bias, bias, rows, cols,
+                       "vptq_rs::gemv_sorted",
+                       [&](const void* pm, int pb, const void* bs, void* y, float* ws,
+                           cudaStream_t st) {
+                         return vptq::launch_gemv_sorted(L.a, sl, x.data_ptr(), pm, pb, bs, y,
+                                                         ws, st);
+                       });
 }
 
 Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_start,
@@ -369,10 +389,7 @@ Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_sta
   Layer L = make_layer(indices, centroids, res_centroids, outlier_indices, outlier_centroids,
                        weight_scale, weight_bias, rows, cols, vector_len, index_bits, res_bits,
                        group_num, outlier_size, outlier_vector_len);
-  check_activations(L, x, indices, centroids, "gemv_tiled");
-  VPTQ_CHECK(x.dim() == 2 && x.size(0) == 1 && x.size(1) == cols,
-             "x must have shape [1, ", cols, "] (gemv_tiled takes one token), got ", x.sizes());
-  VPTQ_CHECK(group_num == 1, "gemv_tiled needs group_num 1, got ", group_num);
+  check_one_token(L, x, indices, centroids, cols, group_num, "gemv_tiled");
   VPTQ_CHECK(tile_codes >= 8 && tile_codes <= 65536 && (tile_codes & (tile_codes - 1)) == 0,
              "tile_codes must be a power of two in [8, 65536], got ", tile_codes);
   const int64_t lists = res_bits > 0 ? 2 : 1;
@@ -405,18 +422,13 @@ Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_sta
              "gemv_tiled: this layer does not fit the kernel (group_size <= 65534, at most "
              "two vector rows a warp, and xs plus two tiles of ", tile_codes,
              " codebook rows in shared memory)");
-  prepare_gemv_inputs(L, x, weight_scale, weight_bias, bias, rows);
-  Tensor p = kernel_perm(perm, indices, cols);
-  Tensor ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols), 1)},
-                        x.options().dtype(at::kFloat));
-  Tensor y = at::empty({1, rows}, x.options());
-  check_cuda(vptq::launch_gemv_tiled(L.a, tl, x.data_ptr(), p.defined() ? p.data_ptr() : nullptr,
-                                     p.defined() ? static_cast<int>(p.element_size()) : 4,
-                                     bias.has_value() ? bias->data_ptr() : nullptr,
-                                     y.data_ptr(), ws.data_ptr<float>(),
-                                     at::cuda::getCurrentCUDAStream().stream()),
-             "vptq_rs::gemv_tiled");
-  return y;
+  return run_one_token(L, x, indices, perm, weight_scale, weight_bias, bias, rows, cols,
+                       "vptq_rs::gemv_tiled",
+                       [&](const void* pm, int pb, const void* bs, void* y, float* ws,
+                           cudaStream_t st) {
+                         return vptq::launch_gemv_tiled(L.a, tl, x.data_ptr(), pm, pb, bs, y, ws,
+                                                        st);
+                       });
 }
 
 void check_points(const Tensor& x) {
