@@ -15,24 +15,19 @@ export PYTHONPATH="$PWD/python"
 /usr/bin/time -f "build %es" python3 -m vptq_rs.cuda_ext 2>&1 | tail -2
 SECTIONS="--section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
   --section LaunchStats --section WarpStateStats --section SchedulerStats"
-if [ "$WHAT" = sorted ] || [ "$WHAT" = all ]; then
+# one GEMV family: name, kernel regex, launches to profile, summary lines to print
+gemv_profile() {
+  [ "$WHAT" = "$1" ] || [ "$WHAT" = all ] || return 0
   timeout 240 ncu $SECTIONS --section InstructionStats --section SourceCounters \
-    -k regex:"sorted_kernel" -c 2 \
-    python3 benchmarks/gpu_profile.py sorted > "$OUT/profile/sorted.txt" 2>&1
-  echo "sorted ncu exit $?"; grep -E "Duration|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" "$OUT/profile/sorted.txt" | head -20
-fi
-if [ "$WHAT" = tiled ] || [ "$WHAT" = all ]; then
-  timeout 240 ncu $SECTIONS --section InstructionStats --section SourceCounters \
-    -k regex:"tiled_kernel" -c 2 \
-    python3 benchmarks/gpu_profile.py tiled > "$OUT/profile/tiled.txt" 2>&1
-  echo "tiled ncu exit $?"; grep -E "Duration|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" "$OUT/profile/tiled.txt" | head -20
-fi
-if [ "$WHAT" = gemv ] || [ "$WHAT" = all ]; then
-  timeout 240 ncu $SECTIONS --section InstructionStats --section SourceCounters \
-    -k regex:"main_kernel|hist_kernel" -c 4 \
-    python3 benchmarks/gpu_profile.py gemv > "$OUT/profile/gemv.txt" 2>&1
-  echo "gemv ncu exit $?"; grep -E "Duration|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" "$OUT/profile/gemv.txt" | head -40
-fi
+    -k regex:"$2" -c "$3" \
+    python3 benchmarks/gpu_profile.py "$1" > "$OUT/profile/$1.txt" 2>&1
+  echo "$1 ncu exit $?"
+  grep -E "Duration|Memory Throughput|Achieved Occupancy|Registers Per|Theoretical Occ" \
+    "$OUT/profile/$1.txt" | head -"$4"
+}
+gemv_profile sorted "sorted_kernel" 2 20
+gemv_profile tiled "tiled_kernel" 2 20
+gemv_profile gemv "main_kernel|hist_kernel" 4 40
 if [ "$WHAT" = kmeans ] || [ "$WHAT" = all ]; then
   timeout 300 ncu $SECTIONS -k regex:"assign_" -c 12 \
     python3 benchmarks/gpu_profile.py kmeans > "$OUT/profile/kmeans.txt" 2>&1
