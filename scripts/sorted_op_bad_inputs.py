@@ -4,7 +4,8 @@ whether it raised or crashed (needs a CUDA device and the built extension).
     python scripts/sorted_op_bad_inputs.py ok|short|base_dtype|entries_dtype|cg0
 
 Cases: a good layout; entries cut to one group (chunk_base no longer matches); chunk_base as
-int64; entries as int32; chunk_groups 0. Run 13a/13c output:
+int64; entries of the wrong dtype (int16 since the pair layout of session 15, int32 before);
+chunk_groups 0. Run 13a/13c output (the single-column layout):
 benchmarks/results/op-error-messages-run13c-h100.txt.
 """
 
@@ -36,11 +37,12 @@ def main() -> None:
     t = packed_tensors(layer)
     t = type(t)(*[x.to(dev) if x is not None else None for x in t])
     lay = sorted_layout.build(cfg, t.indices)
+    one_group = lay.entries[:, :, : sorted_layout.GROUP_ENTRIES].contiguous()
     bad = {
         "ok": lay,
-        "short": lay._replace(entries=lay.entries[:, :, :256].contiguous()),
+        "short": lay._replace(entries=one_group),
         "base_dtype": lay._replace(chunk_base=lay.chunk_base.long()),
-        "entries_dtype": lay._replace(entries=lay.entries.int()),
+        "entries_dtype": lay._replace(entries=lay.entries.short()),
         "cg0": lay._replace(chunk_groups=0),
     }[case]
     x = torch.zeros(1, cfg.in_features, device=dev).half()

@@ -234,7 +234,7 @@ def test_fake_kernels_trace_shapes():
             x, idx, cb, None, None, None, None, None, None, None, 45, 8, 8, 3, 0, 2, 0, 1, 0
         )
         assert y.shape == (3, 45)
-        ent = torch.empty(6, 1, 256, dtype=torch.int16, device="cuda")
+        ent = torch.empty(6, 1, 128, dtype=torch.int32, device="cuda")
         base = torch.empty(6, 1, 1, dtype=torch.int32, device="cuda")
         ys = ops.gemv_sorted(
             x[:1],

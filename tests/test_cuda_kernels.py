@@ -282,7 +282,7 @@ def test_gemv_sorted_kernel_edge_inputs_and_refusals():
     assert torch.isnan(cuda_ext.gemv_sorted(bad, cfg, t, lay, bias)).all()
     with pytest.raises(InvalidValueError, match="one token"):
         cuda_ext.gemv_sorted(zero.expand(2, -1), cfg, t, lay)
-    short = lay._replace(entries=lay.entries[:, :, :256].contiguous())
+    short = lay._replace(entries=lay.entries[:, :, : 2 * sorted_layout.GROUP_ENTRIES].contiguous())
     with pytest.raises(RuntimeError, match="chunk_base must be"):
         cuda_ext.gemv_sorted(zero, cfg, t, short)
     wide, _, wt = make_hist((20000, 32, 16, 8192, 0, (0, 0, 0), False), torch.float16)
@@ -290,6 +290,21 @@ def test_gemv_sorted_kernel_edge_inputs_and_refusals():
     assert not sorted_layout.fits(wide, wlay, DEV)  # 256 KB codebook
     with pytest.raises(RuntimeError, match="does not fit"):
         cuda_ext.gemv_sorted(torch.zeros(1, 20000, device=DEV).half(), wide, wt, wlay)
+
+
+def test_gemv_sorted_kernel_survives_a_garbage_layout():
+    """Random entries and chunk base codes (codes past the codebook, columns past the group,
+    bit 31 set): the kernel clamps every index and returns."""
+    cfg, _, t = make_hist(SORTED_LAYERS[0], torch.float16)
+    lay = sorted_layout.build(cfg, t.indices)
+    g = torch.Generator(device=DEV).manual_seed(1)
+    junk = torch.randint(-(1 << 31), 1 << 31, lay.entries.shape, generator=g, device=DEV)
+    base = torch.randint(-(1 << 20), 1 << 20, lay.chunk_base.shape, generator=g, device=DEV)
+    bad = lay._replace(entries=junk.to(torch.int32), chunk_base=base.to(torch.int32))
+    x = torch.randn(1, cfg.in_features, device=DEV).half()
+    y = cuda_ext.gemv_sorted(x, cfg, t, bad)
+    torch.cuda.synchronize()
+    assert y.shape == (1, cfg.out_features)
 
 
 def test_sorted_layout_builds_alike_on_gpu_and_cpu():

@@ -48,33 +48,73 @@ def test_build_then_decode_gives_the_codes_back(shape):
         assert torch.equal(codes[1], res)
     rows, lists, width = lay.entries.shape
     assert (rows, lists) == (cfg.num_vectors, 2 if res is not None else 1)
-    assert width % sorted_layout.GROUP_ENTRIES == 0 and lay.entries.dtype == torch.int16
+    assert width % sorted_layout.GROUP_ENTRIES == 0 and lay.entries.dtype == torch.int32
     groups = width // sorted_layout.GROUP_ENTRIES
     assert lay.chunk_base.shape[2] == math.ceil(groups / lay.chunk_groups)
     assert lay.chunk_groups <= sorted_layout.CHUNK_GROUPS_TARGET
 
 
-def test_entries_per_list_count_one_dummy_per_unused_code():
-    """A list holds every column once plus one flagged dummy per unused code below its
-    largest; the padding past that is unflagged."""
+def sorted_order(lay):
+    """A layout's entries in the order the warps take them: int64 [R, lists, width]."""
+    e = lay.entries.to(torch.int64) & 0xFFFFFFFF
+    rows, lists, width = e.shape
+    lanes, steps = sorted_layout.LANES, sorted_layout.STEPS_PER_GROUP
+    groups = width // sorted_layout.GROUP_ENTRIES
+    return e.view(rows, lists, groups, lanes, steps).transpose(3, 4).reshape(rows, lists, width)
+
+
+def test_each_code_takes_its_columns_in_pairs_and_an_unused_code_one_empty_entry():
+    """Code k with n columns holds max(1, ceil(n / 2)) entries, the first flagged; only its
+    last entry may be half empty; the padding past the list is empty and unflagged."""
     cfg, words, main, _ = packed_layer(2000, 24, 6, 256, skew=True)
     lay = sorted_layout.build(cfg, words)
-    e = lay.entries.to(torch.int64) & 0xFFFF
-    rows, _, width = e.shape
-    e = e.view(rows, width // 256, 32, 8).transpose(2, 3).reshape(rows, width)
-    flags = e >> sorted_layout.COLUMN_BITS
-    cols = e & (sorted_layout.NEW_CODE - 1)
-    top = main.max(dim=1).values
-    used = torch.tensor([torch.unique(r).numel() for r in main])
-    assert torch.equal(flags.sum(dim=1), top + 1)  # one flag per code 0..top
-    dummies = (cols == cfg.group_size) & (flags == 1)
-    assert torch.equal(dummies.sum(dim=1), top + 1 - used)
+    e = sorted_order(lay)[:, 0]
+    gs, k = cfg.group_size, cfg.num_centroids
+    flags = (e >> sorted_layout.COLUMN_BITS) & 1
+    a, b = e & sorted_layout.COLUMN_MASK, e >> sorted_layout.SECOND
+    code = torch.cumsum(flags, dim=1) - 1
+    for r in range(main.shape[0]):
+        n = torch.bincount(main[r], minlength=k)
+        want = torch.clamp((n + 1) // 2, min=1)
+        used = int(want.sum())
+        assert torch.equal(torch.bincount(code[r, :used], minlength=k), want)
+        # a half-empty entry (either column the zero slot) closes an odd code: the next
+        # entry opens a code, or the list ends
+        half = torch.nonzero((a[r, :used] == gs) != (b[r, :used] == gs)).flatten()
+        nxt = torch.cat([flags[r], torch.ones(1, dtype=flags.dtype)])[half + 1]
+        assert bool((nxt == 1).all()) and half.numel() == int((n % 2).sum())
+        assert bool((flags[r, used:] == 0).all()) and bool((a[r, used:] == gs).all())
+
+
+def test_pairs_are_ordered_to_spread_each_activation_load_over_the_banks(monkeypatch):
+    """Swapping an entry's columns changes no code; the greedy order leaves fewer bank
+    conflicts (words in the fullest bank, per load of a warp step) than the plain one."""
+    cfg, words, main, _ = packed_layer(8192, 60, 6, 4096, seed=5)
+
+    def conflicts(lay):
+        e = sorted_order(lay)[:, 0]
+        total = 0
+        for cols in (e & sorted_layout.COLUMN_MASK, e >> sorted_layout.SECOND):
+            step = cols.reshape(-1, sorted_layout.LANES)
+            real = step != cfg.group_size
+            load = torch.zeros(step.shape[0], sorted_layout.BANKS, dtype=torch.int64)
+            load.scatter_add_(1, step % sorted_layout.BANKS, real.long())
+            total += int(load.max(dim=1).values.sum())
+        return total
+
+    balanced = sorted_layout.build(cfg, words)
+    monkeypatch.setattr(sorted_layout, "_balance_banks", lambda cols, gs: cols)
+    plain = sorted_layout.build(cfg, words)
+    assert torch.equal(sorted_layout.decode(balanced, cfg.group_size)[0], main)
+    assert not torch.equal(balanced.entries, plain.entries)
+    assert conflicts(balanced) < 0.9 * conflicts(plain)
 
 
 def test_small_chunks_start_from_their_base_codes():
     cfg, words, main, _ = packed_layer(4100, 30, 6, 4096, seed=3)
     lay = sorted_layout.build(cfg, words, chunk_groups_target=1)
-    assert lay.chunk_groups == 1 and lay.chunk_base.shape[2] == lay.entries.shape[2] // 256
+    groups = lay.entries.shape[2] // sorted_layout.GROUP_ENTRIES
+    assert lay.chunk_groups == 1 and lay.chunk_base.shape[2] == groups
     assert torch.equal(sorted_layout.decode(lay, cfg.group_size)[0], main)
     assert bool((lay.chunk_base[:, :, 0] == -1).all())
     assert bool((lay.chunk_base[:, :, 1:] >= 0).all())

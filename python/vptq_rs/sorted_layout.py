@@ -5,30 +5,34 @@ With vectors along the output dimension, a vector row ``r`` of a packed layer co
 order, so a kernel gathers codebook rows at random addresses (the gather kernel) or scatters
 activations into per-row histograms with shared-memory atomics (the histogram kernel); both
 are bound by random shared-memory traffic. This layout stores, per vector row and codebook
-(main, then residual), the row's columns sorted by code instead. A warp then reads 32
-consecutive entries whose codes span about 16 adjacent codebook rows (near-sequential,
-conflict-free loads), and the one random access left is the 4-byte activation of the
-entry's column.
+(main, then residual), the row's columns sorted by code instead, two columns of one code to
+an entry: ``y_r = sum over entries of (xs[a] + xs[b]) C[code]``. A warp then reads 32
+consecutive entries whose codes span about 32 adjacent codebook rows (conflict-free loads),
+and does the codebook work (loads, conversions, FMAs) once per two columns; the random
+accesses left are the entries' 4-byte activations.
 
-An entry is 16 bits: ``new_code << 15 | column``.
+An entry is 32 bits: ``b << 16 | new_code << 15 | a``.
 
-- ``column``: the position within the group (``group_size <= 32767``); ``group_size``
-  itself names a slot whose activation is zero (a dummy entry).
-- ``new_code``: 1 when the entry's code is one more than the previous entry's, 0 when the
-  same. The first code of a list is 0, so the code of an entry is the count of set flags up
-  to it, minus one: a warp recovers 32 codes with one ballot and a popcount.
-- A code no column uses gets a dummy entry with the flag set, so codes only ever step by 0
-  or 1. There are ``K * exp(-group_size / K)`` such codes on average: 37% more entries when
-  the group is as wide as the codebook, 7% when twice as wide, which is why
-  :func:`applies` asks for ``group_size >= K``.
-- Lists are padded with dummies whose flag is clear, to one length per layer that is a
-  multiple of 256 entries.
+- ``a``, ``b``: columns within the group (``group_size <= 32767``); ``group_size`` itself
+  names a slot whose activation is zero. A code with an odd number of columns ends with a
+  half-empty entry (``b`` the zero slot).
+- ``new_code``: 1 on a code's first entry. The first code of a list is 0, so the code of an
+  entry is the count of set flags up to it, minus one: a warp recovers 32 codes with one
+  ballot and a popcount.
+- A code no column uses gets one empty entry with the flag set, so codes only ever step by
+  0 or 1. At ``group_size / K = 2`` columns per code (Poisson), a code averages 1.38 entries:
+  0.69 entries a column.
+- Which column of a pair is ``a`` is free; :func:`build` picks it so that each of the two
+  activation loads of a warp step spreads over the 32 shared-memory banks (greedy, lane by
+  lane), which cuts their bank conflicts by about a fifth on random columns.
+- Lists are padded with empty entries whose flag is clear, to one length per layer that is a
+  multiple of 128 entries.
 
-Storage: ``entries`` int16 ``[R, lists, L]`` (bits of uint16). Within each group of 256
-entries (8 warp steps of 32 lanes) lane ``l``'s 8 entries are adjacent, so one 16-byte load
-per lane feeds 8 steps: step ``s`` of lane ``l`` in group ``g`` lives at ``g*256 + l*8 + s``.
-``chunk_base`` int32 ``[R, lists, chunks]`` holds the code before each chunk of
-``chunk_groups`` groups (-1 for the first), so a warp can start a list mid-way.
+Storage: ``entries`` int32 ``[R, lists, L]``. Within each group of 128 entries (4 warp steps
+of 32 lanes) lane ``l``'s 4 entries are adjacent, so one 16-byte load per lane feeds 4 steps:
+step ``s`` of lane ``l`` in group ``g`` lives at ``g*128 + l*4 + s``. ``chunk_base`` int32
+``[R, lists, chunks]`` holds the code before each chunk of ``chunk_groups`` groups (-1 for
+the first), so a warp can start a list mid-way.
 
 The layout is derived from the packed indices at load time (:func:`build`) and is never
 saved: checkpoints keep FORMAT.md's packed words.
@@ -46,11 +50,16 @@ from vptq_rs import ops
 from vptq_rs.errors import InvalidValueError
 
 COLUMN_BITS = 15
-MAX_GROUP_SIZE = (1 << COLUMN_BITS) - 1  # group_size itself is the dummy column
+MAX_GROUP_SIZE = (1 << COLUMN_BITS) - 1  # group_size itself is the zero slot
+COLUMN_MASK = (1 << COLUMN_BITS) - 1
 NEW_CODE = 1 << COLUMN_BITS
-GROUP_ENTRIES = 256  # 8 steps of 32 lanes: one 16-byte load per lane
-STEPS_PER_GROUP = 8
+SECOND = 16  # bit offset of an entry's second column
+GROUP_ENTRIES = 128  # 4 steps of 32 lanes: one 16-byte load per lane
+STEPS_PER_GROUP = 4
 LANES = 32
+BANKS = 32  # shared-memory banks of 4 bytes
+# lanes whose column order the builder picks at once (one pass each)
+BALANCE_LANES = 1
 # groups a warp takes at once: long enough that its partial-sum reduction is noise, short
 # enough that the chunks of a block's rows spread evenly over its warps
 CHUNK_GROUPS_TARGET = 8
@@ -59,7 +68,7 @@ CHUNK_GROUPS_TARGET = 8
 class SortedLayout(NamedTuple):
     """One layer's code-sorted entries (module docstring).
 
-    entries:      int16 ``[R, lists, groups * 256]`` (bits of uint16)
+    entries:      int32 ``[R, lists, groups * 128]``
     chunk_base:   int32 ``[R, lists, chunks]``
     chunk_groups: groups per chunk (the last chunk of a list may be shorter)
     """
@@ -140,32 +149,66 @@ def fits(cfg: Any, layout: SortedLayout, device: torch.device) -> bool:
     return need <= props.shared_memory_per_block_optin - 1024
 
 
-def _sorted_list(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Positions and values of one codebook's entries, before padding.
+def _paired_list(
+    codes: torch.Tensor, k: int, gs: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One codebook's entries in sorted order, before balancing and padding.
 
-    codes: int ``[R, N]``. Returns pos int64 ``[R, N]`` (slot of each column's entry),
-    value int64 ``[R, N]`` (its 16-bit entry) and length int64 ``[R]`` (entries incl. dummies).
+    codes: int ``[R, N]`` in ``[0, k)``. Returns cols int64 ``[R, P, 2]`` (each entry's two
+    columns, ``gs`` where there is none), flag bool ``[R, P]`` (an entry opens its code) and
+    length int64 ``[R]`` (entries of each row; past it, cols are ``gs`` and flags clear).
     """
-    n = codes.shape[1]
+    rows, n = codes.shape
+    dev = codes.device
     sc, order = torch.sort(codes.to(torch.int64), dim=1, stable=True)
-    new = torch.ones_like(sc, dtype=torch.bool)
-    new[:, 1:] = sc[:, 1:] != sc[:, :-1]
-    distinct_before = torch.cumsum(new, dim=1) - 1  # index of the entry's code among used ones
-    # every unused code below an entry's code holds one dummy slot ahead of it
-    pos = torch.arange(n, device=codes.device) + sc - distinct_before
-    length = n + sc[:, -1] - distinct_before[:, -1]
-    value = (new.to(torch.int64) << COLUMN_BITS) | order
-    return pos, value, length
+    counts = torch.zeros(rows, k, dtype=torch.int64, device=dev)
+    counts.scatter_add_(1, sc, torch.ones_like(sc))
+    per_code = ((counts + 1) // 2).clamp(min=1)  # an unused code still takes one entry
+    first = torch.cumsum(per_code, dim=1) - per_code  # each code's first entry
+    col_start = torch.cumsum(counts, dim=1) - counts  # each code's first sorted column
+    rank = torch.arange(n, device=dev) - col_start.gather(1, sc)  # place within the code
+    length = per_code.sum(dim=1)
+    width = int(length.max())
+    # a flat [R, 2 * width] view: the columns of entry e sit at 2e and 2e + 1
+    cols = torch.full((rows, 2 * width), gs, dtype=torch.int64, device=dev)
+    cols.scatter_(1, 2 * (first.gather(1, sc) + rank // 2) + rank % 2, order)
+    flag = torch.zeros(rows, width, dtype=torch.bool, device=dev)
+    flag.scatter_(1, first, True)
+    return cols.view(rows, width, 2), flag, length
 
 
-# entries sorted at once while building: bounds the int64 temporaries (about 50 bytes an
-# entry) to a few hundred MB however large the layer
+def _balance_banks(cols: torch.Tensor, gs: int) -> torch.Tensor:
+    """Each entry's two columns ordered so that, in every warp step, the first columns and
+    the second columns each spread over the shared-memory banks (xs is fp32: column ``c``
+    sits in bank ``c % 32``). Greedy, ``BALANCE_LANES`` lanes at a time: a lane takes the
+    order that keeps the busier of its two banks least loaded, given the lanes before its
+    round. The zero slot is one word that any number of lanes read at once, so it adds no
+    load.
+
+    cols: int64 ``[..., W, 2]`` with ``W`` a multiple of 32; returns the same shape.
+    """
+    c = cols.reshape(-1, LANES, 2)
+    steps = c.shape[0]
+    load = torch.zeros(2, steps, BANKS, dtype=torch.int64, device=cols.device)
+    out = torch.empty_like(c)
+
+    def cost(which: int, col: torch.Tensor) -> torch.Tensor:
+        return load[which].gather(1, col % BANKS) + (col != gs)
+
+    for l0 in range(0, LANES, BALANCE_LANES):
+        a, b = c[:, l0 : l0 + BALANCE_LANES, 0], c[:, l0 : l0 + BALANCE_LANES, 1]
+        swap = torch.maximum(cost(0, b), cost(1, a)) < torch.maximum(cost(0, a), cost(1, b))
+        first, second = torch.where(swap, b, a), torch.where(swap, a, b)
+        for which, col in ((0, first), (1, second)):
+            load[which].scatter_add_(1, col % BANKS, (col != gs).long())
+        out[:, l0 : l0 + BALANCE_LANES, 0] = first
+        out[:, l0 : l0 + BALANCE_LANES, 1] = second
+    return out.view(cols.shape)
+
+
+# entries sorted at once while building: bounds the int64 temporaries (about 100 bytes a
+# column) to a few hundred MB however large the layer
 BUILD_BLOCK_ENTRIES = 1 << 22
-
-
-def _as_int16(v: torch.Tensor) -> torch.Tensor:
-    """uint16 values (in a wider int tensor) -> their int16 bits."""
-    return torch.where(v >= 1 << 15, v - (1 << 16), v).to(torch.int16)
 
 
 def check_indices(cfg: Any, indices: torch.Tensor) -> None:
@@ -198,24 +241,25 @@ def build(
     rows = cfg.num_vectors
     dev = indices.device
     step = max(1, BUILD_BLOCK_ENTRIES // gs)
-    blocks = []  # per row block: int16 [rows, lists, width] in sorted order, its own width
+    empty = gs << SECOND | gs  # an entry of two zero slots, flag clear
+    blocks = []  # per row block: int64 [rows, lists, width] in sorted order, its own width
     for r0 in range(0, rows, step):
         # unpacked a block at a time too: int64 codes of a whole layer would be the peak
         main, res = ops.unpack_codes(indices[:, r0 : r0 + step], cfg.index_bits, gs, cfg.res_bits)
-        parts = [_sorted_list(c[0]) for c in (main, res)[:nlists]]
-        width = GROUP_ENTRIES * max(1, math.ceil(max(int(n.max()) for _, _, n in parts) / 256))
-        slot = torch.arange(width, device=dev)
+        lists = ((main, cfg.num_centroids), (res, cfg.num_res_centroids))[:nlists]
+        parts = [_paired_list(c[0], k, gs) for c, k in lists]
+        longest = max(int(n.max()) for _, _, n in parts)
+        width = GROUP_ENTRIES * max(1, math.ceil(longest / GROUP_ENTRIES))
         block = []
-        for pos, value, length in parts:
-            # slots below the list's length that no column takes are unused codes (flag
-            # set); the rest pad the list (flag clear): both read the zero activation
-            o = torch.where(slot[None] < length[:, None], NEW_CODE | gs, gs)
-            o.scatter_(1, pos, value)
-            block.append(_as_int16(o))
+        for cols, flag, _ in parts:
+            pad = width - cols.shape[1]
+            cols = _balance_banks(F.pad(cols, (0, 0, 0, pad), value=gs), gs)
+            flag = F.pad(flag, (0, pad))
+            block.append(cols[..., 1] << SECOND | flag.long() << COLUMN_BITS | cols[..., 0])
         blocks.append(torch.stack(block, dim=1))
     width = max(b.shape[2] for b in blocks)
-    # shorter blocks take whole groups of unflagged padding (the same in any order)
-    out = torch.cat([F.pad(b, (0, width - b.shape[2]), value=gs) for b in blocks])
+    # shorter blocks take whole groups of empty entries (the same in any order)
+    out = torch.cat([F.pad(b, (0, width - b.shape[2]), value=empty) for b in blocks])
     groups = width // GROUP_ENTRIES
     chunks = math.ceil(groups / chunk_groups_target)
     chunk_groups = math.ceil(groups / chunks)
@@ -224,19 +268,20 @@ def build(
     if chunks > 1:
         ends = torch.arange(1, chunks, device=dev) * chunk_groups * GROUP_ENTRIES
         for r0 in range(0, rows, step):
-            flags = (out[r0 : r0 + step] < 0).to(torch.int32)  # the flag is the sign bit
+            flags = ((out[r0 : r0 + step] >> COLUMN_BITS) & 1).to(torch.int32)
             before = torch.cumsum(flags, dim=2, dtype=torch.int32)[:, :, ends - 1]
             chunk_base[r0 : r0 + step, :, 1:] = before - 1
-    # sorted order [g, step, lane] -> stored order [g, lane, step]
+    # sorted order [g, step, lane] -> stored order [g, lane, step]; bit 31 is always clear
     stored = out.view(rows, nlists, groups, STEPS_PER_GROUP, LANES).transpose(3, 4)
-    return SortedLayout(stored.reshape(rows, nlists, width).contiguous(), chunk_base, chunk_groups)
+    entries = stored.reshape(rows, nlists, width).to(torch.int32).contiguous()
+    return SortedLayout(entries, chunk_base, chunk_groups)
 
 
 def decode(layout: SortedLayout, group_size: int) -> torch.Tensor:
     """The codes a layout encodes, int64 ``[lists, R, group_size]``, as the kernel reads them
     (the reference for :func:`build`). Raises if a column is missing or appears twice, or if
     a chunk's base code disagrees with the entries before it."""
-    e = layout.entries.to(torch.int64) & 0xFFFF
+    e = layout.entries.to(torch.int64) & 0xFFFFFFFF
     rows, nlists, width = e.shape
     groups = width // GROUP_ENTRIES
     e = (
@@ -244,9 +289,7 @@ def decode(layout: SortedLayout, group_size: int) -> torch.Tensor:
         .transpose(3, 4)
         .reshape(rows, nlists, width)
     )
-    flag = e >> COLUMN_BITS
-    col = e & (NEW_CODE - 1)
-    code = torch.cumsum(flag, dim=2) - 1
+    code = torch.cumsum((e >> COLUMN_BITS) & 1, dim=2) - 1
     starts = (
         torch.arange(layout.chunk_base.shape[2], device=e.device)
         * layout.chunk_groups
@@ -255,6 +298,9 @@ def decode(layout: SortedLayout, group_size: int) -> torch.Tensor:
     before = torch.where(starts > 0, code[:, :, (starts - 1).clamp(min=0)], -1)
     if not torch.equal(before, layout.chunk_base.to(torch.int64)):
         raise InvalidValueError("chunk_base disagrees with the entries")
+    # both columns of an entry, in order: [R, lists, 2 * width]
+    col = torch.stack((e & COLUMN_MASK, e >> SECOND), dim=3).reshape(rows, nlists, 2 * width)
+    code = code.repeat_interleave(2, dim=2)
     real = col < group_size
     counts = torch.zeros(rows, nlists, group_size + 1, dtype=torch.int64, device=e.device)
     counts.scatter_add_(2, col.clamp(max=group_size), torch.ones_like(col))

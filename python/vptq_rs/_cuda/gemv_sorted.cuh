@@ -1,26 +1,28 @@
 // Sorted GEMV: one token, over the code-sorted layout of python/vptq_rs/sorted_layout.py.
 //
-// Per vector row and codebook the layout lists the row's columns sorted by code, 16 bits an
-// entry (a "next code" flag and a 15-bit column). y_r = sum over entries of xs[col] C[code]:
-// - the 32 entries of a warp step cover about 16 adjacent codes, so the codebook rows come
-//   from shared memory nearly in order (distinct banks, most rows read by two lanes at once);
+// Per vector row and codebook the layout lists the row's columns sorted by code, two columns
+// of one code to a 32-bit entry (15-bit columns and a "next code" flag). y_r = sum over
+// entries of (xs[col_a] + xs[col_b]) C[code]:
+// - the 32 entries of a warp step cover about 32 adjacent codes, so the codebook rows come
+//   from shared memory in order (distinct banks);
 // - the codes come from the flags: one ballot, two popcounts;
-// - the one random access is the 4-byte activation, from a copy of xs in shared memory;
+// - the random accesses left are the two 4-byte activations, from a copy of xs in shared
+//   memory, and the layout orders each entry's pair to spread them over the banks;
 // - no atomics, no histograms, no dot phase: the gather kernel's conflicted codebook gathers
-//   and the histogram kernel's shared atomics (README, "What limits the GEMV") are gone, for
-//   4/3 the index bytes at 12-bit codes plus the dummy entries of unused codes.
-// On an H100 (run 13e profile, README "What limits the GEMV") this loop is bound by
-// instruction issue and the shared-memory pipe together: about 35 instructions a warp step,
-// issue on 81% of cycles, L1/shared 71% busy. Two variants moved work from one to the other
-// and were slower (runs 13b, 13c): the codebook staged as fp32 (no conversions, 17% fewer
-// instructions, but 8-byte loads: L1 89% busy) and a tensor-core loop (ldmatrix of the rows,
-// one m16n8k16 per step with the activations shuffled into the B operand: 20% fewer
-// instructions, L1 86% busy).
+//   and the histogram kernel's shared atomics (README, "What limits the GEMV") are gone.
+// Pairing halves the codebook work (loads, conversions, FMAs) and the step overhead per
+// column, against one activation load and add more a step and a half-empty entry for codes
+// with an odd column count. The single-column layout it replaced (16-bit entries, run 13e)
+// was bound by instruction issue and the shared-memory pipe together: about 35 instructions
+// a 32-column step, issue on 81% of cycles, L1/shared 71% busy. Two variants of that loop
+// moved work from one to the other and were slower (runs 13b, 13c): the codebook staged as
+// fp32 (no conversions, but 8-byte loads: L1 89% busy) and a tensor-core loop (ldmatrix of
+// the rows, one m16n8k16 per step: L1 86% busy).
 //
 // A block owns a contiguous range of vector rows (one block per SM) and keeps all of xs in
 // shared memory. For each codebook in turn (main, then residual) it stages that codebook in
 // shared memory, then its warps take (row, chunk) items round-robin; a chunk is a run of
-// 256-entry groups, started from its stored base code. The 16-byte entry loads bypass L1
+// 128-entry groups, started from its stored base code. The 16-byte entry loads bypass L1
 // and run two groups ahead. Every item's warp sum lands in its own shared-memory slot, and
 // the epilogue adds a row's slots in a fixed order: the result is bitwise repeatable.
 #pragma once
@@ -32,6 +34,8 @@ namespace gemv {
 
 constexpr int kSortedColBits = 15;
 constexpr int kSortedMaxGroupSize = (1 << kSortedColBits) - 1;  // group_size = the zero slot
+constexpr uint32_t kSortedColMask = (1u << kSortedColBits) - 1u;
+constexpr uint32_t kSortedNewCode = 1u << kSortedColBits;  // the flag, in the low half
 
 // 1024 threads keep 32 KB of entry loads in flight per SM; past v = 8 the accumulators and
 // codebook rows need more than the 64 registers that allows.
@@ -172,13 +176,14 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
         const uint4 ahead = g + 2 < ng ? load_stream(e + (g + 2) * 32) : cur;
         const uint32_t w[4] = {cur.x, cur.y, cur.z, cur.w};
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const uint32_t ev = (w[j >> 1] >> ((j & 1) * 16)) & 0xffffu;
-          const uint32_t flags = __ballot_sync(0xffffffffu, ev >> kSortedColBits);
-          // a malformed layout cannot leave the codebook or xs: both indices are clamped
+        for (int j = 0; j < 4; ++j) {
+          const uint32_t ev = w[j];
+          const uint32_t flags = __ballot_sync(0xffffffffu, ev & kSortedNewCode);
+          // a malformed layout cannot leave the codebook or xs: every index is clamped
           const uint32_t code = min(static_cast<uint32_t>(base + __popc(flags & lanes_le)), kmax);
           base += __popc(flags);
-          const float xv = s_x[min(ev & ((1u << kSortedColBits) - 1u), static_cast<uint32_t>(gs))];
+          const uint32_t zero = static_cast<uint32_t>(gs);
+          const float xv = s_x[min(ev & kSortedColMask, zero)] + s_x[min(ev >> 16, zero)];
           Entry<T, V> ent;
           ent.load(s_cb + code * V);
           float cv[V];

@@ -340,13 +340,13 @@ Tensor gemv_sorted(const Tensor& x, const Tensor& entries, const Tensor& chunk_b
   check_one_token(L, x, indices, centroids, cols, group_num, "gemv_sorted");
   const int64_t lists = res_bits > 0 ? 2 : 1;
   check_on(entries, indices, "entries");
-  VPTQ_CHECK(entries.scalar_type() == at::kShort, "entries must be int16, got ",
+  VPTQ_CHECK(entries.scalar_type() == at::kInt, "entries must be int32, got ",
              entries.scalar_type());
   VPTQ_CHECK(entries.dim() == 3 && entries.size(0) == L.a.num_vectors &&
-                 entries.size(1) == lists && entries.size(2) > 0 && entries.size(2) % 256 == 0,
+                 entries.size(1) == lists && entries.size(2) > 0 && entries.size(2) % 128 == 0,
              "entries must have shape [", L.a.num_vectors, ", ", lists,
-             ", a multiple of 256], got ", entries.sizes());
-  const int64_t groups = entries.size(2) / 256;
+             ", a multiple of 128], got ", entries.sizes());
+  const int64_t groups = entries.size(2) / 128;
   VPTQ_CHECK(chunk_groups >= 1, "chunk_groups must be >= 1, got ", chunk_groups);
   const int64_t chunks = (groups + chunk_groups - 1) / chunk_groups;
   check_on(chunk_base, indices, "chunk_base");
@@ -358,7 +358,7 @@ Tensor gemv_sorted(const Tensor& x, const Tensor& entries, const Tensor& chunk_b
   Tensor ent = aligned(entries);
   L.keep.push_back(ent);
   vptq::SortedLayout sl;
-  sl.entries = ent.data_ptr<int16_t>();
+  sl.entries = ent.data_ptr<int32_t>();
   sl.chunk_base = chunk_base.data_ptr<int32_t>();
   sl.lists = static_cast<int>(lists);
   sl.groups = static_cast<int>(groups);
