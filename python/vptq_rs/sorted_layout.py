@@ -58,11 +58,15 @@ GROUP_ENTRIES = 128  # 4 steps of 32 lanes: one 16-byte load per lane
 STEPS_PER_GROUP = 4
 LANES = 32
 BANKS = 32  # shared-memory banks of 4 bytes
-# lanes whose column order the builder picks at once (one pass each)
-BALANCE_LANES = 1
-# groups a warp takes at once: long enough that its partial-sum reduction is noise, short
-# enough that the chunks of a block's rows spread evenly over its warps
-CHUNK_GROUPS_TARGET = 8
+# lanes whose column order the builder picks at once (one pass each): 4 balances a step's
+# activation loads nearly as well as 1 (5.77 against 5.66 words in the fullest banks of its
+# two loads, 7.07 unordered, on random columns) in a quarter of the passes
+BALANCE_LANES = 4
+# groups a warp takes at once: long enough that an item's start (its first loads, not yet
+# overlapped) and its partial-sum reduction are small, short enough that the chunks of a
+# block's rows spread over its warps. On an H100 16 beat 8 by 0-7% on the v6/k4096 shapes
+# and 4 lost by up to 12% (run 15b, results/gpu-gemv-sorted-variants-run15b.json)
+CHUNK_GROUPS_TARGET = 16
 
 
 class SortedLayout(NamedTuple):

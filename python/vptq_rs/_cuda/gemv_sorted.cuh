@@ -36,6 +36,7 @@ constexpr int kSortedColBits = 15;
 constexpr int kSortedMaxGroupSize = (1 << kSortedColBits) - 1;  // group_size = the zero slot
 constexpr uint32_t kSortedColMask = (1u << kSortedColBits) - 1u;
 constexpr uint32_t kSortedNewCode = 1u << kSortedColBits;  // the flag, in the low half
+constexpr int kSortedRing = 3;  // 16-byte entry loads a lane holds: in use plus ahead
 
 // 1024 threads keep 32 KB of entry loads in flight per SM; past v = 8 the accumulators and
 // codebook rows need more than the 64 registers that allows.
@@ -160,8 +161,10 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
     cp_wait<0>();
     __syncthreads();
     for (int item = warp; item < items; item += kWarps) {
-      const int rl = item / s.chunks;
-      const int c = item - rl * s.chunks;
+      // chunk-major: a warp's items spread over the chunks, so the short last chunks of the
+      // rows do not all fall to the same warps
+      const int c = item / nrows;
+      const int rl = item - c * nrows;
       const int64_t list = int64_t{r0 + rl} * s.lists + b;
       int base = s.chunk_base[list * s.chunks + c];
       const int g0 = c * s.chunk_groups;
@@ -170,11 +173,9 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
       float acc[V];
 #pragma unroll
       for (int l = 0; l < V; ++l) acc[l] = 0.f;
-      uint4 cur = load_stream(e);
-      uint4 next = ng > 1 ? load_stream(e + 32) : cur;
-      for (int g = 0; g < ng; ++g) {
-        const uint4 ahead = g + 2 < ng ? load_stream(e + (g + 2) * 32) : cur;
-        const uint32_t w[4] = {cur.x, cur.y, cur.z, cur.w};
+      // the 4 warp steps of one 16-byte load per lane
+      auto steps = [&](const uint4& q) {
+        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const uint32_t ev = w[j];
@@ -191,8 +192,25 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
 #pragma unroll
           for (int l = 0; l < V; ++l) acc[l] = fmaf(xv, cv[l], acc[l]);
         }
-        cur = next;
-        next = ahead;
+      };
+      // a ring of kSortedRing loads, kSortedRing - 1 groups ahead, unrolled by its length so
+      // that no registers are copied from one slot to the next
+      uint4 ring[kSortedRing];
+      ring[0] = load_stream(e);
+#pragma unroll
+      for (int k = 1; k < kSortedRing - 1; ++k) {
+        ring[k] = k < ng ? load_stream(e + k * 32) : ring[0];
+      }
+      for (int g = 0; g < ng; g += kSortedRing) {
+#pragma unroll
+        for (int u = 0; u < kSortedRing; ++u) {
+          if (g + u < ng) {
+            constexpr int kAhead = kSortedRing - 1;
+            const int ahead = g + u + kAhead;
+            if (ahead < ng) ring[(u + kAhead) % kSortedRing] = load_stream(e + ahead * 32);
+            steps(ring[u]);
+          }
+        }
       }
 #pragma unroll
       for (int l = 0; l < V; ++l) {
