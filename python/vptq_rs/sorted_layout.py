@@ -259,7 +259,7 @@ def build(
             pad = width - cols.shape[1]
             cols = _balance_banks(F.pad(cols, (0, 0, 0, pad), value=gs), gs)
             flag = F.pad(flag, (0, pad))
-            block.append(cols[..., 1] << SECOND | flag.long() << COLUMN_BITS | cols[..., 0])
+            block.append(cols[..., 1] << SECOND | flag.long() * NEW_CODE | cols[..., 0])
         blocks.append(torch.stack(block, dim=1))
     width = max(b.shape[2] for b in blocks)
     # shorter blocks take whole groups of empty entries (the same in any order)
