@@ -142,6 +142,10 @@ def test_what_the_layout_covers():
     assert sorted_layout.applies(cfg()) and sorted_layout.pays(cfg())
     assert sorted_layout.applies(cfg(num_res_centroids=256))
     assert not sorted_layout.pays(cfg(num_res_centroids=256))  # slower than the histogram
+    # with a residual codebook it pays only on large layers (run 15c)
+    for o, i, paid in ((28672, 8192, True), (8192, 28672, True), (14336, 4096, False)):
+        shape = dict(out_features=o, in_features=i, vector_len=12, num_res_centroids=4096)
+        assert sorted_layout.pays(cfg(**shape)) is paid, (o, i)
     assert "group_num" in sorted_layout.problem(cfg(group_num=2))
     assert "input dimension" in sorted_layout.problem(cfg(vector_quant_dim="in"))
     assert "exceeds 32767" in sorted_layout.problem(cfg(in_features=40000))

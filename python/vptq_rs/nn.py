@@ -222,10 +222,10 @@ class VQuantLinear(nn.Module):
         (e.g. 65,536 rows).
 
         The copy is built on first use on the layer's device and kept beside the packed
-        words (never saved): 1.35x their bytes at 12-bit codes on rows of 8192+ columns
-        (sorted), 2x at 16-bit codes (tiled). Returns whether it is on: only where one of
-        them pays (``sorted_layout.pays``: no residual codebook; ``tiled_layout.pays``);
-        elsewhere forwards keep the other kernels."""
+        words (never saved): about 1.9x their bytes at 12-bit codes on rows of 8192
+        columns (sorted), 2x at 16-bit codes (tiled). Returns whether it is on: only where
+        one of them pays (``sorted_layout.pays``: no residual codebook, or a large layer;
+        ``tiled_layout.pays``); elsewhere forwards keep the other kernels."""
         cfg = self.config
         pays = sorted_layout.pays(cfg) or tiled_layout.pays(cfg)
         self._sorted_gemv = bool(enable) and pays

@@ -118,13 +118,21 @@ def applies(cfg: Any) -> bool:
     return problem(cfg) is None
 
 
+# A residual codebook doubles the lists, so the sorted kernel pays only on large layers: on
+# an H100 (run 15c, benchmarks/results/gpu-gemv.json) v12/k4096+res4096 beat the histogram
+# kernel on 28672x8192 and 8192x28672 (98.0 vs 107.8 us, 84.3 vs 91.7; 19.6M columns of
+# vector rows) and lost 8-36% on the 4096-wide shapes (4.9M at most).
+PAYS_RESIDUAL_COLUMNS = 1 << 23
+
+
 def pays(cfg: Any) -> bool:
-    """Whether the sorted GEMV is worth its memory on this layer: it applies and there is no
-    residual codebook. On an H100 (run 13e, ``benchmarks/results/gpu-gemv.json``) it beat
-    the histogram kernel on v6/k4096 by up to 1.39x (28672x8192) and matched it within 4% on
-    the 4096-wide shapes, but a residual codebook doubles its lists: v12/k4096+res4096 ran
-    at 0.81-1.05x the histogram kernel's speed."""
-    return applies(cfg) and cfg.num_res_centroids == 0
+    """Whether the sorted GEMV is worth its memory on this layer: it applies, and either
+    there is no residual codebook (run 15c: 1.39-1.50x the histogram kernel's speed on the
+    large v6/k4096 shapes, within 4-7% of it on 4096x4096) or the layer has at least
+    ``PAYS_RESIDUAL_COLUMNS`` columns of vector rows."""
+    if not applies(cfg):
+        return False
+    return cfg.num_res_centroids == 0 or (cfg.num_vectors * cfg.group_size >= PAYS_RESIDUAL_COLUMNS)
 
 
 def smem_bytes(cfg: Any, layout: SortedLayout, sms: int) -> int:

@@ -28,9 +28,10 @@ sorted_option = click.option(
     "--sorted-gemv",
     is_flag=True,
     help="Decode (one token per step, CUDA only) through a GEMV over a code-sorted copy of the "
-    "indices, on the layers where it pays: the sorted kernel (one group, one codebook, rows "
-    "at least as wide as it; 1.35-1.9x the packed bytes at 12-bit codes) or, for codebooks "
-    "wider than a row on large layers, the tiled kernel (2x the packed bytes at 16-bit codes).",
+    "indices, on the layers where it pays: the sorted kernel (one group, rows at least as wide "
+    "as the codebook, a residual codebook only on large layers; about 1.9x the packed bytes at "
+    "12-bit codes on rows of 8192 columns, 2.9x at 4096) or, for codebooks wider than a row on "
+    "large layers, the tiled kernel (2x the packed bytes at 16-bit codes).",
 )
 
 
