@@ -364,9 +364,10 @@ def test_gemv_tiled_kernel_matches_reference(layer_t, dtype):
     ref = reference_linear(x, layer, bias)
     dense = F.linear(x, layer.dequantize(dtype).to(DEV), bias)
     drift = ((dense.double() - ref).norm() / ref.norm()).item()
-    # the kernel's tile, and a small one (many tiles, most runs a step or less)
-    for tc in (tile_codes, 64):
-        lay = tiled_layout.build(cfg, t.indices, tc)
+    # the kernel's tile, and a small one (many tiles, most runs a step or less); entries
+    # dealt by bank key (the default) and in column order
+    for tc, deal in ((tile_codes, True), (64, True), (tile_codes, False)):
+        lay = tiled_layout.build(cfg, t.indices, tc, deal_by_bank=deal)
         y = cuda_ext.gemv_tiled(x, cfg, t, lay, bias)
         assert y.shape == (1, cfg.out_features) and y.dtype == dtype
         err = ((y.double() - ref).norm() / ref.norm()).item()

@@ -7,10 +7,17 @@ dummy entries for unused codes would outnumber the columns. Here each vector row
 codebook: main, then residual) lists its columns grouped by codebook tile, one 32-bit entry
 each: ``code << 16 | column``. The kernel stages the codebook through shared memory a tile
 of ``tile_codes`` rows at a time, and ``tile_start`` says where each tile's entries begin in
-every list, so the warps sum exactly the entries the staged tile serves. Within a tile the
-entries keep column order: codes in ascending order would sit a near-constant stride apart
-(about tile_codes / entries a tile), which puts a warp's codebook rows in the same
-shared-memory banks; in column order they are as good as random.
+every list, so the warps sum exactly the entries the staged tile serves.
+
+Within a tile the entries are ordered for the shared-memory banks of the codebook loads. A
+warp step reads 32 consecutive entries of a tile's run, and its codebook load is served a
+few lanes at a time (8 lanes of 16-byte rows, 16 of 8-byte rows, 32 otherwise); two lanes
+of one such group whose rows start in the same bank but at different rows cost a wavefront
+each. The builder deals each run's entries out by bank key (:func:`bank_keys`): one entry
+of every key, then the next of every key, so each group of lanes reads distinct keys while
+every key still has entries left. In column order the keys are random: about 10 wavefronts
+for a warp's 16-byte rows where 4 would do, 5 in this order (v8, 512 entries a tile).
+Codes in ascending order would be worse than either, a near-constant stride apart.
 
 Storage:
 
@@ -18,7 +25,7 @@ Storage:
   65534``.
 - ``tile_start`` int32 ``[R, lists, tiles + 1]`` with ``tiles = ceil(max(K, K_res) /
   tile_codes)``: entries ``tile_start[t] .. tile_start[t+1] - 1`` have codes in
-  ``[t * tile_codes, (t+1) * tile_codes)``, their columns ascending.
+  ``[t * tile_codes, (t+1) * tile_codes)``.
 
 Entries take 4 bytes where the packed words take ``(index_bits + res_bits) / 8``: twice the
 bytes at 16-bit codes, which is cheap here since the gather, not the index stream, bounds
@@ -146,11 +153,49 @@ def device_tile_codes(cfg: Any, device: torch.device) -> int | None:
 BUILD_BLOCK_ENTRIES = 1 << 22
 
 
-def build(cfg: Any, indices: torch.Tensor, tile_codes: int) -> TiledLayout:
+def bank_keys(codes: torch.Tensor, vector_len: int) -> tuple[torch.Tensor, int]:
+    """Which bank group each code's fp16 codebook row starts in, and how many groups a
+    wavefront serves at once (the lanes a wavefront takes).
+
+    The kernel loads a row in chunks of the widest of 16, 8 or 4 bytes that divides it
+    (``Entry`` in common.cuh); a wavefront serves 128 bytes, so 128 / chunk lanes, whose
+    rows conflict when they start in the same chunk-sized slot of 128 bytes at different
+    rows. Within one tile the slot of code ``c`` is ``c * row / chunk`` plus a constant.
+    Rows of an odd number of 2-byte halves are keyed by their first 4-byte word.
+
+    codes: int64, any shape; returns (int64 keys of that shape, number of keys).
+    """
+    row = 2 * vector_len
+    chunk = 16 if row % 16 == 0 else 8 if row % 8 == 0 else 4
+    keys = 128 // chunk
+    return (codes * row // chunk) % keys, keys
+
+
+def _deal_by_key(tile: torch.Tensor, key: torch.Tensor, keys: int) -> torch.Tensor:
+    """The order that deals each tile's entries out by key: the first entry of every key in
+    ascending key order, then the second of every key, and so on; entries of one key keep
+    column order. tile, key: int64 ``[rows, n]``; returns int64 ``[rows, n]`` positions."""
+    n = tile.shape[1]
+    col = torch.arange(n, device=tile.device)
+    bucket = tile * keys + key
+    # n < 2**16 and tiles * keys < 2**20: the composite keys fit an int64
+    by_bucket = torch.sort(bucket << 16 | col, dim=1).indices
+    sorted_bucket = torch.gather(bucket, 1, by_bucket).contiguous()
+    rank = col - torch.searchsorted(sorted_bucket, sorted_bucket)  # within the bucket
+    sorted_key = sorted_bucket % keys
+    dealt = torch.sort((sorted_bucket // keys) << 24 | rank << 8 | sorted_key, dim=1).indices
+    return torch.gather(by_bucket, 1, dealt)
+
+
+def build(
+    cfg: Any, indices: torch.Tensor, tile_codes: int, *, deal_by_bank: bool = True
+) -> TiledLayout:
     """The tiled layout of a packed layer, on the indices' device.
 
     cfg: :class:`vptq_rs.layout.LayerConfig`; indices: int32 packed words ``[1, R, words]``;
-    tile_codes: a power of two >= 8 (:func:`device_tile_codes` picks the kernel's).
+    tile_codes: a power of two >= 8 (:func:`device_tile_codes` picks the kernel's);
+    deal_by_bank: order each tile's entries for the codebook loads' banks (module
+    docstring); False keeps column order (the kernel takes either).
     """
     why = problem(cfg)
     if why is not None:
@@ -173,8 +218,12 @@ def build(cfg: Any, indices: torch.Tensor, tile_codes: int) -> TiledLayout:
         main, res = ops.unpack_codes(indices[:, r0 : r0 + step], cfg.index_bits, gs, cfg.res_bits)
         for b, codes in enumerate((main, res)[:nlists]):
             c = codes[0].to(torch.int64)
-            # stable: within a tile, columns stay in order
-            tile, order = torch.sort(c // tile_codes, dim=1, stable=True)
+            if deal_by_bank:
+                key, keys = bank_keys(c, cfg.vector_len)
+                order = _deal_by_key(c // tile_codes, key, keys)
+            else:  # stable: within a tile, columns stay in order
+                order = torch.sort(c // tile_codes, dim=1, stable=True).indices
+            tile = torch.gather(c // tile_codes, 1, order).contiguous()
             e = (torch.gather(c, 1, order) << 16) | order
             # uint32 bits in an int32 tensor
             entries[r0 : r0 + step, b] = torch.where(e >= 1 << 31, e - (1 << 32), e).to(torch.int32)
@@ -185,16 +234,16 @@ def build(cfg: Any, indices: torch.Tensor, tile_codes: int) -> TiledLayout:
 
 def decode(layout: TiledLayout, group_size: int) -> torch.Tensor:
     """The codes a layout encodes, int64 ``[lists, R, group_size]`` (the reference for
-    :func:`build`). Raises if a column is missing or appears twice, if entries are not in
-    (tile, column) order, or if a tile's start disagrees with the codes."""
+    :func:`build`). Raises if a column is missing or appears twice, if entries are not
+    grouped by tile in ascending order, or if a tile's start disagrees with the codes."""
     e = layout.entries.to(torch.int64) & 0xFFFFFFFF
     rows, nlists, n = e.shape
     if n != group_size:
         raise InvalidValueError(f"entries hold {n} columns, not group_size {group_size}")
     code, col = e >> 16, e & 0xFFFF
     tile = code // layout.tile_codes
-    if not bool((tile * (1 << 16) + col).diff(dim=2).gt(0).all()):
-        raise InvalidValueError("entries must be in (tile, column) order within a list")
+    if not bool(tile.diff(dim=2).ge(0).all()):
+        raise InvalidValueError("entries must be grouped by tile in ascending order")
     bounds = torch.arange(layout.tile_start.shape[2], device=e.device)
     expect = torch.searchsorted(
         tile.reshape(rows * nlists, n), bounds.expand(rows * nlists, -1).contiguous()

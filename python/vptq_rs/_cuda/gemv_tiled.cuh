@@ -10,11 +10,14 @@
 // - L2 traffic for the codebook: one copy a block (132 MB on 132 SMs at 1 MB) in place of a
 //   sector a weight vector;
 // - a warp step reads 32 consecutive entries (coalesced) and gathers 32 activations and 32
-//   codebook rows, both from shared memory; within a tile the entries keep column order,
-//   which spreads the rows over the banks (tiled_layout's docstring says why);
+//   codebook rows, both from shared memory; within a tile the builder deals the entries
+//   out by bank key, so a wavefront's lanes read rows in distinct banks (tiled_layout's
+//   docstring says how);
 // - an item (row, split) belongs to one warp for the whole kernel, its sums stay in
 //   registers across tiles, and a row's splits are added in a fixed order: the result is
-//   bitwise repeatable.
+//   bitwise repeatable;
+// - a warp loads its items' runs and first batches a phase ahead (they travel during the
+//   barriers) and walks a run two batches a turn.
 // Each block pays for the whole codebook, so the kernel only pays on large layers
 // (tiled_layout.pays).
 #pragma once
@@ -91,26 +94,70 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
 
   stage_xs(p, s_x);  // committed with the first tile
 
-  // phase f: tile f % tiles of list f / tiles (main codebook, then residual)
-  const int phases = t.lists * t.tiles;
-  auto codes_of = [&](int f) -> int64_t {
-    const int64_t K = int64_t{1} << (f / t.tiles == 0 ? a.index_bits : a.res_bits);
-    const int64_t left = K - int64_t{f % t.tiles} * tc;
+  // A phase is tile ft of list b (main codebook, then residual), advanced by counting: the
+  // divisions that would split a phase number cost more than a tile's setup otherwise does.
+  auto codes_of = [&](int b, int ft) -> int64_t {
+    const int64_t K = int64_t{1} << (b == 0 ? a.index_bits : a.res_bits);
+    const int64_t left = K - int64_t{ft} * tc;
     return left < 0 ? 0 : (left < tc ? left : tc);
   };
-  auto stage_tile = [&](int f) {
-    const int64_t n = codes_of(f);
+  auto stage_tile = [&](int b, int ft, int buf) {
+    const int64_t n = codes_of(b, ft);
     if (n == 0) return;
-    const T* cb = static_cast<const T*>(f / t.tiles == 0 ? a.centroids : a.res_centroids);
+    const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
     // tile starts are multiples of tc * V * 2 >= 16 bytes: 16-byte aligned (ops.cpp aligns
     // the codebooks)
     const int words = static_cast<int>(n * V * int64_t{sizeof(T)} / 4);
-    stage_copy(reinterpret_cast<uint32_t*>(s_tile(f & 1)),
-               reinterpret_cast<const uint32_t*>(cb + int64_t{f % t.tiles} * tc * V), words,
+    stage_copy(reinterpret_cast<uint32_t*>(s_tile(buf)),
+               reinterpret_cast<const uint32_t*>(cb + int64_t{ft} * tc * V), words,
                (words + 3) / 4 * 4, true);
   };
-  stage_tile(0);
+  stage_tile(0, 0, 0);
   cp_commit();
+
+  // the split takes every S-th batch of a run (one short batch a run at most)
+  constexpr int kBatch = 32 * kUnroll;
+  const int stride = S * kBatch;
+  // per item: its row's first list and its split
+  int first_list[kTiledItemsPerWarp], split[kTiledItemsPerWarp];
+#pragma unroll
+  for (int m = 0; m < kTiledItemsPerWarp; ++m) {
+    const int item = warp + m * kWarps;
+    first_list[m] = (r0 + item / S) * t.lists;
+    split[m] = item % S;
+  }
+  // The run of item m in phase (b, ft): entries [e0, e1) of its list, clamped to the row so
+  // that a malformed layout cannot leave it.
+  auto run_of = [&](int m, int b, int ft, int& e0, int& e1) {
+    const int32_t* ts = t.tile_start + int64_t{first_list[m] + b} * (t.tiles + 1) + ft;
+    e0 = min(max(ts[0], 0), gs);
+    e1 = min(max(ts[1], e0), gs);
+  };
+  auto entries_of = [&](int m, int b) {
+    return reinterpret_cast<const uint32_t*>(t.entries) + int64_t{first_list[m] + b} * gs;
+  };
+  // A batch from entry e (the lane's own) on, at ptr; the lanes past e1 read the zero
+  // activation with the tile's first code.
+  auto fetch = [&](const uint32_t* ptr, int e, int e1, uint32_t pad, uint32_t(&ev)[kUnroll]) {
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) ev[k] = e + 32 * k < e1 ? load_stream32(ptr + 32 * k) : pad;
+  };
+  auto pad_of = [&](int ft) {
+    return (static_cast<uint32_t>(ft * tc) << 16) | static_cast<uint32_t>(gs);
+  };
+
+  // Each item's run and first batch are loaded a phase ahead: they travel while the warps
+  // sum the current phase and wait at its barriers (loaded at the phase's start, a run and
+  // its batch would cost two memory round trips a phase with every warp idle).
+  int run0[kTiledItemsPerWarp], run1[kTiledItemsPerWarp];
+  uint32_t first[kTiledItemsPerWarp][kUnroll];
+#pragma unroll
+  for (int m = 0; m < kTiledItemsPerWarp; ++m) {
+    if (warp + m * kWarps >= items) continue;
+    run_of(m, 0, 0, run0[m], run1[m]);
+    const int e = run0[m] + split[m] * kBatch + lane;
+    fetch(entries_of(m, 0) + e, e, run1[m], pad_of(0), first[m]);
+  }
 
   float acc[kTiledItemsPerWarp][V];
 #pragma unroll
@@ -119,67 +166,68 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
     for (int l = 0; l < V; ++l) acc[m][l] = 0.f;
   }
 
-  for (int f = 0; f < phases; ++f) {
-    if (f + 1 < phases) {
-      stage_tile(f + 1);  // into the buffer the previous phase read (freed by its barrier)
+  int b = 0, ft = 0;  // this phase
+  for (int f = 0; f < t.lists * t.tiles; ++f) {
+    const bool last_tile = ft + 1 == t.tiles;
+    const int nb = last_tile ? b + 1 : b;  // the next phase (nb == lists: none)
+    const int nft = last_tile ? 0 : ft + 1;
+    const bool more = nb < t.lists;
+    if (more) {
+      stage_tile(nb, nft, (f + 1) & 1);  // into the buffer the previous phase read
       cp_commit();
       cp_wait<1>();
     } else {
       cp_wait<0>();
     }
     __syncthreads();
-    const int b = f / t.tiles;
-    const uint32_t code0 = static_cast<uint32_t>(f % t.tiles) * tc;
-    const int64_t ncodes = codes_of(f);
+    const uint32_t code0 = static_cast<uint32_t>(ft * tc);
+    const int64_t ncodes = codes_of(b, ft);
     const T* tile = s_tile(f & 1);
-    if (ncodes > 0) {
-      const uint32_t cmax = static_cast<uint32_t>(ncodes - 1);
-      // the masked lanes of a step read the zero activation
-      const uint32_t pad = (code0 << 16) | static_cast<uint32_t>(gs);
+    // both indices are clamped: the column to the zero slot, the code to the tile (a
+    // phase without codes has no entries in a valid layout)
+    const uint32_t cmax = ncodes > 0 ? static_cast<uint32_t>(ncodes - 1) : 0u;
 #pragma unroll
-      for (int m = 0; m < kTiledItemsPerWarp; ++m) {
-        const int item = warp + m * kWarps;
-        if (item >= items) continue;
-        const int rl = item / S;
-        const int sp = item - rl * S;
-        const int64_t list = int64_t{r0 + rl} * t.lists + b;
-        const int32_t* ts = t.tile_start + list * (t.tiles + 1) + f % t.tiles;
-        // a malformed layout cannot leave the row: the run is clamped to it
-        const int e0 = min(max(ts[0], 0), gs);
-        const int e1 = min(max(ts[1], e0), gs);
-        // the split takes every S-th batch of the run (one short batch a run at most)
-        constexpr int kBatch = 32 * kUnroll;
-        const int stride = S * kBatch;
-        const uint32_t* ent = reinterpret_cast<const uint32_t*>(t.entries) + list * gs;
-        auto fetch = [&](int e, uint32_t(&ev)[kUnroll]) {
+    for (int m = 0; m < kTiledItemsPerWarp; ++m) {
+      if (warp + m * kWarps >= items) continue;
+      const int e1 = run1[m];
+      int e = run0[m] + split[m] * kBatch + lane;
+      const uint32_t* ptr = entries_of(m, b) + e;
+      if (more) run_of(m, nb, nft, run0[m], run1[m]);  // used after the loop
+      const uint32_t pad = pad_of(ft);
+      auto sum = [&](const uint32_t(&ev)[kUnroll]) {
 #pragma unroll
-          for (int k = 0; k < kUnroll; ++k) {
-            ev[k] = e + 32 * k < e1 ? load_stream32(ent + e + 32 * k) : pad;
-          }
-        };
-        // the next batch is loaded while this one is summed
-        uint32_t next[kUnroll];
-        fetch(e0 + sp * kBatch + lane, next);
-        for (int e = e0 + sp * kBatch + lane; e - lane < e1; e += stride) {
-          uint32_t ev[kUnroll];
+        for (int k = 0; k < kUnroll; ++k) {
+          const float xv = s_x[min(ev[k] & 0xffffu, static_cast<uint32_t>(gs))];
+          const uint32_t c = min((ev[k] >> 16) - code0, cmax);
+          Entry<T, V> row;
+          row.load(tile + c * V);
+          float cv[V];
+          row.get(cv);
 #pragma unroll
-          for (int k = 0; k < kUnroll; ++k) ev[k] = next[k];
-          fetch(e + stride, next);
-#pragma unroll
-          for (int k = 0; k < kUnroll; ++k) {
-            // both indices are clamped: the column to the zero slot, the code to the tile
-            const float xv = s_x[min(ev[k] & 0xffffu, static_cast<uint32_t>(gs))];
-            const uint32_t c = min((ev[k] >> 16) - code0, cmax);
-            Entry<T, V> row;
-            row.load(tile + c * V);
-            float cv[V];
-            row.get(cv);
-#pragma unroll
-            for (int l = 0; l < V; ++l) acc[m][l] = fmaf(xv, cv[l], acc[m][l]);
-          }
+          for (int l = 0; l < V; ++l) acc[m][l] = fmaf(xv, cv[l], acc[m][l]);
         }
+      };
+      // two batches a turn, each loading the other's successor while it is summed: the
+      // buffers trade roles without register copies
+      uint32_t other[kUnroll];
+      while (e - lane < e1) {
+        fetch(ptr + stride, e + stride, e1, pad, other);
+        sum(first[m]);
+        e += stride;
+        ptr += stride;
+        if (e - lane >= e1) break;
+        fetch(ptr + stride, e + stride, e1, pad, first[m]);
+        sum(other);
+        e += stride;
+        ptr += stride;
+      }
+      if (more) {
+        const int en = run0[m] + split[m] * kBatch + lane;
+        fetch(entries_of(m, nb) + en, en, run1[m], pad_of(nft), first[m]);
       }
     }
+    b = nb;
+    ft = nft;
     __syncthreads();  // this buffer is restaged in the next phase but one
   }
 
