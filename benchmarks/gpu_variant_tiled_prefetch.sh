@@ -3,13 +3,14 @@
 # items' runs and first batches a phase ahead, counts phases without divisions, and sums
 # two batches a turn) against two copies of the sources built through VPTQ_RS_CUDA_SRC:
 # .device/Y/_cuda (the same without the two-batch turn) and .device/X/_cuda (the kernel
-# before these changes: `git archive fe24eee python/vptq_rs/_cuda`), each over both entry orders of tiled_layout.build (dealt by bank
-# key, column order). In order: the tiled GPU tests, benchmarks/gpu_tiled_order.py for each
-# kernel (a missing copy is skipped), memcheck over the tiled tests, the suite's copy and
-# gemv sections, an Nsight Compute profile of the committed kernel. Writes $OUT/{log.txt,
-# sanitizer-memcheck.txt, profile/tiled.txt, results/gpu-{copy,gemv}.json,
-# results/gpu-gemv-tiled-order-{turn,prefetch,phase}.json}. Run 16a carried no Y copy (the
-# session's device time was short), so it timed turn and phase only.
+# before these changes: `git archive fe24eee python/vptq_rs/_cuda`), each over both entry
+# orders of tiled_layout.build (dealt by bank key, column order). In order: the tiled GPU
+# tests, benchmarks/gpu_tiled_order.py for each kernel (a missing copy is skipped), memcheck
+# over the tiled tests, the suite's copy and gemv sections, an Nsight Compute profile of the
+# committed kernel. Writes $OUT/{log.txt, sanitizer-memcheck.txt, profile/tiled.txt,
+# results/gpu-{copy,gemv}.json, results/gpu-gemv-tiled-order-{turn,prefetch,phase}.json}.
+# Run 16a carried no Y copy (the session's device time was short), so it timed turn and
+# phase only.
 #
 #   bash benchmarks/gpu_variant_tiled_prefetch.sh
 set -u
