@@ -218,12 +218,13 @@ def build(
         main, res = ops.unpack_codes(indices[:, r0 : r0 + step], cfg.index_bits, gs, cfg.res_bits)
         for b, codes in enumerate((main, res)[:nlists]):
             c = codes[0].to(torch.int64)
+            tile = c // tile_codes
             if deal_by_bank:
                 key, keys = bank_keys(c, cfg.vector_len)
-                order = _deal_by_key(c // tile_codes, key, keys)
+                order = _deal_by_key(tile, key, keys)
             else:  # stable: within a tile, columns stay in order
-                order = torch.sort(c // tile_codes, dim=1, stable=True).indices
-            tile = torch.gather(c // tile_codes, 1, order).contiguous()
+                order = torch.sort(tile, dim=1, stable=True).indices
+            tile = torch.gather(tile, 1, order).contiguous()
             e = (torch.gather(c, 1, order) << 16) | order
             # uint32 bits in an int32 tensor
             entries[r0 : r0 + step, b] = torch.where(e >= 1 << 31, e - (1 << 32), e).to(torch.int32)
