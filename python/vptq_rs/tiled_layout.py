@@ -16,7 +16,8 @@ of one such group whose rows start in the same bank but at different rows cost a
 each. The builder deals each run's entries out by bank key (:func:`bank_keys`): one entry
 of every key, then the next of every key, so each group of lanes reads distinct keys while
 every key still has entries left. In column order the keys are random: about 10 wavefronts
-for a warp's 16-byte rows where 4 would do, 5 in this order (v8, 512 entries a tile).
+for a warp's 16-byte rows where 4 would do, 5 in this order (v8, 512 entries a tile;
+counted on the CPU, as ``tests/test_tiled_layout.py`` does).
 Codes in ascending order would be worse than either, a near-constant stride apart.
 
 Storage:
