@@ -262,7 +262,29 @@ def test_gemv_sorted_kernel_matches_reference(layer_t, dtype):
     assert y.shape == (1, cfg.out_features) and y.dtype == dtype
     err = ((y.double() - ref).norm() / ref.norm()).item()
     assert err <= max(2 * drift, 1e-3), (err, drift)
-    # every item's sum has its own slot, added in a fixed order
+    # every piece's sum has its own slot, added in a fixed order
+    assert torch.equal(cuda_ext.gemv_sorted(x, cfg, t, lay, bias), y)
+
+
+@pytest.mark.parametrize(
+    "layer_t",
+    [SORTED_LAYERS[0], SORTED_LAYERS[4], (2000, 1100, 1, 256, 256, (0, 0, 0), True)],
+)
+@pytest.mark.parametrize("grain", [1, 3])
+def test_gemv_sorted_kernel_at_any_chunk_grain(layer_t, grain):
+    """Finer chunks cut a block's groups into more even warp ranges, which then start inside
+    lists and run on across rows (the last layer: 8-9 rows a block, two lists of 9 groups):
+    the result still matches the reference and repeats bitwise."""
+    cfg, layer, t = make_hist(layer_t, torch.float16, seed=grain)
+    lay = sorted_layout.build(cfg, t.indices, chunk_groups_target=grain)
+    x = torch.randn(1, cfg.in_features, device=DEV).half()
+    bias = layer.bias.to(DEV)
+    ref = reference_linear(x, layer, bias)
+    dense = F.linear(x, layer.dequantize(torch.float16).to(DEV), bias)
+    drift = ((dense.double() - ref).norm() / ref.norm()).item()
+    y = cuda_ext.gemv_sorted(x, cfg, t, lay, bias)
+    err = ((y.double() - ref).norm() / ref.norm()).item()
+    assert err <= max(2 * drift, 1e-3), (err, drift)
     assert torch.equal(cuda_ext.gemv_sorted(x, cfg, t, lay, bias), y)
 
 

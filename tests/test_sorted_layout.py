@@ -46,8 +46,8 @@ def test_build_then_decode_gives_the_codes_back(shape):
     assert torch.equal(codes[0], main)
     if res is not None:
         assert torch.equal(codes[1], res)
-    rows, lists, width = lay.entries.shape
-    assert (rows, lists) == (cfg.num_vectors, 2 if res is not None else 1)
+    lists, rows, width = lay.entries.shape
+    assert (lists, rows) == (2 if res is not None else 1, cfg.num_vectors)
     assert width % sorted_layout.GROUP_ENTRIES == 0 and lay.entries.dtype == torch.int32
     groups = width // sorted_layout.GROUP_ENTRIES
     assert lay.chunk_base.shape[2] == math.ceil(groups / lay.chunk_groups)
@@ -56,7 +56,7 @@ def test_build_then_decode_gives_the_codes_back(shape):
 
 def sorted_order(lay):
     """A layout's entries in the order the warps take them: int64 [R, lists, width]."""
-    e = lay.entries.to(torch.int64) & 0xFFFFFFFF
+    e = lay.entries.transpose(0, 1).to(torch.int64) & 0xFFFFFFFF
     rows, lists, width = e.shape
     lanes, steps = sorted_layout.LANES, sorted_layout.STEPS_PER_GROUP
     groups = width // sorted_layout.GROUP_ENTRIES
@@ -166,6 +166,37 @@ def test_smem_estimate_counts_activations_codebook_and_partials():
     assert sorted_layout.smem_bytes(c, lay, 132) == x_and_zero_slot + codebook + partials_per_row
     # 11 rows over 4 SMs: 3 rows per block
     assert sorted_layout.smem_bytes(c, lay, 4) == x_and_zero_slot + codebook + 3 * partials_per_row
+    # one block of 11 rows: its 32 warps meet a row at most 32 // 11 + 2 = 4 times
+    assert chunks > 4
+    assert sorted_layout.smem_bytes(c, lay, 1) == x_and_zero_slot + codebook + 11 * 4 * 6 * 4
+
+
+def test_warp_ranges_leave_each_row_at_most_its_slots():
+    """The kernel's split (gemv_sorted.cuh): warp w of W takes the chunks
+    [units * w // W, units * (w + 1) // W) of its block's rows, and each piece (a warp's part
+    of one row) takes a distinct slot below ``slots``: the warp's place among the warps that
+    meet its first row, 0 for a row it starts, or its chunk when some ranges are empty."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        warps = (16, 32)[int(torch.randint(2, (1,), generator=g))]
+        chunks, rows = (int(v) for v in torch.randint(1, 60, (2,), generator=g))
+        sms = int(torch.randint(1, 20, (1,), generator=g))
+        grid = min(rows, sms)
+        n_slots = sorted_layout.slots(chunks, warps, rows // grid)
+        for blk in range(grid):
+            nrows = rows * (blk + 1) // grid - rows * blk // grid
+            units = nrows * chunks
+            taken = set()
+            for w in range(warps):
+                u0, u1 = units * w // warps, units * (w + 1) // warps
+                if u0 == u1:
+                    continue
+                rl0, c0 = divmod(u0, chunks)
+                first = w - ((rl0 * chunks + 1) * warps - 1) // units if units >= warps else c0
+                for row in range(rl0, (u1 - 1) // chunks + 1):
+                    piece = (row, first if row == rl0 else 0)
+                    assert 0 <= piece[1] < n_slots and piece not in taken
+                    taken.add(piece)
 
 
 def test_building_in_row_blocks_gives_the_same_layout(monkeypatch):

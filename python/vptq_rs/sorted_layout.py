@@ -28,10 +28,11 @@ An entry is 32 bits: ``b << 16 | new_code << 15 | a``.
 - Lists are padded with empty entries whose flag is clear, to one length per layer that is a
   multiple of 128 entries.
 
-Storage: ``entries`` int32 ``[R, lists, L]``. Within each group of 128 entries (4 warp steps
+Storage: ``entries`` int32 ``[lists, R, L]`` (a codebook's lists are contiguous, so a warp's
+run of groups crosses rows without a jump). Within each group of 128 entries (4 warp steps
 of 32 lanes) lane ``l``'s 4 entries are adjacent, so one 16-byte load per lane feeds 4 steps:
 step ``s`` of lane ``l`` in group ``g`` lives at ``g*128 + l*4 + s``. ``chunk_base`` int32
-``[R, lists, chunks]`` holds the code before each chunk of ``chunk_groups`` groups (-1 for
+``[lists, R, chunks]`` holds the code before each chunk of ``chunk_groups`` groups (-1 for
 the first), so a warp can start a list mid-way.
 
 The layout is derived from the packed indices at load time (:func:`build`) and is never
@@ -62,18 +63,17 @@ BANKS = 32  # shared-memory banks of 4 bytes
 # activation loads nearly as well as 1 (5.77 against 5.66 words in the fullest banks of its
 # two loads, 7.07 unordered, on random columns) in a quarter of the passes
 BALANCE_LANES = 4
-# groups a warp takes at once: long enough that an item's start (its first loads, not yet
-# overlapped) and its partial-sum reduction are small, short enough that the chunks of a
-# block's rows spread over its warps. On an H100 16 beat 8 by 0-7% on the v6/k4096 shapes
-# and 4 lost by up to 12% (run 15b, results/gpu-gemv-sorted-variants-run15b.json)
-CHUNK_GROUPS_TARGET = 16
+# the grain at which the kernel cuts a block's groups into one range per warp: a warp's share
+# is within a chunk of the mean. A chunk costs a base code (4 bytes a list) and a partial-sum
+# slot (V floats of shared memory a row).
+CHUNK_GROUPS_TARGET = 4
 
 
 class SortedLayout(NamedTuple):
     """One layer's code-sorted entries (module docstring).
 
-    entries:      int32 ``[R, lists, groups * 128]``
-    chunk_base:   int32 ``[R, lists, chunks]``
+    entries:      int32 ``[lists, R, groups * 128]``
+    chunk_base:   int32 ``[lists, R, chunks]``
     chunk_groups: groups per chunk (the last chunk of a list may be shorter)
     """
 
@@ -135,14 +135,25 @@ def pays(cfg: Any) -> bool:
     return cfg.num_res_centroids == 0 or (cfg.num_vectors * cfg.group_size >= PAYS_RESIDUAL_COLUMNS)
 
 
+def slots(chunks: int, warps: int, min_rows: int) -> int:
+    """Partial-sum slots the kernel keeps per (row, list): one per piece a warp leaves in
+    the row (mirrors ``sorted_slots`` in gemv_sorted.cuh). When a block has at least as many
+    chunks as warps, the warps that meet one row number at most ``warps // min_rows + 2``
+    (``min_rows``: the fewest rows a block has); with fewer, each piece is one chunk."""
+    return min(chunks, warps // max(1, min_rows) + 2)
+
+
 def smem_bytes(cfg: Any, layout: SortedLayout, sms: int) -> int:
     """Shared memory the sorted kernel asks for on a GPU with ``sms`` SMs: xs plus a zero
-    slot (fp32), the larger codebook (16-bit), and one partial sum per (row, list, chunk,
-    element) of a block's rows (mirrors ``sorted_smem_bytes`` in gemv_sorted.cuh)."""
+    slot (fp32), the larger codebook (16-bit), and the partial sums of a block's rows
+    (:func:`slots` per row and list, fp32 x V; mirrors ``sorted_smem_bytes`` in
+    gemv_sorted.cuh)."""
     r = cfg.num_vectors
-    rows_per_block = -(-r // max(1, min(r, sms)))
+    grid = max(1, min(r, sms))
+    rows_per_block = -(-r // grid)
     widest = max(cfg.num_centroids, cfg.num_res_centroids)
-    _, lists, chunks = layout.chunk_base.shape
+    lists, _, chunks = layout.chunk_base.shape
+    warps = 32 if cfg.vector_len <= 8 else 16
 
     def round16(b: int) -> int:
         return -(-b // 16) * 16
@@ -150,7 +161,7 @@ def smem_bytes(cfg: Any, layout: SortedLayout, sms: int) -> int:
     return (
         round16((cfg.group_size + 1) * 4)
         + round16(widest * cfg.vector_len * 2)
-        + rows_per_block * lists * chunks * cfg.vector_len * 4
+        + rows_per_block * lists * slots(chunks, warps, r // grid) * cfg.vector_len * 4
     )
 
 
@@ -285,15 +296,15 @@ def build(
             chunk_base[r0 : r0 + step, :, 1:] = before - 1
     # sorted order [g, step, lane] -> stored order [g, lane, step]; bit 31 is always clear
     stored = out.view(rows, nlists, groups, STEPS_PER_GROUP, LANES).transpose(3, 4)
-    entries = stored.reshape(rows, nlists, width).to(torch.int32).contiguous()
-    return SortedLayout(entries, chunk_base, chunk_groups)
+    entries = stored.reshape(rows, nlists, width).to(torch.int32).transpose(0, 1).contiguous()
+    return SortedLayout(entries, chunk_base.transpose(0, 1).contiguous(), chunk_groups)
 
 
 def decode(layout: SortedLayout, group_size: int) -> torch.Tensor:
     """The codes a layout encodes, int64 ``[lists, R, group_size]``, as the kernel reads them
     (the reference for :func:`build`). Raises if a column is missing or appears twice, or if
     a chunk's base code disagrees with the entries before it."""
-    e = layout.entries.to(torch.int64) & 0xFFFFFFFF
+    e = layout.entries.transpose(0, 1).to(torch.int64) & 0xFFFFFFFF  # [R, lists, width]
     rows, nlists, width = e.shape
     groups = width // GROUP_ENTRIES
     e = (
@@ -308,7 +319,7 @@ def decode(layout: SortedLayout, group_size: int) -> torch.Tensor:
         * GROUP_ENTRIES
     )
     before = torch.where(starts > 0, code[:, :, (starts - 1).clamp(min=0)], -1)
-    if not torch.equal(before, layout.chunk_base.to(torch.int64)):
+    if not torch.equal(before, layout.chunk_base.transpose(0, 1).to(torch.int64)):
         raise InvalidValueError("chunk_base disagrees with the entries")
     # both columns of an entry, in order: [R, lists, 2 * width]
     col = torch.stack((e & COLUMN_MASK, e >> SECOND), dim=3).reshape(rows, nlists, 2 * width)

@@ -385,7 +385,7 @@ inline int sorted_grid(const LayerArgs& a) {
 // Shared memory of the sorted kernel's blocks (sized for the largest row range).
 inline int64_t sorted_block_smem(const LayerArgs& a, const SortedLayout& s) {
   const int grid = sorted_grid(a);
-  return sorted_smem_bytes(a, s, (a.num_vectors + grid - 1) / grid);
+  return sorted_smem_bytes(a, s, (a.num_vectors + grid - 1) / grid, a.num_vectors / grid);
 }
 
 // Whether the sorted kernel takes this layer: one group, group_size <= 32767, and xs, one

@@ -21,10 +21,14 @@
 //
 // A block owns a contiguous range of vector rows (one block per SM) and keeps all of xs in
 // shared memory. For each codebook in turn (main, then residual) it stages that codebook in
-// shared memory, then its warps take (row, chunk) items round-robin; a chunk is a run of
-// 128-entry groups, started from its stored base code. The 16-byte entry loads bypass L1
-// and run two groups ahead. Every item's warp sum lands in its own shared-memory slot, and
-// the epilogue adds a row's slots in a fixed order: the result is bitwise repeatable.
+// shared memory, then cuts the groups of its rows' lists (contiguous in memory) into one
+// range of whole chunks per warp; a chunk is a run of 128-entry groups with a stored base
+// code, so a warp can start mid-list. Each warp's 16-byte entry loads bypass L1 and run two
+// groups ahead across the rows it crosses. The ranges replaced (row, chunk) items taken
+// round-robin, whose last round left most warps idle and whose every item began with loads
+// not yet in flight. A warp's sum for one row (a piece) lands in a shared-memory slot of its
+// own (sorted_slots), and the epilogue adds a row's slots in a fixed order: the result is
+// bitwise repeatable.
 #pragma once
 
 #include "gemv.cuh"
@@ -40,9 +44,10 @@ constexpr int kSortedRing = 3;  // 16-byte entry loads a lane holds: in use plus
 
 // 1024 threads keep 32 KB of entry loads in flight per SM; past v = 8 the accumulators and
 // codebook rows need more than the 64 registers that allows.
+__host__ __device__ constexpr int sorted_warps(int v) { return v <= 8 ? 32 : 16; }
 template <int V>
 __host__ __device__ constexpr int sorted_threads() {
-  return V <= 8 ? 1024 : 512;
+  return sorted_warps(V) * 32;
 }
 
 struct SortedParams {
@@ -52,15 +57,25 @@ struct SortedParams {
 
 __host__ __device__ inline int64_t sorted_round16(int64_t b) { return (b + 15) / 16 * 16; }
 
+// Partial-sum slots of one (row, list): one per piece a warp leaves in the row. With at least
+// as many chunks in a block as warps, the warps that meet a row number at most
+// warps / min_rows + 2 (min_rows: the fewest rows a block has); with fewer, a piece is one
+// chunk and takes that chunk's slot.
+__host__ __device__ inline int sorted_slots(int chunks, int warps, int min_rows) {
+  const int s = warps / (min_rows > 0 ? min_rows : 1) + 2;
+  return chunks < s ? chunks : s;
+}
+
 // Shared memory: [xs of the group + the zero slot, fp32] [one codebook, 16-bit]
-// [item partial sums].
+// [the pieces' partial sums: rows_per_block x lists x slots x V, fp32].
 __host__ __device__ inline int64_t sorted_smem_bytes(const LayerArgs& a, const SortedLayout& s,
-                                                    int rows_per_block) {
+                                                    int rows_per_block, int min_rows) {
   const int64_t K = int64_t{1} << a.index_bits;
   const int64_t Kr = a.res_centroids ? int64_t{1} << a.res_bits : 0;
   const int64_t cb = (K > Kr ? K : Kr) * a.v * 2;
+  const int slots = sorted_slots(s.chunks, sorted_warps(a.v), min_rows);
   return sorted_round16(int64_t{a.group_size + 1} * 4) + sorted_round16(cb) +
-         int64_t{rows_per_block} * s.lists * s.chunks * a.v * 4;
+         int64_t{rows_per_block} * s.lists * slots * a.v * 4;
 }
 
 // 16 bytes that are read once: skip L1, which shares its SRAM with the shared memory here.
@@ -141,15 +156,38 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
 
   stage_xs(p, s_x);  // in one cp.async group: every copy in flight at once
   cp_commit();
+  // a row may leave fewer pieces than it has slots: the rest must add nothing
+  const int slots = sorted_slots(s.chunks, kWarps, R / static_cast<int>(gridDim.x));
+  const int per_row = s.lists * slots;
+  for (int i = threadIdx.x; i < nrows * per_row * V; i += blockDim.x) s_part[i] = 0.f;
   uint32_t lanes_le;
   asm("mov.u32 %0, %%lanemask_le;" : "=r"(lanes_le));
-  const int items = nrows * s.chunks;
+  // The block's lists of one codebook are contiguous: [nrows][groups] groups, cut into
+  // chunks. Warp w takes the chunks [units * w / W, units * (w + 1) / W) in row-major order,
+  // so every warp gets the same number of groups to within one chunk, pays for one pipeline
+  // start, and crosses a row or two.
+  const int units = nrows * s.chunks;
+  const int u0 = static_cast<int>(int64_t{units} * warp / kWarps);
+  const int u1 = static_cast<int>(int64_t{units} * (warp + 1) / kWarps);
+  const int rl0 = u0 / s.chunks;
+  const int c0 = u0 - rl0 * s.chunks;
+  const int rl1 = u1 / s.chunks;
+  const int64_t flat0 = int64_t{rl0} * s.groups + c0 * s.chunk_groups;
+  const int total = static_cast<int>(int64_t{rl1} * s.groups +
+                                     (u1 - rl1 * s.chunks) * s.chunk_groups - flat0);
+  // the slot of the warp's first piece: its place among the warps that meet row rl0 (the
+  // first of them holds the row's first chunk), or, with empty ranges about, its chunk
+  const int first_slot =
+      units >= kWarps ? warp - ((rl0 * s.chunks + 1) * kWarps - 1) / units : c0;
   const uint4* entries = reinterpret_cast<const uint4*>(s.entries);
 
   for (int b = 0; b < s.lists; ++b) {
     const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
     const int64_t Kb = b == 0 ? K : Kr;
-    const uint32_t kmax = static_cast<uint32_t>(Kb - 1);
+    uint32_t kmax = static_cast<uint32_t>(Kb - 1);
+    // opaque: kept in a register, where the compiler would rebuild it from the params every
+    // group (6 instructions)
+    asm volatile("" : "+r"(kmax));
     __syncthreads();  // the previous codebook's readers are done
     {
       // K * V * sizeof(T) is a multiple of 4 (K even); ops.cpp aligns codebooks to 16 bytes
@@ -160,72 +198,89 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
     }
     cp_wait<0>();
     __syncthreads();
-    for (int item = warp; item < items; item += kWarps) {
-      // chunk-major: a warp's items spread over the chunks, so the short last chunks of the
-      // rows do not all fall to the same warps
-      const int c = item / nrows;
-      const int rl = item - c * nrows;
-      const int64_t list = int64_t{r0 + rl} * s.lists + b;
-      int base = s.chunk_base[list * s.chunks + c];
-      const int g0 = c * s.chunk_groups;
-      const int ng = min(s.groups - g0, s.chunk_groups);
-      const uint4* e = entries + (list * s.groups + g0) * 32 + lane;
-      float acc[V];
+    if (total <= 0) continue;
+    const int64_t list0 = int64_t{b} * R + r0;  // the block's first list of this codebook
+    const uint4* e = entries + (list0 * s.groups + flat0) * 32 + lane;
+    int rl = rl0;
+    int slot = first_slot;  // of the open piece; a piece from a row's start takes slot 0
+    int base = s.chunk_base[(list0 + rl) * s.chunks + c0];
+    int row_end = s.groups - c0 * s.chunk_groups;  // groups of the range before a row ends
+    float acc[V];
 #pragma unroll
-      for (int l = 0; l < V; ++l) acc[l] = 0.f;
-      // the 4 warp steps of one 16-byte load per lane
-      auto steps = [&](const uint4& q) {
-        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const uint32_t ev = w[j];
-          const uint32_t flags = __ballot_sync(0xffffffffu, ev & kSortedNewCode);
-          // a malformed layout cannot leave the codebook or xs: every index is clamped
-          const uint32_t code = min(static_cast<uint32_t>(base + __popc(flags & lanes_le)), kmax);
-          base += __popc(flags);
-          const uint32_t zero = static_cast<uint32_t>(gs);
-          const float xv = s_x[min(ev & kSortedColMask, zero)] + s_x[min(ev >> 16, zero)];
-          Entry<T, V> ent;
-          ent.load(s_cb + code * V);
-          float cv[V];
-          ent.get(cv);
-#pragma unroll
-          for (int l = 0; l < V; ++l) acc[l] = fmaf(xv, cv[l], acc[l]);
-        }
-      };
-      // a ring of kSortedRing loads, kSortedRing - 1 groups ahead, unrolled by its length so
-      // that no registers are copied from one slot to the next
-      uint4 ring[kSortedRing];
-      ring[0] = load_stream(e);
-#pragma unroll
-      for (int k = 1; k < kSortedRing - 1; ++k) {
-        ring[k] = k < ng ? load_stream(e + k * 32) : ring[0];
-      }
-      for (int g = 0; g < ng; g += kSortedRing) {
-#pragma unroll
-        for (int u = 0; u < kSortedRing; ++u) {
-          if (g + u < ng) {
-            constexpr int kAhead = kSortedRing - 1;
-            const int ahead = g + u + kAhead;
-            if (ahead < ng) ring[(u + kAhead) % kSortedRing] = load_stream(e + ahead * 32);
-            steps(ring[u]);
-          }
-        }
-      }
+    for (int l = 0; l < V; ++l) acc[l] = 0.f;
+    // the open piece's sums into its slot, and a fresh piece from the next row's start
+    auto flush = [&]() {
 #pragma unroll
       for (int l = 0; l < V; ++l) {
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) acc[l] += __shfl_xor_sync(0xffffffffu, acc[l], o);
       }
       if (lane == 0) {
-        float* dst = s_part + ((int64_t{rl} * s.lists + b) * s.chunks + c) * V;
+        float* dst = s_part + ((int64_t{rl} * s.lists + b) * slots + slot) * V;
 #pragma unroll
         for (int l = 0; l < V; ++l) dst[l] = acc[l];
       }
+#pragma unroll
+      for (int l = 0; l < V; ++l) acc[l] = 0.f;
+    };
+    // the 4 warp steps of one 16-byte load per lane
+    auto steps = [&](const uint4& q) {
+      const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t ev = w[j];
+        const uint32_t flags = __ballot_sync(0xffffffffu, ev & kSortedNewCode);
+        // a malformed layout cannot leave the codebook or xs: every index is clamped
+        const uint32_t code = min(static_cast<uint32_t>(base + __popc(flags & lanes_le)), kmax);
+        base += __popc(flags);
+        const uint32_t zero = static_cast<uint32_t>(gs);
+        const float xv = s_x[min(ev & kSortedColMask, zero)] + s_x[min(ev >> 16, zero)];
+        Entry<T, V> ent;
+        ent.load(s_cb + code * V);
+        float cv[V];
+        ent.get(cv);
+#pragma unroll
+        for (int l = 0; l < V; ++l) acc[l] = fmaf(xv, cv[l], acc[l]);
+      }
+    };
+    // a ring of kSortedRing loads, kSortedRing - 1 groups ahead, unrolled by its length so
+    // that no registers are copied from one slot to the next; the block's groups of one
+    // codebook are contiguous, so the loads run on across rows
+    uint4 ring[kSortedRing];
+    ring[0] = load_stream(e);
+#pragma unroll
+    for (int k = 1; k < kSortedRing - 1; ++k) {
+      ring[k] = k < total ? load_stream(e + k * 32) : ring[0];
     }
+    constexpr int kAhead = kSortedRing - 1;
+    // group gi of the range, in ring slot u: start the load kAhead groups on, take the 4
+    // steps, and close the piece where a row ends
+    auto group = [&](int gi, int u) {
+      const int ahead = gi + kAhead;
+      if (ahead < total) ring[(u + kAhead) % kSortedRing] = load_stream(e + ahead * 32);
+      steps(ring[u]);
+      if (gi + 1 == row_end) {  // warp-uniform
+        flush();
+        ++rl;
+        slot = 0;
+        base = -1;
+        row_end += s.groups;
+      }
+    };
+    // whole turns of the ring without a bounds check per group, then the last groups
+    int g = 0;
+    for (; g + kSortedRing <= total; g += kSortedRing) {
+#pragma unroll
+      for (int u = 0; u < kSortedRing; ++u) group(g + u, u);
+    }
+#pragma unroll
+    for (int u = 0; u < kSortedRing - 1; ++u) {
+      if (g + u < total) group(g + u, u);
+    }
+    if (total > row_end - s.groups) flush();  // the range ends inside a row
   }
   __syncthreads();
-  sorted_epilogue<T, V>(p, s_part, r0, nrows, s.lists * s.chunks);
+  sorted_epilogue<T, V>(p, s_part, r0, nrows, per_row);
 }
 
 }  // namespace gemv

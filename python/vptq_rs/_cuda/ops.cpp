@@ -342,18 +342,19 @@ Tensor gemv_sorted(const Tensor& x, const Tensor& entries, const Tensor& chunk_b
   check_on(entries, indices, "entries");
   VPTQ_CHECK(entries.scalar_type() == at::kInt, "entries must be int32, got ",
              entries.scalar_type());
-  VPTQ_CHECK(entries.dim() == 3 && entries.size(0) == L.a.num_vectors &&
-                 entries.size(1) == lists && entries.size(2) > 0 && entries.size(2) % 128 == 0,
-             "entries must have shape [", L.a.num_vectors, ", ", lists,
+  VPTQ_CHECK(entries.dim() == 3 && entries.size(0) == lists &&
+                 entries.size(1) == L.a.num_vectors && entries.size(2) > 0 &&
+                 entries.size(2) % 128 == 0,
+             "entries must have shape [", lists, ", ", L.a.num_vectors,
              ", a multiple of 128], got ", entries.sizes());
   const int64_t groups = entries.size(2) / 128;
   VPTQ_CHECK(chunk_groups >= 1, "chunk_groups must be >= 1, got ", chunk_groups);
   const int64_t chunks = (groups + chunk_groups - 1) / chunk_groups;
   check_on(chunk_base, indices, "chunk_base");
   VPTQ_CHECK(chunk_base.scalar_type() == at::kInt && chunk_base.dim() == 3 &&
-                 chunk_base.size(0) == L.a.num_vectors && chunk_base.size(1) == lists &&
+                 chunk_base.size(0) == lists && chunk_base.size(1) == L.a.num_vectors &&
                  chunk_base.size(2) == chunks,
-             "chunk_base must be int32 [", L.a.num_vectors, ", ", lists, ", ", chunks,
+             "chunk_base must be int32 [", lists, ", ", L.a.num_vectors, ", ", chunks,
              "], got ", chunk_base.scalar_type(), " ", chunk_base.sizes());
   Tensor ent = aligned(entries);
   L.keep.push_back(ent);

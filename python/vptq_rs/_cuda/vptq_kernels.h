@@ -51,8 +51,8 @@ bool gemv_hist_applies(const LayerArgs& a, int tokens);
 
 // The code-sorted layout of one layer (python/vptq_rs/sorted_layout.py), device pointers.
 struct SortedLayout {
-  const int32_t* entries = nullptr;     // [R, lists, groups * 128] column pairs, 16B aligned
-  const int32_t* chunk_base = nullptr;  // [R, lists, chunks]
+  const int32_t* entries = nullptr;     // [lists, R, groups * 128] column pairs, 16B aligned
+  const int32_t* chunk_base = nullptr;  // [lists, R, chunks]
   int lists = 1, groups = 0, chunks = 0, chunk_groups = 0;
 };
 

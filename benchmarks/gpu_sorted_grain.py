@@ -1,0 +1,135 @@
+"""The sorted GEMV over several chunk grains (``sorted_layout.build``'s
+``chunk_groups_target``), each against cuBLAS fp16 timed in the same run (issue 5).
+
+The kernel cuts a block's groups into one range of whole chunks per warp, so the grain sets
+how evenly the warps share the work. ``--label`` names a kernel variant built from another
+source folder (``VPTQ_RS_CUDA_SRC``); ``--storage rows`` hands it the layout in the order of
+the kernels before run 17a (``[R, lists, L]``; the same bytes when there is one list).
+
+Writes ``<out>/gpu-gemv-sorted-grain[-<label>].json``: device and versions, per-repetition
+timings (µs), medians and ratios.
+
+    python benchmarks/gpu_sorted_grain.py --out benchmarks/results [--label L]
+        [--grains 2,4,8,16] [--storage lists|rows] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_suite
+from gpu_suite import DEV, GEMV_CONFIGS, GEMV_SHAPES, Timer, med, random_layer
+
+from vptq_rs import cuda_ext, sorted_layout
+
+
+def one_grain(timer: Timer, x, cfg, t, grain: int, rows_first: bool, ref, moved, copy_gbps):
+    """The sorted GEMV at one chunk grain (``gpu_suite._layout_gemv_row``'s keys), or None
+    where its partial sums do not fit in shared memory (``sorted_layout.fits``)."""
+    if not sorted_layout.fits(cfg, sorted_layout.build(cfg, t.indices, grain), DEV):
+        return None
+
+    def build():
+        lay = sorted_layout.build(cfg, t.indices, chunk_groups_target=grain)
+        if rows_first:  # the pre-17a storage order
+            lay = lay._replace(
+                entries=lay.entries.transpose(0, 1).contiguous(),
+                chunk_base=lay.chunk_base.transpose(0, 1).contiguous(),
+            )
+        return lay
+
+    lay, build_s = gpu_suite._built(build)
+
+    def call():
+        return cuda_ext.gemv_sorted(x, cfg, t, lay)
+
+    return gpu_suite._layout_gemv_row(
+        f"g{grain}", timer, x, cfg, t, ref, moved, copy_gbps, lay, build_s, call
+    )
+
+
+def rows_for(timer, configs, shapes, grains, rows_first, copy_gbps) -> list[dict]:
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    out = []
+    for o, i in shapes:
+        x = torch.randn(1, i, device=DEV, generator=gen).half()
+        w_dense = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).half()
+        cublas = timer(lambda w_dense=w_dense, x=x: F.linear(x, w_dense))
+        del w_dense
+        for name in configs:
+            v, k, kr = GEMV_CONFIGS[name]
+            cfg, t = random_layer(o, i, v, k, kr, gen)
+            if not sorted_layout.applies(cfg):
+                continue
+            ref = F.linear(x.float(), cuda_ext.dequant(cfg, t, torch.float32))
+            moved = gpu_suite.layer_bytes(t) + x.numel() * 2 + o * 2
+            row = {"out": o, "in": i, "config": name}
+            row.update(cublas_fp16_us=med(cublas), cublas_raw_us=cublas)
+            line = []
+            for grain in grains:
+                got = one_grain(timer, x, cfg, t, grain, rows_first, ref, moved, copy_gbps)
+                if got is None:
+                    row[f"ours_g{grain}_us"] = None
+                    line.append(f"g{grain} does not fit")
+                    continue
+                row.update(got)
+                us = row[f"ours_g{grain}_us"]
+                row[f"speedup_vs_cublas_g{grain}"] = med(cublas) / us
+                line.append(f"g{grain} {us:.1f}us (x{med(cublas) / us:.2f})")
+            out.append(row)
+            print(
+                f"sorted {o}x{i} {name}: " + " ".join(line),
+                f"cublas {med(cublas):.1f}us",
+                flush=True,
+            )
+            del t
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--label", default="", help="file name suffix: the kernel variant timed")
+    ap.add_argument("--configs", default="v6_k4096,v12_k4096_r4096", help="GEMV configs")
+    ap.add_argument("--grains", default="2,4,8,16", help="chunk_groups_target values")
+    ap.add_argument("--storage", choices=("lists", "rows"), default="lists")
+    ap.add_argument("--quick", action="store_true", help="the two largest shapes only")
+    args = ap.parse_args()
+    if args.label and not re.fullmatch(r"[a-z0-9_]+", args.label):
+        ap.error(f"--label must be lower-case letters, digits or _, got {args.label!r}")
+    configs = args.configs.split(",")
+    unknown = [c for c in configs if c not in GEMV_CONFIGS]
+    if unknown:
+        ap.error(f"unknown configs {unknown}; known: {sorted(GEMV_CONFIGS)}")
+    try:
+        grains = [int(g) for g in args.grains.split(",")]
+    except ValueError:
+        ap.error(f"--grains must be comma-separated integers, got {args.grains!r}")
+    if min(grains) < 1:
+        ap.error("--grains must be >= 1")
+    if cuda_ext.load() is None:
+        sys.exit(f"CUDA extension unavailable: {cuda_ext.unavailable_reason()}")
+    timer = Timer()
+    copy = gpu_suite.copy_bandwidth(timer)
+    shapes = GEMV_SHAPES[3:] if args.quick else GEMV_SHAPES
+    rows = rows_for(timer, configs, shapes, grains, args.storage == "rows", copy["GBps"])
+    payload = {
+        "copy_GBps": copy["GBps"],
+        "tokens": 1,
+        "label": args.label,
+        "storage": args.storage,
+        "grains": grains,
+        "rows": rows,
+    }
+    gpu_suite.write(Path(args.out), "gemv-sorted-grain", payload, args.label)
+
+
+if __name__ == "__main__":
+    main()
