@@ -145,9 +145,10 @@ def slots(chunks: int, warps: int, min_rows: int) -> int:
 
 def smem_bytes(cfg: Any, layout: SortedLayout, sms: int) -> int:
     """Shared memory the sorted kernel asks for on a GPU with ``sms`` SMs: xs plus a zero
-    slot (fp32), the larger codebook (16-bit), and the partial sums of a block's rows
-    (:func:`slots` per row and list, fp32 x V; mirrors ``sorted_smem_bytes`` in
-    gemv_sorted.cuh)."""
+    slot (fp32), the larger codebook (16-bit), and the partial sums of the rows a block
+    touches (:func:`slots` per row and list, fp32 x V; a block's chunks may start and end
+    inside rows, so one row more than ``R / sms`` rounded up; mirrors ``sorted_smem_bytes``
+    in gemv_sorted.cuh)."""
     r = cfg.num_vectors
     grid = max(1, min(r, sms))
     rows_per_block = -(-r // grid)
@@ -161,7 +162,7 @@ def smem_bytes(cfg: Any, layout: SortedLayout, sms: int) -> int:
     return (
         round16((cfg.group_size + 1) * 4)
         + round16(widest * cfg.vector_len * 2)
-        + rows_per_block * lists * slots(chunks, warps, r // grid) * cfg.vector_len * 4
+        + (rows_per_block + 1) * lists * slots(chunks, warps, r // grid) * cfg.vector_len * 4
     )
 
 
