@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Run 17d on the device machine (issue 5): the sorted GEMV with the layer's chunks cut evenly
-# over the blocks (rows two blocks share are finished by the second, gemv_sorted.cuh as
-# committed) against the kernel of run 17b (.device/P/_cuda: `git archive 1768ae9
-# python/vptq_rs/_cuda`, whole rows per block), built through VPTQ_RS_CUDA_SRC. In order: the
-# whole GPU test sweep, benchmarks/gpu_sorted_grain.py for both kernels, memcheck over the
-# sorted tests, the suite's copy, gemv and lut sections, an Nsight Compute profile of the
-# sorted kernel. Writes $OUT/{log.txt, sanitizer-memcheck.txt, profile/sorted.txt,
+# over the blocks (rows two blocks share are finished by the second) against the kernel of
+# run 17b (.device/P/_cuda: `git archive 1768ae9 python/vptq_rs/_cuda`, whole rows per
+# block), built through VPTQ_RS_CUDA_SRC. The chunk split was slower and was not kept: its
+# sources are results/variant-run17d-sorted-chunk-split.patch against 1768ae9 (as run, but
+# for the split arithmetic, since made 32-bit and timed in run 17e), which this script
+# expects applied to the tree. In order: the whole GPU test sweep,
+# benchmarks/gpu_sorted_grain.py for both kernels, memcheck over the sorted tests, the
+# suite's copy, gemv and lut sections, an Nsight Compute profile of the sorted kernel.
+# Writes $OUT/{log.txt, sanitizer-memcheck.txt, profile/sorted.txt,
 # results/gpu-{copy,gemv,lut}.json, results/gpu-gemv-sorted-grain{,-rows}.json}.
 #
 #   bash benchmarks/gpu_variant_sorted_edges.sh

@@ -268,17 +268,13 @@ def test_gemv_sorted_kernel_matches_reference(layer_t, dtype):
 
 @pytest.mark.parametrize(
     "layer_t",
-    [SORTED_LAYERS[0], SORTED_LAYERS[4], (2000, 1100, 1, 256, 256, (16, 4, 64), True)],
+    [SORTED_LAYERS[0], SORTED_LAYERS[4], (2000, 1100, 1, 256, 256, (0, 0, 0), True)],
 )
 @pytest.mark.parametrize("grain", [1, 3])
-@pytest.mark.parametrize("split", ["chunks", "rows"])
-def test_gemv_sorted_kernel_at_any_chunk_grain(layer_t, grain, split, monkeypatch):
-    """Finer chunks cut the layer into more even block and warp ranges, which then start
-    inside lists, run on across rows and share rows between blocks (the last layer: 1100
-    rows of two lists of 9 groups over up to 132 blocks, with outliers, perm and bias on the
-    shared rows, under VPTQ_RS_SORTED_SPLIT=chunks; by default the blocks take whole rows):
+def test_gemv_sorted_kernel_at_any_chunk_grain(layer_t, grain):
+    """Finer chunks cut a block's groups into more even warp ranges, which then start inside
+    lists and run on across rows (the last layer: 8-9 rows a block, two lists of 9 groups):
     the result still matches the reference and repeats bitwise."""
-    monkeypatch.setenv("VPTQ_RS_SORTED_SPLIT", split)
     cfg, layer, t = make_hist(layer_t, torch.float16, seed=grain)
     lay = sorted_layout.build(cfg, t.indices, chunk_groups_target=grain)
     x = torch.randn(1, cfg.in_features, device=DEV).half()

@@ -65,7 +65,10 @@ BANKS = 32  # shared-memory banks of 4 bytes
 BALANCE_LANES = 4
 # the grain at which the kernel cuts a block's groups into one range per warp: a warp's share
 # is within a chunk of the mean. A chunk costs a base code (4 bytes a list) and a partial-sum
-# slot (V floats of shared memory a row).
+# slot (V floats of shared memory a row, at most sorted_slots per row). On an H100 (run 17b,
+# results/gpu-gemv-sorted-grain-run17b.json) 4 was the fastest of 2, 4 and 8, or within 1%
+# of it, on the two largest v6/k4096 shapes; with a residual codebook 2 was 1-3% faster
+# there, and on the 4096-wide shapes the three were within 5%.
 CHUNK_GROUPS_TARGET = 4
 
 
@@ -145,10 +148,9 @@ def slots(chunks: int, warps: int, min_rows: int) -> int:
 
 def smem_bytes(cfg: Any, layout: SortedLayout, sms: int) -> int:
     """Shared memory the sorted kernel asks for on a GPU with ``sms`` SMs: xs plus a zero
-    slot (fp32), the larger codebook (16-bit), and the partial sums of the rows a block
-    touches (:func:`slots` per row and list, fp32 x V; a block's chunks may start and end
-    inside rows, so one row more than ``R / sms`` rounded up; mirrors ``sorted_smem_bytes``
-    in gemv_sorted.cuh)."""
+    slot (fp32), the larger codebook (16-bit), and the partial sums of a block's rows
+    (:func:`slots` per row and list, fp32 x V; mirrors ``sorted_smem_bytes`` in
+    gemv_sorted.cuh)."""
     r = cfg.num_vectors
     grid = max(1, min(r, sms))
     rows_per_block = -(-r // grid)
@@ -162,7 +164,7 @@ def smem_bytes(cfg: Any, layout: SortedLayout, sms: int) -> int:
     return (
         round16((cfg.group_size + 1) * 4)
         + round16(widest * cfg.vector_len * 2)
-        + (rows_per_block + 1) * lists * slots(chunks, warps, r // grid) * cfg.vector_len * 4
+        + rows_per_block * lists * slots(chunks, warps, r // grid) * cfg.vector_len * 4
     )
 
 

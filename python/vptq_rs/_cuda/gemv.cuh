@@ -41,8 +41,6 @@ struct Params {
   int x_vec;            // activation tiles are 16-byte aligned
   int perm_u16;         // perm holds uint16 values (the checkpoint's int16 bits), else int32
   int hist_rows;        // vector rows per block of the histogram kernel (gemv_hist.cuh)
-  int* zero_ints = nullptr;  // [n_zero] counters the prologue zeroes for the main kernel
-  int n_zero = 0;
 };
 
 // 256 threads where the accumulators or odd-length (2-byte aligned) codebook rows need more
@@ -91,16 +89,13 @@ __device__ __forceinline__ void stage_copy(uint32_t* dst, const uint32_t* src, i
 }
 
 // xs[t, p] = x[t, perm[p]] * scale[perm[p]]; xbias[t, chunk] = sum bias_w[j] * x[t, j];
-// xabs[t, chunk] = sum |xs[t, p]|; zero_ints[:n_zero] = 0.
+// xabs[t, chunk] = sum |xs[t, p]|.
 template <typename T>
 __global__ void __launch_bounds__(256) prologue_kernel(Params p, const T* __restrict__ x,
                                                        const void* __restrict__ perm) {
   const int t = blockIdx.y;
   const int cols = p.a.cols;
   const int base = blockIdx.x * kTile;
-  if (blockIdx.x == 0 && t == 0) {
-    for (int i = threadIdx.x; i < p.n_zero; i += blockDim.x) p.zero_ints[i] = 0;
-  }
   float acc = 0.f, aabs = 0.f;
   for (int k = threadIdx.x; k < kTile; k += blockDim.x) {
     const int pos = base + k;

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 
 #include "gemv.cuh"
@@ -393,18 +392,7 @@ inline int64_t sorted_block_smem(const LayerArgs& a, const SortedLayout& s) {
 // codebook and the partial sums in shared memory.
 inline bool sorted_applies(const LayerArgs& a, const SortedLayout& s) {
   if (a.groups != 1 || a.group_size > kSortedMaxGroupSize) return false;
-  // the kernel numbers the layer's chunks in 32 bits
-  if (int64_t{a.num_vectors} * s.chunks > (int64_t{1} << 30)) return false;
   return sorted_block_smem(a, s) <= device_info().smem_block_optin - 1024;
-}
-
-// The sorted kernel's blocks take whole rows by default. VPTQ_RS_SORTED_SPLIT=chunks cuts
-// the layer's chunks evenly over the blocks instead (rows two blocks share are finished by
-// the second): in run 17d, with 64-bit index arithmetic, that was 3-4% slower on the v6
-// shapes. Read at every launch, like VPTQ_RS_GEMV_MIN_STEPS, so a benchmark can compare.
-inline int sorted_whole_rows() {
-  const char* e = std::getenv("VPTQ_RS_SORTED_SPLIT");
-  return e == nullptr || std::strcmp(e, "chunks") != 0;
 }
 
 template <typename T, int V>
@@ -546,13 +534,6 @@ cudaError_t launch_sorted_typed(const LayerArgs& a, const SortedLayout& sl, cons
   SortedParams sp;
   sp.p = make_params(a, 1, bias, y, workspace, perm_bytes);
   sp.s = sl;
-  sp.whole_rows = sorted_whole_rows();
-  // past the prologue's floats (gemv_workspace_floats): the edge halves, then the tickets
-  const int grid = sorted_grid(a);
-  sp.edge = workspace + a.cols + 2 * int64_t{sp.p.nchunks};
-  sp.tickets = reinterpret_cast<int*>(sp.edge + (int64_t{grid} + 1) * 2 * a.v);
-  sp.p.zero_ints = sp.tickets;
-  sp.p.n_zero = grid + 1;
   prologue_kernel<T><<<dim3(sp.p.nchunks, 1), 256, 0, s>>>(sp.p, static_cast<const T*>(x), perm);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;

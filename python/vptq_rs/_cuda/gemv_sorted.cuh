@@ -19,19 +19,16 @@
 // fp32 (no conversions, but 8-byte loads: L1 89% busy) and a tensor-core loop (ldmatrix of
 // the rows, one m16n8k16 per step: L1 86% busy).
 //
-// The layer's lists are cut into chunks, runs of 128-entry groups with a stored base code
-// (so a warp can start mid-list). Each block (one per SM) takes a range of whole rows, or,
-// with VPTQ_RS_SORTED_SPLIT=chunks, an even share of the layer's chunks in row-major order,
-// and keeps all of xs in shared memory. For each codebook in turn (main, then residual) it
-// stages that codebook in shared memory and cuts its chunks into one range per warp (a
-// codebook's lists are contiguous in memory). Each warp's 16-byte entry loads bypass L1 and
-// run two groups ahead across the rows it crosses. The warp ranges replaced (row, chunk)
-// items taken round-robin, whose last round left most warps idle and whose every item began
-// with loads not yet in flight (run 17b: 6-7% on the large v6 shapes, about 20% with a
-// residual codebook). A warp's sum for one row (a piece) lands in a shared-memory slot of
-// its own (sorted_slots), and the epilogue adds a row's slots in a fixed order. A row two
-// blocks share is finished by whichever comes second, from both halves in a fixed order:
-// the result is bitwise repeatable.
+// A block owns a contiguous range of vector rows (one block per SM) and keeps all of xs in
+// shared memory. For each codebook in turn (main, then residual) it stages that codebook in
+// shared memory, then cuts the groups of its rows' lists (contiguous in memory) into one
+// range of whole chunks per warp; a chunk is a run of 128-entry groups with a stored base
+// code, so a warp can start mid-list. Each warp's 16-byte entry loads bypass L1 and run two
+// groups ahead across the rows it crosses. The ranges replaced (row, chunk) items taken
+// round-robin, whose last round left most warps idle and whose every item began with loads
+// not yet in flight. A warp's sum for one row (a piece) lands in a shared-memory slot of its
+// own (sorted_slots), and the epilogue adds a row's slots in a fixed order: the result is
+// bitwise repeatable.
 #pragma once
 
 #include "gemv.cuh"
@@ -53,23 +50,10 @@ __host__ __device__ constexpr int sorted_threads() {
   return sorted_warps(V) * 32;
 }
 
-// floor(x * k / m) without the 64-bit product: x = q m + r (k, m of a grid, r k < m^2)
-__host__ __device__ inline int split_point(int x, int k, int m) {
-  return x / m * k + x % m * k / m;
-}
-
 struct SortedParams {
   Params p;
   SortedLayout s;
-  int whole_rows;  // cut the blocks' ranges between rows (else VPTQ_RS_SORTED_SPLIT=chunks)
-  float* edge;   // [grid + 1][2][V] the halves of rows two blocks share (workspace)
-  int* tickets;  // [grid + 1] blocks done with each edge row (zeroed by the prologue)
 };
-
-// Workspace floats the sorted kernel needs past the prologue's: edge halves and tickets.
-__host__ __device__ inline int64_t sorted_edge_floats(int grid, int v) {
-  return (int64_t{grid} + 1) * (2 * v + 1);
-}
 
 __host__ __device__ inline int64_t sorted_round16(int64_t b) { return (b + 15) / 16 * 16; }
 
@@ -83,8 +67,7 @@ __host__ __device__ inline int sorted_slots(int chunks, int warps, int min_rows)
 }
 
 // Shared memory: [xs of the group + the zero slot, fp32] [one codebook, 16-bit]
-// [the pieces' partial sums: (rows_per_block + 1) x lists x slots x V, fp32] (a block's range
-// of chunks can start and end inside rows: one row more than R / grid rounded up).
+// [the pieces' partial sums: rows_per_block x lists x slots x V, fp32].
 __host__ __device__ inline int64_t sorted_smem_bytes(const LayerArgs& a, const SortedLayout& s,
                                                     int rows_per_block, int min_rows) {
   const int64_t K = int64_t{1} << a.index_bits;
@@ -92,7 +75,7 @@ __host__ __device__ inline int64_t sorted_smem_bytes(const LayerArgs& a, const S
   const int64_t cb = (K > Kr ? K : Kr) * a.v * 2;
   const int slots = sorted_slots(s.chunks, sorted_warps(a.v), min_rows);
   return sorted_round16(int64_t{a.group_size + 1} * 4) + sorted_round16(cb) +
-         (int64_t{rows_per_block} + 1) * s.lists * slots * a.v * 4;
+         int64_t{rows_per_block} * s.lists * slots * a.v * 4;
 }
 
 // 16 bytes that are read once: skip L1, which shares its SRAM with the shared memory here.
@@ -115,49 +98,36 @@ __device__ __forceinline__ void stage_xs(const Params& p, float* s_x) {
   if (threadIdx.x == 0) s_x[gs] = 0.f;  // past the copy: x_vec implies gs % 4 == 0
 }
 
-// y[row] from the sum of its vector row's entries: plus outlier columns, weight bias and bias.
-template <typename T>
-__device__ __forceinline__ void finish_row(const Params& p, int row, float sum) {
-  const LayerArgs& a = p.a;
-  // outlier columns, few: their own codebook and vector length
-  if (a.outlier_size > 0) {
-    const T* ocb = static_cast<const T*>(a.outlier_centroids);
-    const int16_t* oi_row = a.outlier_indices + int64_t{row / a.outlier_v} * a.outlier_size;
-    for (int c = 0; c < a.outlier_size; ++c) {
-      const int oi = static_cast<uint16_t>(oi_row[c]);
-      sum = fmaf(to_f(ocb[int64_t{oi} * a.outlier_v + row % a.outlier_v]), p.xs[c], sum);
-    }
-  }
-  if (a.weight_bias) {
-    for (int k = 0; k < p.nchunks; ++k) sum += p.xbias[k];
-  }
-  if (p.bias) sum += to_f(static_cast<const T*>(p.bias)[row]);
-  static_cast<T*>(p.y)[row] = from_f<T>(sum);
-}
-
 // y for a block's rows [r0, r0 + nrows) from their partial sums s_part [nrows][per_row][V]
-// (added in a fixed order; finish_row adds the rest). Where head / tail is given, the first /
-// last row is shared with a neighbour block: its V sums go there instead. Shared by the
-// sorted and tiled kernels.
+// (added in a fixed order), plus outlier columns, weight bias and bias. Shared by the sorted
+// and tiled kernels.
 template <typename T, int V>
 __device__ __forceinline__ void sorted_epilogue(const Params& p, const float* s_part, int r0,
-                                                int nrows, int per_row,
-                                                float* head = nullptr, float* tail = nullptr) {
+                                                int nrows, int per_row) {
+  const LayerArgs& a = p.a;
   const int nout = nrows * V;
   for (int i = threadIdx.x; i < nout; i += blockDim.x) {
     const int rl = i / V;
     const int l = i - rl * V;
     const int row = r0 * V + i;
+    if (row >= a.rows) continue;
     float sum = 0.f;
     const float* part = s_part + int64_t{rl} * per_row * V + l;
     for (int k = 0; k < per_row; ++k) sum += part[k * V];
-    if (head != nullptr && rl == 0) {
-      head[l] = sum;
-    } else if (tail != nullptr && rl == nrows - 1) {
-      tail[l] = sum;
-    } else if (row < p.a.rows) {
-      finish_row<T>(p, row, sum);
+    // outlier columns, few: their own codebook and vector length
+    if (a.outlier_size > 0) {
+      const T* ocb = static_cast<const T*>(a.outlier_centroids);
+      const int16_t* oi_row = a.outlier_indices + int64_t{row / a.outlier_v} * a.outlier_size;
+      for (int c = 0; c < a.outlier_size; ++c) {
+        const int oi = static_cast<uint16_t>(oi_row[c]);
+        sum = fmaf(to_f(ocb[int64_t{oi} * a.outlier_v + row % a.outlier_v]), p.xs[c], sum);
+      }
     }
+    if (a.weight_bias) {
+      for (int k = 0; k < p.nchunks; ++k) sum += p.xbias[k];
+    }
+    if (p.bias) sum += to_f(static_cast<const T*>(p.bias)[row]);
+    static_cast<T*>(p.y)[row] = from_f<T>(sum);
   }
 }
 
@@ -172,20 +142,9 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
   const int warp = threadIdx.x >> 5;
   const int gs = a.group_size;
   const int R = a.num_vectors;
-  const int C = s.chunks;
-  // The blocks take whole rows (sp.whole_rows), or the layer's R x C chunks (row-major) are
-  // cut evenly over them, so that a block's range may start or end inside a row: an edge
-  // row, which two blocks share. (A range holds at least C chunks, grid <= R: no row spans
-  // three blocks.) 32-bit arithmetic (sorted_applies bounds R x C): the 64-bit divisions by
-  // C of run 17d cost 2.5% more instructions, ahead of every warp's first loads.
-  const int G = static_cast<int>(gridDim.x);
-  const int blk = static_cast<int>(blockIdx.x);
-  const int ub0 = sp.whole_rows ? split_point(R, blk, G) * C : split_point(R * C, blk, G);
-  const int ub1 = sp.whole_rows ? split_point(R, blk + 1, G) * C : split_point(R * C, blk + 1, G);
-  const int r0 = ub0 / C;  // the first row the block touches
-  const int nrows = (ub1 - 1) / C - r0 + 1;
-  const bool head = ub0 - r0 * C != 0;          // row r0 began in the previous block
-  const bool tail = ub1 - (ub1 / C) * C != 0;  // the last row ends in the next block
+  const int r0 = static_cast<int>(int64_t{R} * blockIdx.x / gridDim.x);
+  const int r1 = static_cast<int>(int64_t{R} * (blockIdx.x + 1) / gridDim.x);
+  const int nrows = r1 - r0;
   const int64_t K = int64_t{1} << a.index_bits;
   const int64_t Kr = a.res_centroids ? int64_t{1} << a.res_bits : 0;
 
@@ -203,22 +162,23 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
   for (int i = threadIdx.x; i < nrows * per_row * V; i += blockDim.x) s_part[i] = 0.f;
   uint32_t lanes_le;
   asm("mov.u32 %0, %%lanemask_le;" : "=r"(lanes_le));
-  // Warp w takes the block's chunks [n * w / W, n * (w + 1) / W): every warp gets the same
-  // number of groups to within one chunk, pays for one pipeline start, and crosses a row or
-  // two (a codebook's lists are contiguous, so its range is one run of memory).
-  const int n = ub1 - ub0;
-  const int g0 = ub0 + static_cast<int>(int64_t{n} * warp / kWarps);  // layer-wide chunks
-  const int g1 = ub0 + static_cast<int>(int64_t{n} * (warp + 1) / kWarps);
-  const int row0 = g0 / C;
-  const int c0 = g0 - row0 * C;
-  const int row1 = g1 / C;
-  const int64_t flat0 = int64_t{row0} * s.groups + c0 * s.chunk_groups;  // groups in a list
-  const int total = static_cast<int>(int64_t{row1} * s.groups +
-                                     (g1 - row1 * C) * s.chunk_groups - flat0);
-  // the slot of the warp's first piece: its place among the warps that meet row0 (the first
-  // of them holds the row's first chunk in the block), or, with empty ranges about, its chunk
-  const int lead = max(row0 * C - ub0, 0);
-  const int first_slot = n >= kWarps ? warp - ((lead + 1) * kWarps - 1) / n : c0;
+  // The block's lists of one codebook are contiguous: [nrows][groups] groups, cut into
+  // chunks. Warp w takes the chunks [units * w / W, units * (w + 1) / W) in row-major order,
+  // so every warp gets the same number of groups to within one chunk, pays for one pipeline
+  // start, and crosses a row or two.
+  const int units = nrows * s.chunks;
+  const int u0 = static_cast<int>(int64_t{units} * warp / kWarps);
+  const int u1 = static_cast<int>(int64_t{units} * (warp + 1) / kWarps);
+  const int rl0 = u0 / s.chunks;
+  const int c0 = u0 - rl0 * s.chunks;
+  const int rl1 = u1 / s.chunks;
+  const int64_t flat0 = int64_t{rl0} * s.groups + c0 * s.chunk_groups;
+  const int total = static_cast<int>(int64_t{rl1} * s.groups +
+                                     (u1 - rl1 * s.chunks) * s.chunk_groups - flat0);
+  // the slot of the warp's first piece: its place among the warps that meet row rl0 (the
+  // first of them holds the row's first chunk), or, with empty ranges about, its chunk
+  const int first_slot =
+      units >= kWarps ? warp - ((rl0 * s.chunks + 1) * kWarps - 1) / units : c0;
   const uint4* entries = reinterpret_cast<const uint4*>(s.entries);
 
   for (int b = 0; b < s.lists; ++b) {
@@ -231,18 +191,19 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
     __syncthreads();  // the previous codebook's readers are done
     {
       // K * V * sizeof(T) is a multiple of 4 (K even); ops.cpp aligns codebooks to 16 bytes
-      const int words = static_cast<int>(Kb * V * int64_t{sizeof(T)} / 4);
-      stage_copy(reinterpret_cast<uint32_t*>(s_cb), reinterpret_cast<const uint32_t*>(cb), words,
-                 (words + 3) / 4 * 4, true);
+      const int n = static_cast<int>(Kb * V * int64_t{sizeof(T)} / 4);
+      stage_copy(reinterpret_cast<uint32_t*>(s_cb), reinterpret_cast<const uint32_t*>(cb), n,
+                 (n + 3) / 4 * 4, true);
       cp_commit();
     }
     cp_wait<0>();
     __syncthreads();
     if (total <= 0) continue;
-    const uint4* e = entries + (int64_t{b} * R * s.groups + flat0) * 32 + lane;
-    int rl = row0 - r0;
+    const int64_t list0 = int64_t{b} * R + r0;  // the block's first list of this codebook
+    const uint4* e = entries + (list0 * s.groups + flat0) * 32 + lane;
+    int rl = rl0;
     int slot = first_slot;  // of the open piece; a piece from a row's start takes slot 0
-    int base = s.chunk_base[(int64_t{b} * R + row0) * C + c0];
+    int base = s.chunk_base[(list0 + rl) * s.chunks + c0];
     int row_end = s.groups - c0 * s.chunk_groups;  // groups of the range before a row ends
     float acc[V];
 #pragma unroll
@@ -319,29 +280,7 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
     if (total > row_end - s.groups) flush();  // the range ends inside a row
   }
   __syncthreads();
-  // Edge e (between blocks e - 1 and e) keeps its row's two halves in sp.edge[e][0 / 1][V];
-  // the block that comes second adds them, left then right, so the result does not depend
-  // on which block finishes first.
-  float* const head_sums = head ? sp.edge + (int64_t{blockIdx.x} * 2 + 1) * V : nullptr;
-  float* const tail_sums = tail ? sp.edge + (int64_t{blockIdx.x} + 1) * 2 * V : nullptr;
-  sorted_epilogue<T, V>(p, s_part, r0, nrows, per_row, head_sums, tail_sums);
-  if (!head && !tail) return;
-  __threadfence();  // this block's halves reach L2 before its tickets
-  __syncthreads();
-  int* const second = reinterpret_cast<int*>(s_x);  // xs is no longer read
-  if (threadIdx.x < 2) {
-    const bool shared = threadIdx.x == 0 ? head : tail;
-    second[threadIdx.x] = shared && atomicAdd(sp.tickets + blockIdx.x + threadIdx.x, 1) == 1;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int k = 0; k < 2; ++k) {
-    if (!second[k] || threadIdx.x >= V) continue;
-    const float* halves = sp.edge + (int64_t{blockIdx.x} + k) * 2 * V + threadIdx.x;
-    const int row = (k == 0 ? r0 : r0 + nrows - 1) * V + threadIdx.x;
-    // L2 loads: the other block's half never passed through this SM's L1
-    if (row < a.rows) finish_row<T>(p, row, __ldcg(halves) + __ldcg(halves + V));
-  }
+  sorted_epilogue<T, V>(p, s_part, r0, nrows, per_row);
 }
 
 }  // namespace gemv

@@ -11,10 +11,6 @@ bool gemv_sorted_applies(const LayerArgs& a, const SortedLayout& s) {
   return a.cb_dtype != kF32 && gemv::sorted_applies(a, s);
 }
 
-int64_t gemv_sorted_workspace_floats(const LayerArgs& a) {
-  return gemv_workspace_floats(a.cols, 1) + gemv::sorted_edge_floats(gemv::sorted_grid(a), a.v);
-}
-
 cudaError_t launch_gemv_sorted(const LayerArgs& a, const SortedLayout& s, const void* x,
                                const void* perm, int perm_bytes, const void* bias, void* y,
                                float* workspace, cudaStream_t stream) {

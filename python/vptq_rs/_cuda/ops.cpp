@@ -306,16 +306,16 @@ void check_one_token(const Layer& L, const Tensor& x, const Tensor& indices,
 }
 
 // y [1, rows] from a layout-reading one-token kernel: the inputs prepared as for gemv, then
-// launch(perm, perm_bytes, bias, y, workspace, stream) -> cudaError_t, with ws_floats of
-// workspace.
+// launch(perm, perm_bytes, bias, y, workspace, stream) -> cudaError_t.
 template <typename Launch>
 Tensor run_one_token(Layer& L, const Tensor& x, const Tensor& indices, const OptTensor& perm,
                      const OptTensor& weight_scale, const OptTensor& weight_bias,
-                     const OptTensor& bias, int64_t rows, int64_t cols, int64_t ws_floats,
-                     const char* op, Launch launch) {
+                     const OptTensor& bias, int64_t rows, int64_t cols, const char* op,
+                     Launch launch) {
   prepare_gemv_inputs(L, x, weight_scale, weight_bias, bias, rows);
   Tensor p = kernel_perm(perm, indices, cols);
-  Tensor ws = at::empty({ws_floats}, x.options().dtype(at::kFloat));
+  Tensor ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols), 1)},
+                        x.options().dtype(at::kFloat));
   Tensor y = at::empty({1, rows}, x.options());
   check_cuda(launch(p.defined() ? p.data_ptr() : nullptr,
                     p.defined() ? static_cast<int>(p.element_size()) : 4,
@@ -370,7 +370,7 @@ Tensor gemv_sorted(const Tensor& x, const Tensor& entries, const Tensor& chunk_b
              " with this codebook does not fit the kernel (group_size <= 32767 and xs, one "
              "codebook and the partial sums in shared memory)");
   return run_one_token(L, x, indices, perm, weight_scale, weight_bias, bias, rows, cols,
-                       vptq::gemv_sorted_workspace_floats(L.a), "vptq_rs::gemv_sorted",
+                       "vptq_rs::gemv_sorted",
                        [&](const void* pm, int pb, const void* bs, void* y, float* ws,
                            cudaStream_t st) {
                          return vptq::launch_gemv_sorted(L.a, sl, x.data_ptr(), pm, pb, bs, y,
@@ -424,7 +424,6 @@ Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_sta
              "two vector rows a warp, and xs plus two tiles of ", tile_codes,
              " codebook rows in shared memory)");
   return run_one_token(L, x, indices, perm, weight_scale, weight_bias, bias, rows, cols,
-                       vptq::gemv_workspace_floats(static_cast<int>(cols), 1),
                        "vptq_rs::gemv_tiled",
                        [&](const void* pm, int pb, const void* bs, void* y, float* ws,
                            cudaStream_t st) {

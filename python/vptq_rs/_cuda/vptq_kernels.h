@@ -75,9 +75,6 @@ cudaError_t launch_gemv_tiled(const LayerArgs& a, const TiledLayout& t, const vo
 // Whether the sorted GEMV takes this layer: group_num 1, fp16/bf16, group_size <= 32767, and
 // xs plus one codebook plus the partial sums fit in shared memory.
 bool gemv_sorted_applies(const LayerArgs& a, const SortedLayout& s);
-// Workspace floats launch_gemv_sorted needs (gemv_workspace_floats plus the rows that two
-// blocks share).
-int64_t gemv_sorted_workspace_floats(const LayerArgs& a);
 // y[0, r] for one token from the sorted layout (everything else as launch_gemv).
 cudaError_t launch_gemv_sorted(const LayerArgs& a, const SortedLayout& s, const void* x,
                                const void* perm, int perm_bytes, const void* bias, void* y,
