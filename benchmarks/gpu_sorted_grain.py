@@ -15,8 +15,6 @@ timings (µs), medians and ratios.
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -94,20 +92,10 @@ def rows_for(timer, configs, shapes, grains, rows_first, copy_gbps) -> list[dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--label", default="", help="file name suffix: the kernel variant timed")
-    ap.add_argument("--configs", default="v6_k4096,v12_k4096_r4096", help="GEMV configs")
+    ap = gpu_suite.variant_parser(__doc__, "v6_k4096,v12_k4096_r4096")
     ap.add_argument("--grains", default="2,4,8,16", help="chunk_groups_target values")
     ap.add_argument("--storage", choices=("lists", "rows"), default="lists")
-    ap.add_argument("--quick", action="store_true", help="the two largest shapes only")
-    args = ap.parse_args()
-    if args.label and not re.fullmatch(r"[a-z0-9_]+", args.label):
-        ap.error(f"--label must be lower-case letters, digits or _, got {args.label!r}")
-    configs = args.configs.split(",")
-    unknown = [c for c in configs if c not in GEMV_CONFIGS]
-    if unknown:
-        ap.error(f"unknown configs {unknown}; known: {sorted(GEMV_CONFIGS)}")
+    args, configs = gpu_suite.variant_args(ap)
     try:
         grains = [int(g) for g in args.grains.split(",")]
     except ValueError:

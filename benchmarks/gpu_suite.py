@@ -235,6 +235,30 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
     return {"copy_GBps": copy_gbps, "tokens": 1, "rows": rows}
 
 
+def variant_parser(doc: str, configs: str) -> argparse.ArgumentParser:
+    """The options of a kernel-variant benchmark (gpu_tiled_order.py, gpu_sorted_grain.py):
+    --out, --label, --configs (default ``configs``) and --quick; see :func:`variant_args`."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--label", default="", help="file name suffix: the kernel variant timed")
+    ap.add_argument("--configs", default=configs, help="comma-separated GEMV configs")
+    ap.add_argument("--quick", action="store_true", help="the two largest shapes only")
+    return ap
+
+
+def variant_args(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[str]]:
+    """Parsed options of :func:`variant_parser` and the configs, checked (a bad label or an
+    unknown config exits with a one-line error)."""
+    args = ap.parse_args()
+    if args.label and not re.fullmatch(r"[a-z0-9_]+", args.label):
+        ap.error(f"--label must be lower-case letters, digits or _, got {args.label!r}")
+    configs = args.configs.split(",")
+    unknown = [c for c in configs if c not in GEMV_CONFIGS]
+    if unknown:
+        ap.error(f"unknown configs {unknown}; known: {sorted(GEMV_CONFIGS)}")
+    return args, configs
+
+
 def _built(build) -> tuple[Any, float]:
     """A layout from ``build()`` and the seconds it took on the GPU."""
     torch.cuda.synchronize()

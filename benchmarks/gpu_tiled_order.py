@@ -11,8 +11,6 @@ source folder (``VPTQ_RS_CUDA_SRC``).
 
 from __future__ import annotations
 
-import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -80,18 +78,7 @@ def rows_for(timer: Timer, configs: list[str], shapes, copy_gbps: float) -> list
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--label", default="", help="file name suffix: the kernel variant timed")
-    ap.add_argument("--configs", default="v8_k65536", help="comma-separated GEMV configs")
-    ap.add_argument("--quick", action="store_true", help="the two largest shapes only")
-    args = ap.parse_args()
-    if args.label and not re.fullmatch(r"[a-z0-9_]+", args.label):
-        ap.error(f"--label must be lower-case letters, digits or _, got {args.label!r}")
-    configs = args.configs.split(",")
-    unknown = [c for c in configs if c not in GEMV_CONFIGS]
-    if unknown:
-        ap.error(f"unknown configs {unknown}; known: {sorted(GEMV_CONFIGS)}")
+    args, configs = gpu_suite.variant_args(gpu_suite.variant_parser(__doc__, "v8_k65536"))
     if cuda_ext.load() is None:
         sys.exit(f"CUDA extension unavailable: {cuda_ext.unavailable_reason()}")
     timer = Timer()
