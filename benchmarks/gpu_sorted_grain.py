@@ -18,12 +18,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_suite
-from gpu_suite import DEV, GEMV_CONFIGS, GEMV_SHAPES, Timer, med, random_layer
+from gpu_suite import DEV, GEMV_SHAPES, Timer, med
 
 from vptq_rs import cuda_ext, sorted_layout
 
@@ -54,40 +51,30 @@ def one_grain(timer: Timer, x, cfg, t, grain: int, rows_first: bool, ref, moved,
 
 
 def rows_for(timer, configs, shapes, grains, rows_first, copy_gbps) -> list[dict]:
-    gen = torch.Generator(device=DEV).manual_seed(0)
     out = []
-    for o, i in shapes:
-        x = torch.randn(1, i, device=DEV, generator=gen).half()
-        w_dense = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).half()
-        cublas = timer(lambda w_dense=w_dense, x=x: F.linear(x, w_dense))
-        del w_dense
-        for name in configs:
-            v, k, kr = GEMV_CONFIGS[name]
-            cfg, t = random_layer(o, i, v, k, kr, gen)
-            if not sorted_layout.applies(cfg):
-                continue
-            ref = F.linear(x.float(), cuda_ext.dequant(cfg, t, torch.float32))
-            moved = gpu_suite.layer_bytes(t) + x.numel() * 2 + o * 2
-            row = {"out": o, "in": i, "config": name}
-            row.update(cublas_fp16_us=med(cublas), cublas_raw_us=cublas)
-            line = []
-            for grain in grains:
-                got = one_grain(timer, x, cfg, t, grain, rows_first, ref, moved, copy_gbps)
-                if got is None:
-                    row[f"ours_g{grain}_us"] = None
-                    line.append(f"g{grain} does not fit")
-                    continue
-                row.update(got)
-                us = row[f"ours_g{grain}_us"]
-                row[f"speedup_vs_cublas_g{grain}"] = med(cublas) / us
-                line.append(f"g{grain} {us:.1f}us (x{med(cublas) / us:.2f})")
-            out.append(row)
-            print(
-                f"sorted {o}x{i} {name}: " + " ".join(line),
-                f"cublas {med(cublas):.1f}us",
-                flush=True,
+    for lay in gpu_suite.variant_layers(timer, configs, shapes, sorted_layout.applies):
+        cublas = med(lay.cublas_raw)
+        row = {"out": lay.out, "in": lay.inp, "config": lay.config}
+        row.update(cublas_fp16_us=cublas, cublas_raw_us=lay.cublas_raw)
+        line = []
+        for grain in grains:
+            got = one_grain(
+                timer, lay.x, lay.cfg, lay.t, grain, rows_first, lay.ref, lay.moved, copy_gbps
             )
-            del t
+            if got is None:
+                row[f"ours_g{grain}_us"] = None
+                line.append(f"g{grain} does not fit")
+                continue
+            row.update(got)
+            us = row[f"ours_g{grain}_us"]
+            row[f"speedup_vs_cublas_g{grain}"] = cublas / us
+            line.append(f"g{grain} {us:.1f}us (x{cublas / us:.2f})")
+        out.append(row)
+        print(
+            f"sorted {lay.out}x{lay.inp} {lay.config}: " + " ".join(line),
+            f"cublas {cublas:.1f}us",
+            flush=True,
+        )
     return out
 
 

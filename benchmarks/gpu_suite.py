@@ -26,8 +26,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -233,6 +234,39 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
             )
             del t
     return {"copy_GBps": copy_gbps, "tokens": 1, "rows": rows}
+
+
+class VariantLayer(NamedTuple):
+    """One layer of a kernel-variant benchmark, with its shape's cuBLAS fp16 timings."""
+
+    out: int
+    inp: int
+    config: str
+    x: torch.Tensor  # [1, inp] fp16
+    cublas_raw: list[float]  # us
+    cfg: Any
+    t: PackedTensors
+    ref: torch.Tensor  # fp32 x @ W^T from the dequantized layer
+    moved: int  # the issue's bytes: packed layer, activations, outputs
+
+
+def variant_layers(timer: Timer, configs: list[str], shapes, keep) -> Iterator[VariantLayer]:
+    """Per shape one activation and cuBLAS fp16 timed on it; per config a random layer (seed
+    0, so every variant run sees the same layers), yielded where ``keep(cfg)`` is true."""
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    for o, i in shapes:
+        x = torch.randn(1, i, device=DEV, generator=gen).half()
+        w_dense = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).half()
+        cublas = timer(lambda w_dense=w_dense, x=x: F.linear(x, w_dense))
+        del w_dense
+        for name in configs:
+            v, k, kr = GEMV_CONFIGS[name]
+            cfg, t = random_layer(o, i, v, k, kr, gen)
+            if not keep(cfg):
+                continue
+            ref = F.linear(x.float(), cuda_ext.dequant(cfg, t, torch.float32))
+            moved = layer_bytes(t) + x.numel() * 2 + o * 2
+            yield VariantLayer(o, i, name, x, cublas, cfg, t, ref, moved)
 
 
 def variant_parser(doc: str, configs: str) -> argparse.ArgumentParser:

@@ -14,12 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gpu_suite
-from gpu_suite import DEV, GEMV_CONFIGS, GEMV_SHAPES, Timer, med, random_layer
+from gpu_suite import DEV, GEMV_SHAPES, Timer, med
 
 from vptq_rs import cuda_ext, tiled_layout
 
@@ -43,37 +40,39 @@ def one_order(timer: Timer, x, cfg, t, tile_codes, order, deal, ref, moved, copy
 
 
 def rows_for(timer: Timer, configs: list[str], shapes, copy_gbps: float) -> list[dict]:
-    gen = torch.Generator(device=DEV).manual_seed(0)
+    def tiles(cfg):
+        return tiled_layout.device_tile_codes(cfg, DEV)
+
     rows = []
-    for o, i in shapes:
-        x = torch.randn(1, i, device=DEV, generator=gen).half()
-        w_dense = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).half()
-        cublas = timer(lambda w_dense=w_dense, x=x: F.linear(x, w_dense))
-        del w_dense
-        for name in configs:
-            v, k, kr = GEMV_CONFIGS[name]
-            cfg, t = random_layer(o, i, v, k, kr, gen)
-            tile_codes = tiled_layout.device_tile_codes(cfg, DEV)
-            if tile_codes is None:
-                continue
-            ref = F.linear(x.float(), cuda_ext.dequant(cfg, t, torch.float32))
-            moved = gpu_suite.layer_bytes(t) + x.numel() * 2 + o * 2
-            row = {"out": o, "in": i, "config": name, "tile_codes": tile_codes}
-            row.update(cublas_fp16_us=med(cublas), cublas_raw_us=cublas)
-            for order, deal in ORDERS.items():
-                row.update(
-                    one_order(timer, x, cfg, t, tile_codes, order, deal, ref, moved, copy_gbps)
+    for lay in gpu_suite.variant_layers(timer, configs, shapes, lambda c: tiles(c) is not None):
+        tile_codes = tiles(lay.cfg)
+        cublas = med(lay.cublas_raw)
+        row = {"out": lay.out, "in": lay.inp, "config": lay.config, "tile_codes": tile_codes}
+        row.update(cublas_fp16_us=cublas, cublas_raw_us=lay.cublas_raw)
+        for order, deal in ORDERS.items():
+            row.update(
+                one_order(
+                    timer,
+                    lay.x,
+                    lay.cfg,
+                    lay.t,
+                    tile_codes,
+                    order,
+                    deal,
+                    lay.ref,
+                    lay.moved,
+                    copy_gbps,
                 )
-                row[f"speedup_vs_cublas_{order}"] = med(cublas) / row[f"ours_{order}_us"]
-            rows.append(row)
-            print(
-                f"tiled {o}x{i} {name}: dealt {row['ours_dealt_us']:.1f}us "
-                f"(x{row['speedup_vs_cublas_dealt']:.2f}) columns {row['ours_columns_us']:.1f}us "
-                f"(x{row['speedup_vs_cublas_columns']:.2f}) cublas {med(cublas):.1f}us "
-                f"err {row['ours_dealt_rel_err']:.1e}/{row['ours_columns_rel_err']:.1e}",
-                flush=True,
             )
-            del t
+            row[f"speedup_vs_cublas_{order}"] = cublas / row[f"ours_{order}_us"]
+        rows.append(row)
+        print(
+            f"tiled {lay.out}x{lay.inp} {lay.config}: dealt {row['ours_dealt_us']:.1f}us "
+            f"(x{row['speedup_vs_cublas_dealt']:.2f}) columns {row['ours_columns_us']:.1f}us "
+            f"(x{row['speedup_vs_cublas_columns']:.2f}) cublas {cublas:.1f}us "
+            f"err {row['ours_dealt_rel_err']:.1e}/{row['ours_columns_rel_err']:.1e}",
+            flush=True,
+        )
     return rows
 
 
