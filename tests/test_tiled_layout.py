@@ -184,9 +184,9 @@ def test_what_the_layout_covers_and_where_it_pays():
 
 def test_smem_estimate_and_tile_choice():
     c = LayerConfig(in_features=8192, out_features=28672, vector_len=8, num_centroids=65536)
-    # 3584 vector rows over 132 SMs: 28 a block, 2 splits (64 items for 32 warps)
+    # 3584 vector rows over 132 SMs: 27 or 28 a block; a row meets at most 32 // 28 + 2 warps
     x_and_zero_slot = 32784  # 8193 floats, rounded up to 16 bytes
-    parts = 28 * 2 * 8 * 4
+    parts = 28 * 3 * 8 * 4
     assert tiled_layout.smem_bytes(c, 4096, 132) == x_and_zero_slot + 2 * 4096 * 16 + parts
     # 227 KB: two 64 KB tiles fit beside 32 KB of activations, two 128 KB tiles do not
     assert tiled_layout.tile_codes_for(c, 227 * 1024, 132) == 4096
@@ -194,6 +194,31 @@ def test_smem_estimate_and_tile_choice():
     assert tiled_layout.tile_codes_for(wide, 227 * 1024, 132) == 2048  # 112 KB of xs
     tall = LayerConfig(in_features=64, out_features=9000, vector_len=1, num_centroids=256)
     assert tiled_layout.tile_codes_for(tall, 227 * 1024, 132) is None  # 69 rows > 64 warps x 2
+
+
+@pytest.mark.parametrize("warps", [32, 16])
+def test_warp_pieces_cover_every_row_once_with_distinct_slots(warps):
+    """The kernel's cut of a block's rows over its warps (mirrored by warp_pieces): each row's
+    units are taken exactly once, in order, by pieces in distinct slots below slots(); no
+    warp holds more than ITEMS_PER_WARP rows, and up to `warps` rows every warp takes the
+    same share (nrows units)."""
+    for nrows in range(1, tiled_layout.ITEMS_PER_WARP * warps + 1):
+        pieces = tiled_layout.warp_pieces(nrows, warps)
+        assert all(len(p) <= tiled_layout.ITEMS_PER_WARP for p in pieces)
+        per_row: dict[int, list[tuple[int, int, int]]] = {}
+        for w in pieces:
+            for row, lo, hi, slot in w:
+                assert 0 <= lo < hi <= warps
+                per_row.setdefault(row, []).append((lo, hi, slot))
+        assert sorted(per_row) == list(range(nrows))
+        for row, ps in per_row.items():
+            assert ps[0][0] == 0 and ps[-1][1] == warps
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(ps)), (nrows, row, ps)
+            assert [p[2] for p in ps] == list(range(len(ps)))
+            assert len(ps) <= tiled_layout.slots(nrows, warps)
+        if nrows <= warps:
+            shares = [sum(hi - lo for _, lo, hi, _ in w) for w in pieces]
+            assert shares == [nrows] * warps
 
 
 def test_building_in_row_blocks_gives_the_same_layout(monkeypatch):

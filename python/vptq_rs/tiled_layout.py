@@ -45,7 +45,7 @@ from vptq_rs import ops, sorted_layout
 from vptq_rs.errors import InvalidValueError
 
 MAX_GROUP_SIZE = 0xFFFE  # 16-bit columns; group_size itself is the zero slot
-ITEMS_PER_WARP = 2  # accumulator sets a thread keeps (kTiledItemsPerWarp in gemv_tiled.cuh)
+ITEMS_PER_WARP = 2  # rows a thread keeps sums for (kTiledItemsPerWarp in gemv_tiled.cuh)
 MIN_TILE_CODES = 8  # tile starts stay 16-byte aligned
 
 
@@ -114,16 +114,44 @@ def rows_per_block(cfg: Any, sms: int) -> int:
     return -(-r // max(1, min(r, sms)))
 
 
+def slots(nrows: int, warps: int) -> int:
+    """Partial-sum slots per row of a block of ``nrows`` rows (``tiled_slots``): with at most
+    one row a warp, a row meets at most ``warps // nrows + 2`` warps; past that each warp
+    takes whole rows."""
+    return 1 if nrows > warps else min(warps, warps // max(nrows, 1) + 2)
+
+
+def warp_pieces(nrows: int, warps: int) -> list[list[tuple[int, int, int, int]]]:
+    """Each warp's pieces ``(row, lo, hi, slot)`` in a block of ``nrows`` rows, as the kernel
+    cuts them: with ``nrows <= warps`` every row is ``warps`` units and warp w takes units
+    ``[nrows * w, nrows * (w + 1))``, the same fraction ``lo/warps .. hi/warps`` of its rows'
+    runs in every tile; past that warp w takes rows w and w + warps whole."""
+    if nrows > warps:
+        return [[(r, 0, warps, 0) for r in (w, w + warps) if r < nrows] for w in range(warps)]
+    out = []
+    for w in range(warps):
+        u0, u1 = nrows * w, nrows * (w + 1)
+        ra, rb = u0 // warps, (u1 - 1) // warps
+        first = [
+            (ra, u0 - ra * warps, u1 - ra * warps if ra == rb else warps, w - ra * warps // nrows)
+        ]
+        out.append(first + ([(rb, 0, u1 - rb * warps, 0)] if rb != ra else []))
+    return out
+
+
 def smem_bytes(cfg: Any, tile_codes: int, sms: int) -> int:
     """Shared memory the tiled kernel asks for: xs plus a zero slot (fp32), two codebook
-    tiles (16-bit), and a partial sum per (row, split, element) of a block's rows (mirrors
+    tiles (16-bit), and a partial sum per (row, slot, element) of the larger block (mirrors
     ``tiled_smem_bytes`` in gemv_tiled.cuh)."""
-    rpb = rows_per_block(cfg, sms)
-    splits = max(1, ITEMS_PER_WARP * (threads(cfg) // 32) // rpb)
+    warps = threads(cfg) // 32
+    r = cfg.num_vectors
+    lo = r // max(1, min(r, sms))
+    hi = rows_per_block(cfg, sms)
+    parts = max(n * slots(n, warps) for n in (lo, hi))
     return (
         _round16((cfg.group_size + 1) * 4)
         + 2 * _round16(tile_codes * cfg.vector_len * 2)
-        + rpb * splits * cfg.vector_len * 4
+        + parts * cfg.vector_len * 4
     )
 
 

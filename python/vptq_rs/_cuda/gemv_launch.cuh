@@ -442,20 +442,24 @@ inline int rows_per_block(const LayerArgs& a) {
   return (a.num_vectors + grid - 1) / grid;
 }
 
+// Shared memory of the tiled kernel's blocks (sized for the larger of the two row counts).
+inline int64_t tiled_block_smem(const LayerArgs& a, int tile_codes) {
+  return tiled_smem_bytes(a, tile_codes, rows_per_block(a), a.num_vectors / sorted_grid(a));
+}
+
 // Whether the tiled kernel takes this layer: one group, group_size <= 65534, at most
 // kTiledItemsPerWarp rows a warp, and xs, two tiles and the partial sums in shared memory.
 inline bool tiled_applies(const LayerArgs& a, const TiledLayout& t) {
   if (a.groups != 1 || a.group_size > kTiledMaxGroupSize) return false;
-  const int rpb = rows_per_block(a);
-  if (rpb > kTiledItemsPerWarp * tiled_warps(a.v)) return false;
-  return tiled_smem_bytes(a, t.tile_codes, rpb) <= device_info().smem_block_optin - 1024;
+  if (rows_per_block(a) > kTiledItemsPerWarp * tiled_warps(a.v)) return false;
+  return tiled_block_smem(a, t.tile_codes) <= device_info().smem_block_optin - 1024;
 }
 
 template <typename T, int V>
 cudaError_t launch_tiled(const TiledParams& tp, cudaStream_t st) {
   const DeviceInfo dev = device_info();
   const LayerArgs& a = tp.p.a;
-  const int64_t bytes = tiled_smem_bytes(a, tp.t.tile_codes, rows_per_block(a));
+  const int64_t bytes = tiled_block_smem(a, tp.t.tile_codes);
   if (bytes > dev.smem_block_optin - 1024) return cudaErrorInvalidConfiguration;
   constexpr auto kern = tiled_kernel<T, V>;
   int bps = 0;
@@ -551,7 +555,6 @@ cudaError_t launch_tiled_typed(const LayerArgs& a, const TiledLayout& tl, const 
   TiledParams tp;
   tp.p = make_params(a, 1, bias, y, workspace, perm_bytes);
   tp.t = tl;
-  tp.splits = tiled_splits(rows_per_block(a), a.v);
   prologue_kernel<T><<<dim3(tp.p.nchunks, 1), 256, 0, s>>>(tp.p, static_cast<const T*>(x), perm);
   const cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;

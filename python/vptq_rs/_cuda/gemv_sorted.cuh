@@ -42,9 +42,11 @@ constexpr uint32_t kSortedColMask = (1u << kSortedColBits) - 1u;
 constexpr uint32_t kSortedNewCode = 1u << kSortedColBits;  // the flag, in the low half
 constexpr int kSortedRing = 3;  // 16-byte entry loads a lane holds: in use plus ahead
 
-// 1024 threads keep 32 KB of entry loads in flight per SM; past v = 8 the accumulators and
-// codebook rows need more than the 64 registers that allows.
-__host__ __device__ constexpr int sorted_warps(int v) { return v <= 8 ? 32 : 16; }
+// 1024 threads keep 32 KB of entry loads in flight per SM. Up to v = 12 the loop fits the 64
+// registers that allows (v12 spills one setup value, read back in the epilogue; at 512
+// threads its schedulers issued on 57% of cycles, run 17c); past it the accumulators and
+// codebook rows need more.
+__host__ __device__ constexpr int sorted_warps(int v) { return v <= 12 ? 32 : 16; }
 template <int V>
 __host__ __device__ constexpr int sorted_threads() {
   return sorted_warps(V) * 32;
@@ -229,7 +231,13 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const uint32_t ev = w[j];
-        const uint32_t flags = __ballot_sync(0xffffffffu, ev & kSortedNewCode);
+        uint32_t flags;  // the new-code flags; one LOP3 to a predicate (the compiler's own
+                         // test takes a sign extension and a compare)
+        asm("{\n\t.reg .pred f;\n\t.reg .b32 t;\n\t"
+            "and.b32 t, %1, %2;\n\tsetp.ne.u32 f, t, 0;\n\t"
+            "vote.sync.ballot.b32 %0, f, 0xffffffff;\n\t}"
+            : "=r"(flags)
+            : "r"(ev), "n"(kSortedNewCode));
         // a malformed layout cannot leave the codebook or xs: every index is clamped
         const uint32_t code = min(static_cast<uint32_t>(base + __popc(flags & lanes_le)), kmax);
         base += __popc(flags);

@@ -13,11 +13,15 @@
 //   codebook rows, both from shared memory; within a tile the builder deals the entries
 //   out by bank key, so a wavefront's lanes read rows in distinct banks (tiled_layout's
 //   docstring says how);
-// - an item (row, split) belongs to one warp for the whole kernel, its sums stay in
-//   registers across tiles, and a row's splits are added in a fixed order: the result is
-//   bitwise repeatable;
-// - a warp loads its items' runs and first batches a phase ahead (they travel during the
-//   barriers) and walks a run two batches a turn.
+// - each warp owns the same fraction of the block's rows in every phase: warp w takes units
+//   [n w, n (w + 1)) of the n rows cut into kWarps units each, so every warp sums about
+//   1/kWarps of the block's entries in each phase (whole half-row items left a quarter of
+//   the warps idle for half of every phase on 28672x8192: 56 items over 32 warps); past
+//   kWarps rows a warp takes two whole rows. Its sums stay in registers across tiles, each
+//   (row, warp) piece lands in a slot of its own and a row's slots are added in a fixed
+//   order: the result is bitwise repeatable;
+// - a warp loads its pieces' runs and first batches a phase ahead (they travel during the
+//   barriers), walks a run two batches a turn, and skips the empty half of a last batch.
 // Each block pays for the whole codebook, so the kernel only pays on large layers
 // (tiled_layout.pays).
 #pragma once
@@ -28,7 +32,7 @@ namespace vptq {
 namespace gemv {
 
 constexpr int kTiledMaxGroupSize = 0xfffe;  // 16-bit columns; group_size is the zero slot
-constexpr int kTiledItemsPerWarp = 2;       // accumulator sets a thread keeps
+constexpr int kTiledItemsPerWarp = 2;       // accumulator sets (rows) a thread keeps
 
 // 1024 threads up to v = 8; past it two accumulator sets need more than the 64 registers a
 // 1024-thread block leaves a thread
@@ -38,25 +42,35 @@ __host__ __device__ constexpr int tiled_threads() {
 }
 __host__ __device__ inline int tiled_warps(int v) { return (v <= 8 ? 1024 : 512) / 32; }
 
-// Splits of each row: as many as keep every warp busy with at most kTiledItemsPerWarp items.
-__host__ __device__ inline int tiled_splits(int rows_per_block, int v) {
-  const int s = kTiledItemsPerWarp * tiled_warps(v) / (rows_per_block > 0 ? rows_per_block : 1);
-  return s > 0 ? s : 1;
+// Partial-sum slots per row of a block of n rows: with n <= warps a warp's range (n/warps of a
+// row) meets at most 2 rows and a row meets at most warps/n + 2 warps; past that each warp
+// takes whole rows (at most kTiledItemsPerWarp), one slot each.
+__host__ __device__ inline int tiled_slots(int n, int warps) {
+  if (n > warps) return 1;
+  const int s = warps / (n > 0 ? n : 1) + 2;
+  return s < warps ? s : warps;
+}
+
+// Partial sums of the larger of a layer's two block sizes (min_rows and min_rows + 1 rows).
+__host__ __device__ inline int64_t tiled_part_floats(int max_rows, int min_rows, int v) {
+  const int w = tiled_warps(v);
+  const int64_t a = int64_t{max_rows} * tiled_slots(max_rows, w);
+  const int64_t b = int64_t{min_rows} * tiled_slots(min_rows, w);
+  return (a > b ? a : b) * v;
 }
 
 struct TiledParams {
   Params p;
   TiledLayout t;
-  int splits;
 };
 
 // Shared memory: [xs of the group + the zero slot, fp32] [two codebook tiles, 16-bit]
-// [one partial sum per (row, split, element)].
+// [one partial sum per (row, slot, element)].
 __host__ __device__ inline int64_t tiled_smem_bytes(const LayerArgs& a, int tile_codes,
-                                                   int rows_per_block) {
+                                                   int max_rows, int min_rows) {
   return sorted_round16(int64_t{a.group_size + 1} * 4) +
          2 * sorted_round16(int64_t{tile_codes} * a.v * 2) +
-         int64_t{rows_per_block} * tiled_splits(rows_per_block, a.v) * a.v * 4;
+         tiled_part_floats(max_rows, min_rows, a.v) * 4;
 }
 
 // 4 bytes that are read once (see load_stream).
@@ -81,8 +95,6 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
   const int r0 = static_cast<int>(int64_t{R} * blockIdx.x / gridDim.x);
   const int r1 = static_cast<int>(int64_t{R} * (blockIdx.x + 1) / gridDim.x);
   const int nrows = r1 - r0;
-  const int S = tp.splits;
-  const int items = nrows * S;
   const int tc = t.tile_codes;
 
   float* s_x = reinterpret_cast<float*>(smem);
@@ -93,6 +105,9 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
   float* s_part = reinterpret_cast<float*>(smem + x_bytes + 2 * tile_bytes);
 
   stage_xs(p, s_x);  // committed with the first tile
+  // a row may meet fewer warps than it has slots: the rest must add nothing
+  const int per_row = tiled_slots(nrows, kWarps);
+  for (int i = threadIdx.x; i < nrows * per_row * V; i += blockDim.x) s_part[i] = 0.f;
 
   // A phase is tile ft of list b (main codebook, then residual), advanced by counting: the
   // divisions that would split a phase number cost more than a tile's setup otherwise does.
@@ -115,29 +130,60 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
   stage_tile(0, 0, 0);
   cp_commit();
 
-  // the split takes every S-th batch of a run (one short batch a run at most)
-  constexpr int kBatch = 32 * kUnroll;
-  const int stride = S * kBatch;
-  // per item: its row's first list and its split
-  int first_list[kTiledItemsPerWarp], split[kTiledItemsPerWarp];
+  // The warp's items: up to two (row, unit range) pieces. With nrows <= kWarps, the rows are
+  // cut into kWarps units each and the warp takes units [nrows * warp, nrows * (warp + 1)),
+  // which meet at most two rows; in every phase a piece takes the same fraction of its row's
+  // run (units lo..hi of kWarps). Past kWarps rows a warp takes whole rows warp and
+  // warp + kWarps. A piece's slot is its warp's place among the warps that meet its row.
+  constexpr int kUnitShift = kWarps == 32 ? 5 : 4;
+  static_assert(kWarps == 1 << kUnitShift, "a row is cut into kWarps units");
+  int row[kTiledItemsPerWarp], lo[kTiledItemsPerWarp], hi[kTiledItemsPerWarp];
+  int slot[kTiledItemsPerWarp];
+  bool live[kTiledItemsPerWarp];
+  if (nrows <= kWarps) {
+    static_assert(kTiledItemsPerWarp == 2, "a range of at most one row meets two rows");
+    const int u0 = nrows * warp;
+    const int u1 = u0 + nrows;
+    const int ra = u0 >> kUnitShift;
+    const int rb = (u1 - 1) >> kUnitShift;
+    row[0] = ra;
+    lo[0] = u0 - (ra << kUnitShift);
+    hi[0] = ra == rb ? u1 - (ra << kUnitShift) : kWarps;
+    slot[0] = warp - (ra << kUnitShift) / nrows;  // the first warp of row ra holds its unit 0
+    live[0] = true;
+    row[1] = rb;
+    lo[1] = 0;
+    hi[1] = u1 - (rb << kUnitShift);
+    slot[1] = 0;  // starts row rb
+    live[1] = rb != ra;
+  } else {
 #pragma unroll
-  for (int m = 0; m < kTiledItemsPerWarp; ++m) {
-    const int item = warp + m * kWarps;
-    first_list[m] = (r0 + item / S) * t.lists;
-    split[m] = item % S;
+    for (int m = 0; m < kTiledItemsPerWarp; ++m) {
+      row[m] = warp + m * kWarps;
+      lo[m] = 0;
+      hi[m] = kWarps;
+      slot[m] = 0;
+      live[m] = row[m] < nrows;
+    }
   }
-  // The run of item m in phase (b, ft): entries [e0, e1) of its list, clamped to the row so
-  // that a malformed layout cannot leave it.
+  int first_list[kTiledItemsPerWarp];
+#pragma unroll
+  for (int m = 0; m < kTiledItemsPerWarp; ++m) first_list[m] = (r0 + row[m]) * t.lists;
+  // The piece of item m in phase (b, ft): entries [e0, e1) of its list, the run clamped to
+  // the row so that a malformed layout cannot leave it, then cut to the item's units.
   auto run_of = [&](int m, int b, int ft, int& e0, int& e1) {
     const int32_t* ts = t.tile_start + int64_t{first_list[m] + b} * (t.tiles + 1) + ft;
-    e0 = min(max(ts[0], 0), gs);
-    e1 = min(max(ts[1], e0), gs);
+    const int s0 = min(max(ts[0], 0), gs);
+    const int n = min(max(ts[1], s0), gs) - s0;
+    e0 = s0 + ((n * lo[m]) >> kUnitShift);
+    e1 = s0 + ((n * hi[m]) >> kUnitShift);
   };
   auto entries_of = [&](int m, int b) {
     return reinterpret_cast<const uint32_t*>(t.entries) + int64_t{first_list[m] + b} * gs;
   };
-  // A batch from entry e (the lane's own) on, at ptr; the lanes past e1 read the zero
-  // activation with the tile's first code.
+  // A batch (kUnroll entries a lane, 32 apart) from entry e (the lane's own) on, at ptr; the
+  // lanes past e1 read the zero activation with the tile's first code.
+  constexpr int kBatch = 32 * kUnroll;
   auto fetch = [&](const uint32_t* ptr, int e, int e1, uint32_t pad, uint32_t(&ev)[kUnroll]) {
 #pragma unroll
     for (int k = 0; k < kUnroll; ++k) ev[k] = e + 32 * k < e1 ? load_stream32(ptr + 32 * k) : pad;
@@ -153,9 +199,9 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
   uint32_t first[kTiledItemsPerWarp][kUnroll];
 #pragma unroll
   for (int m = 0; m < kTiledItemsPerWarp; ++m) {
-    if (warp + m * kWarps >= items) continue;
+    if (!live[m]) continue;
     run_of(m, 0, 0, run0[m], run1[m]);
-    const int e = run0[m] + split[m] * kBatch + lane;
+    const int e = run0[m] + lane;
     fetch(entries_of(m, 0) + e, e, run1[m], pad_of(0), first[m]);
   }
 
@@ -188,41 +234,46 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
     const uint32_t cmax = ncodes > 0 ? static_cast<uint32_t>(ncodes - 1) : 0u;
 #pragma unroll
     for (int m = 0; m < kTiledItemsPerWarp; ++m) {
-      if (warp + m * kWarps >= items) continue;
+      if (!live[m]) continue;
       const int e1 = run1[m];
-      int e = run0[m] + split[m] * kBatch + lane;
-      const uint32_t* ptr = entries_of(m, b) + e;
+      int eb = run0[m];  // the batch's first entry (warp-uniform)
+      const uint32_t* ptr = entries_of(m, b) + eb + lane;
       if (more) run_of(m, nb, nft, run0[m], run1[m]);  // used after the loop
       const uint32_t pad = pad_of(ft);
-      auto sum = [&](const uint32_t(&ev)[kUnroll]) {
+      // a batch's first `part` loads of each lane (warp-uniform): a piece's last batch skips
+      // the loads that hold no entry
+      auto sum = [&](const uint32_t(&ev)[kUnroll], int part) {
 #pragma unroll
         for (int k = 0; k < kUnroll; ++k) {
+          if (k > 0 && k >= part) break;
           const float xv = s_x[min(ev[k] & 0xffffu, static_cast<uint32_t>(gs))];
           const uint32_t c = min((ev[k] >> 16) - code0, cmax);
-          Entry<T, V> row;
-          row.load(tile + c * V);
+          Entry<T, V> ent;
+          ent.load(tile + c * V);
           float cv[V];
-          row.get(cv);
+          ent.get(cv);
 #pragma unroll
           for (int l = 0; l < V; ++l) acc[m][l] = fmaf(xv, cv[l], acc[m][l]);
         }
       };
+      // loads of the batch from eb that hold entries (warp-uniform)
+      auto part_of = [&](int eb) { return (e1 - eb + 31) >> 5; };
       // two batches a turn, each loading the other's successor while it is summed: the
       // buffers trade roles without register copies
       uint32_t other[kUnroll];
-      while (e - lane < e1) {
-        fetch(ptr + stride, e + stride, e1, pad, other);
-        sum(first[m]);
-        e += stride;
-        ptr += stride;
-        if (e - lane >= e1) break;
-        fetch(ptr + stride, e + stride, e1, pad, first[m]);
-        sum(other);
-        e += stride;
-        ptr += stride;
+      while (eb < e1) {
+        fetch(ptr + kBatch, eb + kBatch + lane, e1, pad, other);
+        sum(first[m], part_of(eb));
+        eb += kBatch;
+        ptr += kBatch;
+        if (eb >= e1) break;
+        fetch(ptr + kBatch, eb + kBatch + lane, e1, pad, first[m]);
+        sum(other, part_of(eb));
+        eb += kBatch;
+        ptr += kBatch;
       }
       if (more) {
-        const int en = run0[m] + split[m] * kBatch + lane;
+        const int en = run0[m] + lane;
         fetch(entries_of(m, nb) + en, en, run1[m], pad_of(nft), first[m]);
       }
     }
@@ -233,20 +284,20 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
 
 #pragma unroll
   for (int m = 0; m < kTiledItemsPerWarp; ++m) {
-    const int item = warp + m * kWarps;
-    if (item >= items) continue;
+    if (!live[m]) continue;
 #pragma unroll
     for (int l = 0; l < V; ++l) {
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) acc[m][l] += __shfl_xor_sync(0xffffffffu, acc[m][l], o);
     }
     if (lane == 0) {
+      float* dst = s_part + (row[m] * per_row + slot[m]) * V;
 #pragma unroll
-      for (int l = 0; l < V; ++l) s_part[int64_t{item} * V + l] = acc[m][l];
+      for (int l = 0; l < V; ++l) dst[l] = acc[m][l];
     }
   }
   __syncthreads();
-  sorted_epilogue<T, V>(p, s_part, r0, nrows, S);
+  sorted_epilogue<T, V>(p, s_part, r0, nrows, per_row);
 }
 
 }  // namespace gemv
