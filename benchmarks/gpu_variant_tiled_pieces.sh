@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run 18a on the device machine (issue 5): the tiled GEMV whose warps take equal fractions of
 # the block's rows (gemv_tiled.cuh as committed) and the sorted GEMV whose new-code flags
-# take one LOP3 a step and which runs v9-v12 on 1024 threads, against the kernels before
+# take one LOP3 a step, against the kernels before
 # them (.device/X/_cuda: `git archive 66274a3 python/vptq_rs/_cuda`, whose tiled warps took
 # whole (row, split) items), built through VPTQ_RS_CUDA_SRC. New, then old, in one call, on
 # the two largest shapes. In order (what matters most first, for a call cut short): the
