@@ -156,7 +156,7 @@ def smem_bytes(cfg: Any, layout: SortedLayout, sms: int) -> int:
     rows_per_block = -(-r // grid)
     widest = max(cfg.num_centroids, cfg.num_res_centroids)
     lists, _, chunks = layout.chunk_base.shape
-    warps = 32 if cfg.vector_len <= 8 else 16  # sorted_warps
+    warps = 32 if cfg.vector_len <= 12 else 16  # sorted_warps
 
     def round16(b: int) -> int:
         return -(-b // 16) * 16

@@ -40,12 +40,15 @@ constexpr int kSortedColBits = 15;
 constexpr int kSortedMaxGroupSize = (1 << kSortedColBits) - 1;  // group_size = the zero slot
 constexpr uint32_t kSortedColMask = (1u << kSortedColBits) - 1u;
 constexpr uint32_t kSortedNewCode = 1u << kSortedColBits;  // the flag, in the low half
-constexpr int kSortedRing = 3;  // 16-byte entry loads a lane holds: in use plus ahead
 
-// 1024 threads keep 32 KB of entry loads in flight per SM; past v = 8 the accumulators and
-// codebook rows need more than the 64 registers that allows (v9-v11 would fit, v12 spills
-// 4 bytes, which tests/test_cuda_ext.py refuses).
-__host__ __device__ constexpr int sorted_warps(int v) { return v <= 8 ? 32 : 16; }
+// 1024 threads keep 32 KB of entry loads in flight per SM (two loads ahead a lane). Past
+// v = 8 the accumulators and codebook rows need more registers: v9-v12 hold one load ahead
+// instead (the same 16 KB as 512 threads with two, but twice the warps to hide the shared-
+// memory latency: v12 issued on 57% of cycles at 512 threads, run 17c); past v = 12 even
+// that spills within the 64 registers of 1024 threads, so v13-v16 keep 512 threads and two.
+__host__ __device__ constexpr int sorted_warps(int v) { return v <= 12 ? 32 : 16; }
+// 16-byte entry loads a lane holds: the one in use plus those ahead
+__host__ __device__ constexpr int sorted_ring(int v) { return v <= 8 || v > 12 ? 3 : 2; }
 template <int V>
 __host__ __device__ constexpr int sorted_threads() {
   return sorted_warps(V) * 32;
@@ -148,6 +151,7 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
   const int nrows = r1 - r0;
   const int64_t K = int64_t{1} << a.index_bits;
   const int64_t Kr = a.res_centroids ? int64_t{1} << a.res_bits : 0;
+  constexpr int kSortedRing = sorted_ring(V);
 
   float* s_x = reinterpret_cast<float*>(smem);
   const int64_t x_bytes = sorted_round16(int64_t{gs + 1} * 4);
