@@ -43,9 +43,11 @@ constexpr uint32_t kSortedNewCode = 1u << kSortedColBits;  // the flag, in the l
 
 // 1024 threads keep 32 KB of entry loads in flight per SM (two loads ahead a lane). Past
 // v = 8 the accumulators and codebook rows need more registers: v9-v12 hold one load ahead
-// instead (the same 16 KB as 512 threads with two, but twice the warps to hide the shared-
-// memory latency: v12 issued on 57% of cycles at 512 threads, run 17c); past v = 12 even
-// that spills within the 64 registers of 1024 threads, so v13-v16 keep 512 threads and two.
+// instead (the same 16 KB as 512 threads with two, and twice the warps). For v12 that was
+// even with 512 threads in run 19a (78.7 and 68.9 us against 78.0 and 69.9 on the two largest
+// shapes; under ncu it issues on 71% of cycles, 70% in run 17c), so latency does not hold it.
+// Past v = 12 even one load ahead spills within the 64 registers of 1024 threads,
+// so v13-v16 keep 512 threads and two.
 __host__ __device__ constexpr int sorted_warps(int v) { return v <= 12 ? 32 : 16; }
 // 16-byte entry loads a lane holds: the one in use plus those ahead
 __host__ __device__ constexpr int sorted_ring(int v) { return v <= 8 || v > 12 ? 3 : 2; }
