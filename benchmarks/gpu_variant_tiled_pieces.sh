@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Run 18a on the device machine (issue 5): the tiled GEMV whose warps take equal fractions of
-# the block's rows (gemv_tiled.cuh as committed) and the sorted GEMV whose new-code flags
-# take one LOP3 a step, against the kernels before
+# Run 19a on the device machine (issue 5; written in session 18, which got no machine): the
+# tiled GEMV whose warps take equal fractions of the block's rows (gemv_tiled.cuh as
+# committed) and the sorted GEMV whose new-code flags take one LOP3 a step and whose v9-v12
+# run 1024 threads, against the kernels before
 # them (.device/X/_cuda: `git archive 66274a3 python/vptq_rs/_cuda`, whose tiled warps took
 # whole (row, split) items), built through VPTQ_RS_CUDA_SRC. New, then old, in one call, on
 # the two largest shapes. In order (what matters most first, for a call cut short): the
