@@ -316,7 +316,8 @@ def test_gemv_sorted_kernel_edge_inputs_and_refusals():
 
 def test_gemv_sorted_kernel_survives_a_garbage_layout():
     """Random entries and chunk base codes (codes past the codebook, columns past the group,
-    bit 31 set): the kernel clamps every index and returns."""
+    bit 31 set): the kernel clamps the codes, its columns stay within its shared memory
+    (sorted_layout.X_REACH_BYTES), and it returns."""
     cfg, _, t = make_hist(SORTED_LAYERS[0], torch.float16)
     lay = sorted_layout.build(cfg, t.indices)
     g = torch.Generator(device=DEV).manual_seed(1)

@@ -37,6 +37,7 @@ def packed_layer(i, o, v, k, kr=0, seed=0, skew=False):
         (3000, 36, 12, 256, 1024),  # residual list with a wider codebook than the main one
         (600, 30, 2, 16, 0),  # one group: shorter than a chunk
         (700, 12, 4, 512, 2),  # 1-bit residual codes
+        (20000, 4, 2, 16, 0),  # second columns past 2^14: entries with bit 31 set
     ],
 )
 def test_build_then_decode_gives_the_codes_back(shape):
@@ -52,6 +53,12 @@ def test_build_then_decode_gives_the_codes_back(shape):
     groups = width // sorted_layout.GROUP_ENTRIES
     assert lay.chunk_base.shape[2] == math.ceil(groups / lay.chunk_groups)
     assert lay.chunk_groups <= sorted_layout.CHUNK_GROUPS_TARGET
+    # bit 1 is clear (the kernel reads a's byte offset as bits 2-16), and both columns sit
+    # where the kernel reads them
+    e = lay.entries.to(torch.int64) & 0xFFFFFFFF
+    assert not bool((e & 2).any())
+    assert int((e >> sorted_layout.SECOND).max()) <= cfg.group_size
+    assert int((e >> sorted_layout.FIRST & sorted_layout.COLUMN_MASK).max()) <= cfg.group_size
 
 
 def sorted_order(lay):
@@ -70,8 +77,8 @@ def test_each_code_takes_its_columns_in_pairs_and_an_unused_code_one_empty_entry
     lay = sorted_layout.build(cfg, words)
     e = sorted_order(lay)[:, 0]
     gs, k = cfg.group_size, cfg.num_centroids
-    flags = (e >> sorted_layout.COLUMN_BITS) & 1
-    a, b = e & sorted_layout.COLUMN_MASK, e >> sorted_layout.SECOND
+    flags = (e >> sorted_layout.FLAG_BIT) & 1
+    a, b = e >> sorted_layout.FIRST & sorted_layout.COLUMN_MASK, e >> sorted_layout.SECOND
     code = torch.cumsum(flags, dim=1) - 1
     for r in range(main.shape[0]):
         n = torch.bincount(main[r], minlength=k)
@@ -94,7 +101,10 @@ def test_pairs_are_ordered_to_spread_each_activation_load_over_the_banks(monkeyp
     def conflicts(lay):
         e = sorted_order(lay)[:, 0]
         total = 0
-        for cols in (e & sorted_layout.COLUMN_MASK, e >> sorted_layout.SECOND):
+        for cols in (
+            e >> sorted_layout.FIRST & sorted_layout.COLUMN_MASK,
+            e >> sorted_layout.SECOND,
+        ):
             step = cols.reshape(-1, sorted_layout.LANES)
             real = step != cfg.group_size
             load = torch.zeros(step.shape[0], sorted_layout.BANKS, dtype=torch.int64)
@@ -160,15 +170,25 @@ def test_smem_estimate_counts_activations_codebook_and_partials():
     c, words, _, _ = packed_layer(4100, 64, 6, 4096)  # 11 vector rows, 4100 columns
     lay = sorted_layout.build(c, words)
     chunks = lay.chunk_base.shape[2]
-    x_and_zero_slot = 16416  # 4101 floats, rounded up to 16 bytes
-    codebook = 4096 * 6 * 2
+    # xs, its zero slot (4101 floats, rounded up to 16 bytes) and the codebook come to 65568
+    # bytes: padded to the 2^15 floats a column field can reach
+    assert 16416 + 4096 * 6 * 2 < sorted_layout.X_REACH_BYTES == 131072
+    reach = sorted_layout.X_REACH_BYTES
     partials_per_row = chunks * 6 * 4
-    assert sorted_layout.smem_bytes(c, lay, 132) == x_and_zero_slot + codebook + partials_per_row
+    assert sorted_layout.smem_bytes(c, lay, 132) == reach + partials_per_row
     # 11 rows over 4 SMs: 3 rows per block
-    assert sorted_layout.smem_bytes(c, lay, 4) == x_and_zero_slot + codebook + 3 * partials_per_row
+    assert sorted_layout.smem_bytes(c, lay, 4) == reach + 3 * partials_per_row
     # one block of 11 rows: its 32 warps meet a row at most 32 // 11 + 2 = 4 times
     assert chunks > 4
-    assert sorted_layout.smem_bytes(c, lay, 1) == x_and_zero_slot + codebook + 11 * 4 * 6 * 4
+    assert sorted_layout.smem_bytes(c, lay, 1) == reach + 11 * 4 * 6 * 4
+    # past the reach (the widest group, 32768 floats with its zero slot, and 16 KB of
+    # codebook): no padding
+    c2, words2, _, _ = packed_layer(32767, 4, 2, 4096)
+    lay2 = sorted_layout.build(c2, words2)
+    # 2 rows on one SM: 32 // 2 + 2 slots each (fewer than the chunks)
+    assert lay2.chunk_base.shape[2] > 18
+    parts2 = 2 * 18 * 2 * 4
+    assert sorted_layout.smem_bytes(c2, lay2, 1) == 131072 + 4096 * 2 * 2 + parts2
 
 
 def test_warp_ranges_leave_each_row_at_most_its_slots():

@@ -11,11 +11,14 @@ consecutive entries whose codes span about 32 adjacent codebook rows (conflict-f
 and does the codebook work (loads, conversions, FMAs) once per two columns; the random
 accesses left are the entries' 4-byte activations.
 
-An entry is 32 bits: ``b << 16 | new_code << 15 | a``.
+An entry is 32 bits: ``b << 17 | a << 2 | new_code``, bit 1 clear (``a << 2`` is its
+byte offset in the kernel's fp32 xs).
 
 - ``a``, ``b``: columns within the group (``group_size <= 32767``); ``group_size`` itself
   names a slot whose activation is zero. A code with an odd number of columns ends with a
-  half-empty entry (``b`` the zero slot).
+  half-empty entry (``b`` the zero slot). Both fields of any 32-bit word are below 2^15, and
+  the kernel's shared memory reaches that far past xs (:func:`smem_bytes`), so it reads the
+  columns without a clamp.
 - ``new_code``: 1 on a code's first entry. The first code of a list is 0, so the code of an
   entry is the count of set flags up to it, minus one: a warp recovers 32 codes with one
   ballot and a popcount.
@@ -53,8 +56,13 @@ from vptq_rs.errors import InvalidValueError
 COLUMN_BITS = 15
 MAX_GROUP_SIZE = (1 << COLUMN_BITS) - 1  # group_size itself is the zero slot
 COLUMN_MASK = (1 << COLUMN_BITS) - 1
-NEW_CODE = 1 << COLUMN_BITS
-SECOND = 16  # bit offset of an entry's second column
+FLAG_BIT = 0
+NEW_CODE = 1 << FLAG_BIT
+FIRST = 2  # bit offset of an entry's first column
+SECOND = 17  # bit offset of an entry's second column
+# bytes past the start of xs that a column field can reach: the kernel's shared memory is at
+# least this large before its partial sums (kSortedXReach in gemv_sorted.cuh)
+X_REACH_BYTES = 4 << COLUMN_BITS
 GROUP_ENTRIES = 128  # 4 steps of 32 lanes: one 16-byte load per lane
 STEPS_PER_GROUP = 4
 LANES = 32
@@ -148,9 +156,9 @@ def slots(chunks: int, warps: int, min_rows: int) -> int:
 
 def smem_bytes(cfg: Any, layout: SortedLayout, sms: int) -> int:
     """Shared memory the sorted kernel asks for on a GPU with ``sms`` SMs: xs plus a zero
-    slot (fp32), the larger codebook (16-bit), and the partial sums of a block's rows
-    (:func:`slots` per row and list, fp32 x V; mirrors ``sorted_smem_bytes`` in
-    gemv_sorted.cuh)."""
+    slot (fp32) and the larger codebook (16-bit), padded to ``X_REACH_BYTES``, then the
+    partial sums of a block's rows (:func:`slots` per row and list, fp32 x V; mirrors
+    ``sorted_smem_bytes`` in gemv_sorted.cuh)."""
     r = cfg.num_vectors
     grid = max(1, min(r, sms))
     rows_per_block = -(-r // grid)
@@ -161,9 +169,9 @@ def smem_bytes(cfg: Any, layout: SortedLayout, sms: int) -> int:
     def round16(b: int) -> int:
         return -(-b // 16) * 16
 
+    x_and_codebook = round16((cfg.group_size + 1) * 4) + round16(widest * cfg.vector_len * 2)
     return (
-        round16((cfg.group_size + 1) * 4)
-        + round16(widest * cfg.vector_len * 2)
+        max(x_and_codebook, X_REACH_BYTES)
         + rows_per_block * lists * slots(chunks, warps, r // grid) * cfg.vector_len * 4
     )
 
@@ -267,7 +275,7 @@ def build(
     rows = cfg.num_vectors
     dev = indices.device
     step = max(1, BUILD_BLOCK_ENTRIES // gs)
-    empty = gs << SECOND | gs  # an entry of two zero slots, flag clear
+    empty = gs << SECOND | gs << FIRST  # an entry of two zero slots, flag clear
     blocks = []  # per row block: int64 [rows, lists, width] in sorted order, its own width
     for r0 in range(0, rows, step):
         # unpacked a block at a time too: int64 codes of a whole layer would be the peak
@@ -281,7 +289,7 @@ def build(
             pad = width - cols.shape[1]
             cols = _balance_banks(F.pad(cols, (0, 0, 0, pad), value=gs), gs)
             flag = F.pad(flag, (0, pad))
-            block.append(cols[..., 1] << SECOND | flag.long() * NEW_CODE | cols[..., 0])
+            block.append(cols[..., 1] << SECOND | cols[..., 0] << FIRST | flag.long() * NEW_CODE)
         blocks.append(torch.stack(block, dim=1))
     width = max(b.shape[2] for b in blocks)
     # shorter blocks take whole groups of empty entries (the same in any order)
@@ -294,11 +302,13 @@ def build(
     if chunks > 1:
         ends = torch.arange(1, chunks, device=dev) * chunk_groups * GROUP_ENTRIES
         for r0 in range(0, rows, step):
-            flags = ((out[r0 : r0 + step] >> COLUMN_BITS) & 1).to(torch.int32)
+            flags = ((out[r0 : r0 + step] >> FLAG_BIT) & 1).to(torch.int32)
             before = torch.cumsum(flags, dim=2, dtype=torch.int32)[:, :, ends - 1]
             chunk_base[r0 : r0 + step, :, 1:] = before - 1
-    # sorted order [g, step, lane] -> stored order [g, lane, step]; bit 31 is always clear
+    # sorted order [g, step, lane] -> stored order [g, lane, step]; bit 31 is b's top bit:
+    # the entries' two's-complement int32 values
     stored = out.view(rows, nlists, groups, STEPS_PER_GROUP, LANES).transpose(3, 4)
+    stored = torch.where(stored >= 1 << 31, stored - (1 << 32), stored)
     entries = stored.reshape(rows, nlists, width).to(torch.int32).transpose(0, 1).contiguous()
     return SortedLayout(entries, chunk_base.transpose(0, 1).contiguous(), chunk_groups)
 
@@ -315,7 +325,7 @@ def decode(layout: SortedLayout, group_size: int) -> torch.Tensor:
         .transpose(3, 4)
         .reshape(rows, nlists, width)
     )
-    code = torch.cumsum((e >> COLUMN_BITS) & 1, dim=2) - 1
+    code = torch.cumsum((e >> FLAG_BIT) & 1, dim=2) - 1
     starts = (
         torch.arange(layout.chunk_base.shape[2], device=e.device)
         * layout.chunk_groups
@@ -325,7 +335,9 @@ def decode(layout: SortedLayout, group_size: int) -> torch.Tensor:
     if not torch.equal(before, layout.chunk_base.transpose(0, 1).to(torch.int64)):
         raise InvalidValueError("chunk_base disagrees with the entries")
     # both columns of an entry, in order: [R, lists, 2 * width]
-    col = torch.stack((e & COLUMN_MASK, e >> SECOND), dim=3).reshape(rows, nlists, 2 * width)
+    col = torch.stack((e >> FIRST & COLUMN_MASK, e >> SECOND), dim=3).reshape(
+        rows, nlists, 2 * width
+    )
     code = code.repeat_interleave(2, dim=2)
     real = col < group_size
     counts = torch.zeros(rows, nlists, group_size + 1, dtype=torch.int64, device=e.device)

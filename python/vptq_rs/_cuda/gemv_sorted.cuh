@@ -36,10 +36,16 @@
 namespace vptq {
 namespace gemv {
 
+// An entry: b << 17 | a << 2 | new_code (bit 1 clear). a sits where its byte offset in s_x
+// is one AND away, and any 32-bit word gives a and b below 2^15: with the block's shared
+// memory at least 2^15 floats past s_x (the codebook, then padding) no column needs a clamp,
+// and a malformed layout reads wrong values, never outside the allocation.
 constexpr int kSortedColBits = 15;
 constexpr int kSortedMaxGroupSize = (1 << kSortedColBits) - 1;  // group_size = the zero slot
-constexpr uint32_t kSortedColMask = (1u << kSortedColBits) - 1u;
-constexpr uint32_t kSortedNewCode = 1u << kSortedColBits;  // the flag, in the low half
+constexpr uint32_t kSortedNewCode = 1u;                         // the flag
+constexpr uint32_t kSortedFirstBytes = ((1u << kSortedColBits) - 1u) << 2;  // a * 4
+constexpr int kSortedSecond = 17;  // bit offset of the second column
+constexpr int64_t kSortedXReach = int64_t{4} << kSortedColBits;  // bytes a column can reach
 
 // 1024 threads keep 32 KB of entry loads in flight per SM (two loads ahead a lane). Past
 // v = 8 the accumulators and codebook rows need more registers: v9-v12 hold one load ahead
@@ -72,15 +78,22 @@ __host__ __device__ inline int sorted_slots(int chunks, int warps, int min_rows)
   return chunks < s ? chunks : s;
 }
 
-// Shared memory: [xs of the group + the zero slot, fp32] [one codebook, 16-bit]
-// [the pieces' partial sums: rows_per_block x lists x slots x V, fp32].
+// Shared memory: [xs of the group + the zero slot, fp32] [one codebook, 16-bit] [padding up
+// to kSortedXReach bytes, where xs and the codebook are smaller] [the pieces' partial sums:
+// rows_per_block x lists x slots x V, fp32]. A column of any entry lands in the first three,
+// which no warp writes while others read entries.
+__host__ __device__ inline int64_t sorted_parts_offset(int64_t group_size, int64_t cb_bytes) {
+  const int64_t used = sorted_round16((group_size + 1) * 4) + sorted_round16(cb_bytes);
+  return used > kSortedXReach ? used : kSortedXReach;
+}
+
 __host__ __device__ inline int64_t sorted_smem_bytes(const LayerArgs& a, const SortedLayout& s,
                                                     int rows_per_block, int min_rows) {
   const int64_t K = int64_t{1} << a.index_bits;
   const int64_t Kr = a.res_centroids ? int64_t{1} << a.res_bits : 0;
   const int64_t cb = (K > Kr ? K : Kr) * a.v * 2;
   const int slots = sorted_slots(s.chunks, sorted_warps(a.v), min_rows);
-  return sorted_round16(int64_t{a.group_size + 1} * 4) + sorted_round16(cb) +
+  return sorted_parts_offset(a.group_size, cb) +
          int64_t{rows_per_block} * s.lists * slots * a.v * 4;
 }
 
@@ -159,7 +172,7 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
   const int64_t x_bytes = sorted_round16(int64_t{gs + 1} * 4);
   T* s_cb = reinterpret_cast<T*>(smem + x_bytes);
   float* s_part = reinterpret_cast<float*>(
-      smem + x_bytes + sorted_round16((K > Kr ? K : Kr) * V * int64_t{sizeof(T)}));
+      smem + sorted_parts_offset(gs, (K > Kr ? K : Kr) * V * int64_t{sizeof(T)}));
 
   stage_xs(p, s_x);  // in one cp.async group: every copy in flight at once
   cp_commit();
@@ -195,6 +208,19 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
     // opaque: kept in a register, where the compiler would rebuild it from the params every
     // group (6 instructions)
     asm volatile("" : "+r"(kmax));
+    const int64_t list0 = int64_t{b} * R + r0;  // the block's first list of this codebook
+    const uint4* e = entries + (list0 * s.groups + flat0) * 32 + lane;
+    constexpr int kAhead = kSortedRing - 1;
+    // a ring of kSortedRing loads, kAhead groups ahead (below). Its first loads and the base
+    // code touch no shared memory: they are in flight while the codebook is staged.
+    uint4 ring[kSortedRing];
+    int base = -1;
+    if (total > 0) {
+      ring[0] = load_stream(e);
+#pragma unroll
+      for (int k = 1; k < kAhead; ++k) ring[k] = k < total ? load_stream(e + k * 32) : ring[0];
+      base = s.chunk_base[(list0 + rl0) * s.chunks + c0];
+    }
     __syncthreads();  // the previous codebook's readers are done
     {
       // K * V * sizeof(T) is a multiple of 4 (K even); ops.cpp aligns codebooks to 16 bytes
@@ -206,11 +232,8 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
     cp_wait<0>();
     __syncthreads();
     if (total <= 0) continue;
-    const int64_t list0 = int64_t{b} * R + r0;  // the block's first list of this codebook
-    const uint4* e = entries + (list0 * s.groups + flat0) * 32 + lane;
     int rl = rl0;
     int slot = first_slot;  // of the open piece; a piece from a row's start takes slot 0
-    int base = s.chunk_base[(list0 + rl) * s.chunks + c0];
     int row_end = s.groups - c0 * s.chunk_groups;  // groups of the range before a row ends
     float acc[V];
 #pragma unroll
@@ -243,11 +266,13 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
             "vote.sync.ballot.b32 %0, f, 0xffffffff;\n\t}"
             : "=r"(flags)
             : "r"(ev), "n"(kSortedNewCode));
-        // a malformed layout cannot leave the codebook or xs: every index is clamped
+        // a malformed layout cannot leave the codebook (the clamp fuses with the add) nor
+        // the block's shared memory (columns are below 2^15, see kSortedXReach)
         const uint32_t code = min(static_cast<uint32_t>(base + __popc(flags & lanes_le)), kmax);
         base += __popc(flags);
-        const uint32_t zero = static_cast<uint32_t>(gs);
-        const float xv = s_x[min(ev & kSortedColMask, zero)] + s_x[min(ev >> 16, zero)];
+        const float xa =
+            *reinterpret_cast<const float*>(reinterpret_cast<const char*>(s_x) + (ev & kSortedFirstBytes));
+        const float xv = xa + s_x[ev >> kSortedSecond];
         Entry<T, V> ent;
         ent.load(s_cb + code * V);
         float cv[V];
@@ -256,16 +281,9 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
         for (int l = 0; l < V; ++l) acc[l] = fmaf(xv, cv[l], acc[l]);
       }
     };
-    // a ring of kSortedRing loads, kSortedRing - 1 groups ahead, unrolled by its length so
-    // that no registers are copied from one slot to the next; the block's groups of one
-    // codebook are contiguous, so the loads run on across rows
-    uint4 ring[kSortedRing];
-    ring[0] = load_stream(e);
-#pragma unroll
-    for (int k = 1; k < kSortedRing - 1; ++k) {
-      ring[k] = k < total ? load_stream(e + k * 32) : ring[0];
-    }
-    constexpr int kAhead = kSortedRing - 1;
+    // The ring is unrolled by its length so that no registers are copied from one slot to
+    // the next; the block's groups of one codebook are contiguous, so the loads run on
+    // across rows.
     // group gi of the range, in ring slot u: start the load kAhead groups on, take the 4
     // steps, and close the piece where a row ends
     auto group = [&](int gi, int u) {
