@@ -270,9 +270,8 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
         // the block's shared memory (columns are below 2^15, see kSortedXReach)
         const uint32_t code = min(static_cast<uint32_t>(base + __popc(flags & lanes_le)), kmax);
         base += __popc(flags);
-        const float xa =
-            *reinterpret_cast<const float*>(reinterpret_cast<const char*>(s_x) + (ev & kSortedFirstBytes));
-        const float xv = xa + s_x[ev >> kSortedSecond];
+        const char* xa = reinterpret_cast<const char*>(s_x) + (ev & kSortedFirstBytes);
+        const float xv = *reinterpret_cast<const float*>(xa) + s_x[ev >> kSortedSecond];
         Entry<T, V> ent;
         ent.load(s_cb + code * V);
         float cv[V];
