@@ -7,23 +7,28 @@
 # 184ed2e, unpacked beside it with
 #   git archive 184ed2e python benchmarks/gpu_sorted_grain.py benchmarks/gpu_suite.py \
 #     | tar -x -C .device/old
-# Each tree builds its own extension (about 100 s on a fresh machine) and times itself on
-# the two largest shapes (v6/k4096 and v12/k4096+res4096, chunks of 4 groups) against cuBLAS
-# fp16 in the same process, in the order new, old, new (the drift between the first and
-# last). Before that the tree's sorted and fake-op tests run; after it, memcheck over the
-# sorted tests (a random garbage layout among them).
+# Each tree builds its own extension (about 100 s on a fresh machine; the two at once) and
+# times itself on the two largest shapes (v6/k4096 and v12/k4096+res4096, chunks of 4
+# groups) against cuBLAS fp16 in the same process, in the order new, old, new (the drift
+# between the first and last). Before that the tree's sorted and fake-op tests run; after
+# it, memcheck over the sorted tests (a random garbage layout among them).
 # Writes $OUT/{log.txt, sanitizer-memcheck.txt,
 # results/gpu-gemv-sorted-grain-{noclamp,clamp,noclamp_again}.json}.
 #
 #   bash benchmarks/gpu_variant_sorted_noclamp.sh
 set -u
 OUT=${OUT:-/tmp/vptq_out}
+mkdir -p "$OUT"
+export TORCH_CUDA_ARCH_LIST=9.0
+# the old tree builds on half the cores while gpu_run.sh builds and tests the new one
+python3 -m pip install -q --upgrade --no-deps --no-index --target /tmp/vptq_site .device/wheels/*.whl
+cp /tmp/vptq_site/vptq_rs/_core*.so .device/old/python/vptq_rs/
+PYTHONPATH=$PWD/.device/old/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_old MAX_JOBS=8 timeout 300 \
+  python3 -m vptq_rs.cuda_ext > /tmp/old_build.log 2>&1 &
+old_build=$!
 TEST_T=150 TEST_K="sorted or fake" bash benchmarks/gpu_run.sh tests > /dev/null
-export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
-cp python/vptq_rs/_core*.so .device/old/python/vptq_rs/
-{ echo "=== build the old tree ($(date +%T))"
-  PYTHONPATH=$PWD/.device/old/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_old timeout 200 \
-    python3 -m vptq_rs.cuda_ext 2>&1 | tail -1; } | tee -a "$OUT/log.txt"
+wait $old_build
+{ echo "=== the old tree's build ($(date +%T))"; tail -1 /tmp/old_build.log; } | tee -a "$OUT/log.txt"
 timed() {  # $1: tree root, $2: label, $3: its extension cache
   echo "=== $2 ($(date +%T))" | tee -a "$OUT/log.txt"
   PYTHONPATH=$1/python VPTQ_RS_CACHE_DIR=$3 timeout 120 python3 "$1/benchmarks/gpu_sorted_grain.py" \
