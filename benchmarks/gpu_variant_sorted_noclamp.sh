@@ -1,42 +1,63 @@
 #!/usr/bin/env bash
-# Run 21a on the device machine (issue 5): the sorted GEMV whose entries put the first
-# column where its byte offset is one AND away (b << 17 | a << 2 | flag) and whose shared
-# memory reaches 2^15 floats past xs, so no column needs a clamp (3 instructions fewer a warp
-# step; 386 against 423 for 12 steps of the v6 loop in the SASS), and whose first entry loads
-# are in flight while the codebook is staged. Against the kernel it replaced: the tree at
-# 184ed2e, unpacked beside it with
-#   git archive 184ed2e python benchmarks/gpu_sorted_grain.py benchmarks/gpu_suite.py \
-#     | tar -x -C .device/old
-# Each tree builds its own extension (about 100 s on a fresh machine; the two at once) and
-# times itself on the two largest shapes (v6/k4096 and v12/k4096+res4096, chunks of 4
-# groups) against cuBLAS fp16 in the same process, in the order new, old, new (the drift
-# between the first and last). Before that the tree's sorted and fake-op tests run; after
-# it, memcheck over the sorted tests (a random garbage layout among them).
+# The sorted GEMV without column clamps, timed against the kernel it would replace (issue 5;
+# on the device machine). Its entries put the first column where its byte offset is one AND
+# away (b << 17 | a << 2 | flag) and its shared memory reaches 2^15 floats past xs, so no
+# column needs a clamp (3 instructions fewer a warp step: 386 against 423 for 12 steps of
+# the v6 loop in the SASS), and its first entry loads are in flight while the codebook is
+# staged. The change is benchmarks/variants/sorted-noclamp.patch (python/ and tests/).
+#
+# NEW and OLD name two trees (python/, tests/, benchmarks/): the one with the change and the
+# one without. On a tree without it (main, where the patch is not applied):
+#   mkdir -p .device/new && git archive HEAD python tests benchmarks/gpu_sorted_grain.py \
+#     benchmarks/gpu_suite.py | tar -x -C .device/new
+#   git apply --directory=.device/new benchmarks/variants/sorted-noclamp.patch
+#   NEW=.device/new OLD=. bash benchmarks/gpu_variant_sorted_noclamp.sh   (carry .device)
+# Each tree builds its own extension (about 100 s on a fresh machine; the two at once), then
+# NEW's sorted and fake-op tests run, then each tree times itself on the two largest shapes
+# (v6/k4096 and v12/k4096+res4096, chunks of 4 groups) against cuBLAS fp16 in the same
+# process, in the order new, old, new (the drift between the first and last), then memcheck
+# runs over NEW's sorted tests (a random garbage layout among them).
 # Writes $OUT/{log.txt, sanitizer-memcheck.txt,
 # results/gpu-gemv-sorted-grain-{noclamp,clamp,noclamp_again}.json}.
-#
-#   bash benchmarks/gpu_variant_sorted_noclamp.sh
 set -u
 OUT=${OUT:-/tmp/vptq_out}
-mkdir -p "$OUT"
-export TORCH_CUDA_ARCH_LIST=9.0
-# the old tree builds on half the cores while gpu_run.sh builds and tests the new one
+NEW=$(realpath "${NEW:-.}")
+OLD=$(realpath "${OLD:-.device/old}")
+mkdir -p "$OUT/results"
+LOG="$OUT/log.txt"
+export TORCH_CUDA_ARCH_LIST=9.0 PYTHONUNBUFFERED=1
+step() { echo "=== $* ($(date +%T))" | tee -a "$LOG"; }
+step "environment: new $NEW, old $OLD"
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  python3 -c "import torch; print(torch.__version__, torch.version.cuda)"; } 2>&1 | tee -a "$LOG"
 python3 -m pip install -q --upgrade --no-deps --no-index --target /tmp/vptq_site .device/wheels/*.whl
-cp /tmp/vptq_site/vptq_rs/_core*.so .device/old/python/vptq_rs/
-PYTHONPATH=$PWD/.device/old/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_old MAX_JOBS=8 timeout 300 \
+for t in "$NEW" "$OLD"; do cp /tmp/vptq_site/vptq_rs/_core*.so "$t/python/vptq_rs/"; done
+step "build both extensions"
+PYTHONPATH=$OLD/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_old MAX_JOBS=8 timeout 300 \
   python3 -m vptq_rs.cuda_ext > /tmp/old_build.log 2>&1 &
 old_build=$!
-TEST_T=150 TEST_K="sorted or fake" bash benchmarks/gpu_run.sh tests > /dev/null
+PYTHONPATH=$NEW/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_new MAX_JOBS=8 timeout 300 \
+  python3 -m vptq_rs.cuda_ext 2>&1 | tail -1 | tee -a "$LOG"
 wait $old_build
-{ echo "=== the old tree's build ($(date +%T))"; tail -1 /tmp/old_build.log; } | tee -a "$OUT/log.txt"
+tail -1 /tmp/old_build.log | tee -a "$LOG"
+step "new tree: sorted and fake-op tests"
+(cd "$NEW" && PYTHONPATH=$NEW/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_new timeout 150 \
+  python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_ext.py \
+  -k "sorted or fake" 2>&1 | tail -15 | tee -a "$LOG")
 timed() {  # $1: tree root, $2: label, $3: its extension cache
-  echo "=== $2 ($(date +%T))" | tee -a "$OUT/log.txt"
+  step "$2"
   PYTHONPATH=$1/python VPTQ_RS_CACHE_DIR=$3 timeout 120 python3 "$1/benchmarks/gpu_sorted_grain.py" \
-    --out "$OUT/results" --label "$2" --grains 4 --quick 2>&1 | tee -a "$OUT/log.txt" | tail -5
+    --out "$OUT/results" --label "$2" --grains 4 --quick 2>&1 | tee -a "$LOG" | tail -5
 }
-timed "$PWD" noclamp /tmp/vptq_cache
-timed "$PWD/.device/old" clamp /tmp/vptq_cache_old
-timed "$PWD" noclamp_again /tmp/vptq_cache
-SAN_K=sorted SAN_T=${SAN_T:-120} bash benchmarks/gpu_run.sh sanitizer > /dev/null
-grep -v "^\.\.\." "$OUT/log.txt" | grep "sorted\|passed\|failed\|===\|rror\|build\|exit" \
-  | grep -v "environment\|install" | tail -40
+timed "$NEW" noclamp /tmp/vptq_cache_new
+timed "$OLD" clamp /tmp/vptq_cache_old
+timed "$NEW" noclamp_again /tmp/vptq_cache_new
+step "memcheck over the new tree's sorted tests"
+(cd "$NEW" && PYTHONPATH=$NEW/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_new \
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "${SAN_T:-120}" \
+  compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+  python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py -k sorted \
+  > "$OUT/sanitizer-memcheck.txt" 2>&1)
+echo "sanitizer exit: $?" | tee -a "$LOG"
+tail -5 "$OUT/sanitizer-memcheck.txt" | tee -a "$LOG"
+step "end"
