@@ -10,7 +10,7 @@
 # one without. On a tree without it (main, where the patch is not applied):
 #   mkdir -p .device/new && git archive HEAD python tests benchmarks/gpu_sorted_grain.py \
 #     benchmarks/gpu_suite.py | tar -x -C .device/new
-#   git apply --directory=.device/new benchmarks/variants/sorted-noclamp.patch
+#   patch -s -p1 -d .device/new < benchmarks/variants/sorted-noclamp.patch
 #   NEW=.device/new OLD=. bash benchmarks/gpu_variant_sorted_noclamp.sh   (carry .device)
 # Each tree builds its own extension (about 100 s on a fresh machine; the two at once), then
 # NEW's sorted and fake-op tests run, then each tree times itself on the two largest shapes
