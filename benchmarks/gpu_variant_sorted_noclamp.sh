@@ -1,17 +1,15 @@
 #!/usr/bin/env bash
-# The sorted GEMV without column clamps, timed against the kernel it would replace (issue 5;
-# on the device machine). Its entries put the first column where its byte offset is one AND
-# away (b << 17 | a << 2 | flag) and its shared memory reaches 2^15 floats past xs, so no
-# column needs a clamp (3 instructions fewer a warp step: 386 against 423 for 12 steps of
-# the v6 loop in the SASS), and its first entry loads are in flight while the codebook is
-# staged. The change is benchmarks/variants/sorted-noclamp.patch (python/ and tests/).
+# Run 21a on the device machine (issue 5): the sorted GEMV without column clamps against the
+# kernel it replaced. Its entries put the first column where its byte offset is one AND away
+# (b << 17 | a << 2 | flag) and its shared memory reaches 2^15 floats past xs, so no column
+# needs a clamp (3 instructions fewer a warp step: 386 against 423 for 12 steps of the v6
+# loop in the SASS), and its first entry loads are in flight while the codebook is staged.
 #
-# NEW and OLD name two trees (python/, tests/, benchmarks/): the one with the change and the
-# one without. On a tree without it (main, where the patch is not applied):
-#   mkdir -p .device/new && git archive HEAD python tests benchmarks/gpu_sorted_grain.py \
-#     benchmarks/gpu_suite.py | tar -x -C .device/new
-#   patch -s -p1 -d .device/new < benchmarks/variants/sorted-noclamp.patch
-#   NEW=.device/new OLD=. bash benchmarks/gpu_variant_sorted_noclamp.sh   (carry .device)
+# NEW and OLD name two trees (python/, tests/, benchmarks/): with the change (this one, the
+# default) and without it, the tree at 184ed2e unpacked beside it:
+#   mkdir -p .device/old && git archive 184ed2e python benchmarks/gpu_sorted_grain.py \
+#     benchmarks/gpu_suite.py | tar -x -C .device/old
+#   bash benchmarks/gpu_variant_sorted_noclamp.sh   (carry .device/wheels and .device/old)
 # Each tree builds its own extension (about 100 s on a fresh machine; the two at once), then
 # NEW's sorted and fake-op tests run, then each tree times itself on the two largest shapes
 # (v6/k4096 and v12/k4096+res4096, chunks of 4 groups) against cuBLAS fp16 in the same
