@@ -17,6 +17,16 @@
 # runs over NEW's sorted tests (a random garbage layout among them).
 # Writes $OUT/{log.txt, sanitizer-memcheck.txt,
 # results/gpu-gemv-sorted-grain-{noclamp,clamp,noclamp_again}.json}.
+#
+# Not yet run: benchmarks/variants/sorted-runtime-mask.patch, which masks the columns to the
+# group's own power-of-two reach (a register) instead of 2^15 floats, so the shared memory
+# needs padding almost never (the 128 KB minimum keeps GPUs with 99 KB a block off this
+# kernel). Same loop in the SASS (386 instructions for 12 v6 steps), no spills. To time it
+# against this tree:
+#   mkdir -p .device/new && git archive HEAD python tests benchmarks/gpu_sorted_grain.py \
+#     benchmarks/gpu_suite.py | tar -x -C .device/new
+#   patch -s -p1 -d .device/new < benchmarks/variants/sorted-runtime-mask.patch
+#   NEW=.device/new OLD=. NEW_LABEL=mask OLD_LABEL=fixed bash benchmarks/gpu_variant_sorted_noclamp.sh
 set -u
 OUT=${OUT:-/tmp/vptq_out}
 NEW=$(realpath "${NEW:-.}")
@@ -47,9 +57,10 @@ timed() {  # $1: tree root, $2: label, $3: its extension cache
   PYTHONPATH=$1/python VPTQ_RS_CACHE_DIR=$3 timeout 120 python3 "$1/benchmarks/gpu_sorted_grain.py" \
     --out "$OUT/results" --label "$2" --grains 4 --quick 2>&1 | tee -a "$LOG" | tail -5
 }
-timed "$NEW" noclamp /tmp/vptq_cache_new
-timed "$OLD" clamp /tmp/vptq_cache_old
-timed "$NEW" noclamp_again /tmp/vptq_cache_new
+NEW_LABEL=${NEW_LABEL:-noclamp}
+timed "$NEW" "$NEW_LABEL" /tmp/vptq_cache_new
+timed "$OLD" "${OLD_LABEL:-clamp}" /tmp/vptq_cache_old
+timed "$NEW" "${NEW_LABEL}_again" /tmp/vptq_cache_new
 step "memcheck over the new tree's sorted tests"
 (cd "$NEW" && PYTHONPATH=$NEW/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_new \
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "${SAN_T:-120}" \
