@@ -18,15 +18,16 @@
 # Writes $OUT/{log.txt, sanitizer-memcheck.txt,
 # results/gpu-gemv-sorted-grain-{noclamp,clamp,noclamp_again}.json}.
 #
-# Not yet run: benchmarks/variants/sorted-runtime-mask.patch, which masks the columns to the
-# group's own power-of-two reach (a register) instead of 2^15 floats, so the shared memory
-# needs padding almost never (the 128 KB minimum keeps GPUs with 99 KB a block off this
-# kernel). Same loop in the SASS (386 instructions for 12 v6 steps), no spills. To time it
-# against this tree:
+# FULL=1 adds every GPU test of the new tree (it needs scripts/ for two SASS tests), RACE=1
+# racecheck over its sorted tests. Runs 22a and 22b timed two more trees against main this
+# way (NEW_LABEL/OLD_LABEL name the files): main plus benchmarks/variants/
+# sorted-runtime-mask.patch (the columns masked to the group's reach on every GPU; run 22b),
+# and that plus v6 codebook rows padded to 16-byte loads and bf16 rows widened by shift/AND
+# (benchmarks/variants/sorted-mask-pad16.patch, against main instead; run 22a):
 #   mkdir -p .device/new && git archive HEAD python tests benchmarks/gpu_sorted_grain.py \
 #     benchmarks/gpu_suite.py | tar -x -C .device/new
 #   patch -s -p1 -d .device/new < benchmarks/variants/sorted-runtime-mask.patch
-#   NEW=.device/new OLD=. NEW_LABEL=mask OLD_LABEL=fixed bash benchmarks/gpu_variant_sorted_noclamp.sh
+#   NEW=.device/new OLD=. NEW_LABEL=mask OLD_LABEL=main2 bash benchmarks/gpu_variant_sorted_noclamp.sh
 set -u
 OUT=${OUT:-/tmp/vptq_out}
 NEW=$(realpath "${NEW:-.}")
@@ -69,4 +70,20 @@ step "memcheck over the new tree's sorted tests"
   > "$OUT/sanitizer-memcheck.txt" 2>&1)
 echo "sanitizer exit: $?" | tee -a "$LOG"
 tail -5 "$OUT/sanitizer-memcheck.txt" | tee -a "$LOG"
+if [ "${FULL:-0}" = 1 ]; then  # the whole GPU test sweep on the new tree
+  step "new tree: all GPU tests"
+  (cd "$NEW" && PYTHONPATH=$NEW/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_new timeout 240 \
+    python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py \
+    tests/test_cuda_ext.py 2>&1 | tail -15 | tee -a "$LOG")
+fi
+if [ "${RACE:-0}" = 1 ]; then  # racecheck over the new tree's sorted tests
+  step "racecheck over the new tree's sorted tests"
+  (cd "$NEW" && PYTHONPATH=$NEW/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_new \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "${RACE_T:-150}" \
+    compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 20 \
+    python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py -k sorted \
+    > "$OUT/sanitizer-racecheck.txt" 2>&1)
+  echo "racecheck exit: $?" | tee -a "$LOG"
+  tail -5 "$OUT/sanitizer-racecheck.txt" | tee -a "$LOG"
+fi
 step "end"

@@ -314,10 +314,27 @@ def test_gemv_sorted_kernel_edge_inputs_and_refusals():
         cuda_ext.gemv_sorted(torch.zeros(1, 20000, device=DEV).half(), wide, wt, wlay)
 
 
-def test_gemv_sorted_kernel_survives_a_garbage_layout():
+@pytest.mark.parametrize("layer_t", [SORTED_LAYERS[0], SORTED_LAYERS[1], SORTED_LAYERS[4]])
+def test_gemv_sorted_group_reach_equals_the_fixed_reach(layer_t, monkeypatch):
+    """The kernel for GPUs with less than 128 KB of shared memory a block (columns masked to
+    the group's reach, VPTQ_RS_SORTED_REACH=group forces it) adds the same terms in the same
+    order: bitwise the same result. The third layer's xs and codebook (292 floats and 32
+    entries) are smaller than its reach (512 floats), so its shared memory is padded."""
+    cfg, layer, t = make_hist(layer_t, torch.float16, seed=layer_t[0])
+    lay = sorted_layout.build(cfg, t.indices)
+    x = torch.randn(1, cfg.in_features, device=DEV).half()
+    bias = layer.bias.to(DEV)
+    fixed = cuda_ext.gemv_sorted(x, cfg, t, lay, bias)
+    monkeypatch.setenv("VPTQ_RS_SORTED_REACH", "group")
+    assert torch.equal(cuda_ext.gemv_sorted(x, cfg, t, lay, bias), fixed)
+
+
+@pytest.mark.parametrize("reach", ["fixed", "group"])
+def test_gemv_sorted_kernel_survives_a_garbage_layout(reach, monkeypatch):
     """Random entries and chunk base codes (codes past the codebook, columns past the group,
     bit 31 set): the kernel clamps the codes, its columns stay within its shared memory
-    (sorted_layout.X_REACH_BYTES), and it returns."""
+    (sorted_layout.X_REACH_BYTES, or group_reach_bytes), and it returns."""
+    monkeypatch.setenv("VPTQ_RS_SORTED_REACH", reach)
     cfg, _, t = make_hist(SORTED_LAYERS[0], torch.float16)
     lay = sorted_layout.build(cfg, t.indices)
     g = torch.Generator(device=DEV).manual_seed(1)

@@ -189,6 +189,32 @@ def test_smem_estimate_counts_activations_codebook_and_partials():
     assert lay2.chunk_base.shape[2] > 18
     parts2 = 2 * 18 * 2 * 4
     assert sorted_layout.smem_bytes(c2, lay2, 1) == 131072 + 4096 * 2 * 2 + parts2
+    # the group reach (GPUs with less than 128 KB a block): masks to 8192 floats, within xs and
+    # the codebook here, so no padding
+    assert sorted_layout.group_reach_bytes(4100) == 32768 < 16416 + 4096 * 6 * 2
+    assert sorted_layout.smem_bytes(c, lay, 132, group_reach=True) == (
+        16416 + 4096 * 6 * 2 + partials_per_row
+    )
+    # a 16-entry codebook: xs and the codebook (16480 bytes) are padded to the group's reach
+    c1, words1, _, _ = packed_layer(4100, 64, 2, 16)
+    lay1 = sorted_layout.build(c1, words1)
+    # 32 rows over 32 blocks: a row a block, a slot for each of its chunks
+    parts1 = lay1.chunk_base.shape[2] * 2 * 4
+    assert sorted_layout.smem_bytes(c1, lay1, 132, group_reach=True) == 32768 + parts1
+    assert sorted_layout.smem_bytes(c1, lay1, 132) == 131072 + parts1
+    # the widest group reaches as far either way
+    assert sorted_layout.group_reach_bytes(32767) == 131072
+    assert sorted_layout.smem_bytes(c2, lay2, 1, group_reach=True) == sorted_layout.smem_bytes(
+        c2, lay2, 1
+    )
+    assert [sorted_layout.group_reach_bytes(g) for g in (0, 1, 3, 4, 4095, 4096)] == [
+        4,
+        8,
+        16,
+        32,
+        16384,
+        32768,
+    ]
 
 
 def test_warp_ranges_leave_each_row_at_most_its_slots():

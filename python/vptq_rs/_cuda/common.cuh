@@ -87,8 +87,18 @@ struct Entry {
     for (int i = 0; i < kChunks; ++i) u.c[i] = __ldg(src + i);
   }
   __device__ __forceinline__ void get(float (&out)[V]) const {
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && kBytes % 4 == 0) {
+      // bf16 is the top half of an fp32: one shift or AND a value, where the compiler
+      // extracts the high half first (PRMT, then a shift)
+      const uint32_t* w = reinterpret_cast<const uint32_t*>(u.c);
 #pragma unroll
-    for (int l = 0; l < V; ++l) out[l] = to_f(u.t[l]);
+      for (int l = 0; l < V; ++l) {
+        out[l] = __uint_as_float(l % 2 ? w[l / 2] & 0xffff0000u : w[l / 2] << 16);
+      }
+    } else {
+#pragma unroll
+      for (int l = 0; l < V; ++l) out[l] = to_f(u.t[l]);
+    }
   }
 };
 

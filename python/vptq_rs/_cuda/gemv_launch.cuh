@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include "gemv.cuh"
@@ -382,32 +383,47 @@ inline int sorted_grid(const LayerArgs& a) {
   return std::max(1, std::min(a.num_vectors, device_info().sms));
 }
 
-// Shared memory of the sorted kernel's blocks (sized for the largest row range).
-inline int64_t sorted_block_smem(const LayerArgs& a, const SortedLayout& s) {
+// Shared memory of the sorted kernel's blocks (sized for the largest row range), with the
+// fixed or the group reach (gemv_sorted.cuh).
+inline int64_t sorted_block_smem(const LayerArgs& a, const SortedLayout& s, bool group_reach) {
   const int grid = sorted_grid(a);
-  return sorted_smem_bytes(a, s, (a.num_vectors + grid - 1) / grid, a.num_vectors / grid);
+  return sorted_smem_bytes(a, s, (a.num_vectors + grid - 1) / grid, a.num_vectors / grid,
+                           group_reach);
 }
 
 // Whether the sorted kernel takes this layer: one group, group_size <= 32767, and xs, one
-// codebook and the partial sums in shared memory.
+// codebook and the partial sums in shared memory (with the group reach, the smaller).
 inline bool sorted_applies(const LayerArgs& a, const SortedLayout& s) {
   if (a.groups != 1 || a.group_size > kSortedMaxGroupSize) return false;
-  return sorted_block_smem(a, s) <= device_info().smem_block_optin - 1024;
+  return sorted_block_smem(a, s, true) <= device_info().smem_block_optin - 1024;
+}
+
+// The group reach runs where the fixed reach's shared memory does not fit the device, or
+// everywhere with VPTQ_RS_SORTED_REACH=group (tests and comparisons; read at every launch).
+inline bool sorted_uses_group_reach(const LayerArgs& a, const SortedLayout& s) {
+  const char* e = std::getenv("VPTQ_RS_SORTED_REACH");
+  if (e != nullptr && std::strcmp(e, "group") == 0) return true;
+  return sorted_block_smem(a, s, false) > device_info().smem_block_optin - 1024;
+}
+
+template <typename T, int V, bool kGroupReach>
+cudaError_t launch_sorted_reach(const SortedParams& sp, int64_t bytes, cudaStream_t st) {
+  constexpr auto kern = sorted_kernel<T, V, kGroupReach>;
+  int bps = 0;
+  const cudaError_t e =
+      Launcher<kern>::prepare(device_info().id, sorted_threads<V>(), bytes, &bps);
+  if (e != cudaSuccess) return e;
+  kern<<<sorted_grid(sp.p.a), sorted_threads<V>(), bytes, st>>>(sp);
+  return cudaGetLastError();
 }
 
 template <typename T, int V>
 cudaError_t launch_sorted(const SortedParams& sp, cudaStream_t st) {
-  const DeviceInfo dev = device_info();
-  const LayerArgs& a = sp.p.a;
-  const int grid = sorted_grid(a);
-  const int64_t bytes = sorted_block_smem(a, sp.s);
-  if (bytes > dev.smem_block_optin - 1024) return cudaErrorInvalidConfiguration;
-  constexpr auto kern = sorted_kernel<T, V>;
-  int bps = 0;
-  const cudaError_t e = Launcher<kern>::prepare(dev.id, sorted_threads<V>(), bytes, &bps);
-  if (e != cudaSuccess) return e;
-  kern<<<grid, sorted_threads<V>(), bytes, st>>>(sp);
-  return cudaGetLastError();
+  const bool group = sorted_uses_group_reach(sp.p.a, sp.s);
+  const int64_t bytes = sorted_block_smem(sp.p.a, sp.s, group);
+  if (bytes > device_info().smem_block_optin - 1024) return cudaErrorInvalidConfiguration;
+  return group ? launch_sorted_reach<T, V, true>(sp, bytes, st)
+               : launch_sorted_reach<T, V, false>(sp, bytes, st);
 }
 
 // Every vector length for one dtype (explicitly instantiated in gemv_sorted_{f16,bf16}.cu).

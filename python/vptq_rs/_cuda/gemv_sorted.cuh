@@ -37,15 +37,32 @@ namespace vptq {
 namespace gemv {
 
 // An entry: b << 17 | a << 2 | new_code (bit 1 clear). a sits where its byte offset in s_x
-// is one AND away, and any 32-bit word gives a and b below 2^15: with the block's shared
-// memory at least 2^15 floats past s_x (the codebook, then padding) no column needs a clamp,
-// and a malformed layout reads wrong values, never outside the allocation.
+// is one AND away. No column needs a clamp: a malformed layout reads wrong values, never
+// outside the block's shared memory, which reaches past s_x (the codebook, then padding) as
+// far as a column can:
+// - the fixed reach (kGroupReach false): any 32-bit word gives a and b below 2^15, so the
+//   shared memory is at least 2^15 floats (128 KB) past s_x;
+// - the group reach (kGroupReach true), for GPUs that give a block less (99 KB on the RTX 30
+//   and 40 series): both byte offsets are ANDed with sorted_group_reach - 4, held in a
+//   register, so the shared memory needs padding only where xs and the codebook are smaller
+//   than that power of two. That costs 1.5-3.5% on an H100 (run 22b: 61.2 and 61.6 against
+//   60.3 us on 28672x8192 v6/k4096, 77.8 and 78.7 against 75.3 with a residual codebook), so
+//   it runs only where the fixed reach does not fit.
 constexpr int kSortedColBits = 15;
 constexpr int kSortedMaxGroupSize = (1 << kSortedColBits) - 1;  // group_size = the zero slot
 constexpr uint32_t kSortedNewCode = 1u;                         // the flag
 constexpr uint32_t kSortedFirstBytes = ((1u << kSortedColBits) - 1u) << 2;  // a * 4
 constexpr int kSortedSecond = 17;  // bit offset of the second column
-constexpr int64_t kSortedXReach = int64_t{4} << kSortedColBits;  // bytes a column can reach
+constexpr int kSortedSecondBytes = 15;  // an entry shifted by this holds b * 4 from bit 2
+constexpr int64_t kSortedXReach = int64_t{4} << kSortedColBits;  // the fixed reach, bytes
+
+// The group reach in bytes: the smallest power-of-two count of floats that holds xs and its
+// zero slot.
+__host__ __device__ inline int64_t sorted_group_reach(int64_t group_size) {
+  int64_t r = 4;
+  while (r < (group_size + 1) * 4) r <<= 1;
+  return r;
+}
 
 // 1024 threads keep 32 KB of entry loads in flight per SM (two loads ahead a lane). Past
 // v = 8 the accumulators and codebook rows need more registers: v9-v12 hold one load ahead
@@ -79,21 +96,24 @@ __host__ __device__ inline int sorted_slots(int chunks, int warps, int min_rows)
 }
 
 // Shared memory: [xs of the group + the zero slot, fp32] [one codebook, 16-bit] [padding up
-// to kSortedXReach bytes, where xs and the codebook are smaller] [the pieces' partial sums:
+// to the reach, where xs and the codebook are smaller] [the pieces' partial sums:
 // rows_per_block x lists x slots x V, fp32]. A column of any entry lands in the first three,
 // which no warp writes while others read entries.
-__host__ __device__ inline int64_t sorted_parts_offset(int64_t group_size, int64_t cb_bytes) {
+__host__ __device__ inline int64_t sorted_parts_offset(int64_t group_size, int64_t cb_bytes,
+                                                       bool group_reach) {
   const int64_t used = sorted_round16((group_size + 1) * 4) + sorted_round16(cb_bytes);
-  return used > kSortedXReach ? used : kSortedXReach;
+  const int64_t reach = group_reach ? sorted_group_reach(group_size) : kSortedXReach;
+  return used > reach ? used : reach;
 }
 
 __host__ __device__ inline int64_t sorted_smem_bytes(const LayerArgs& a, const SortedLayout& s,
-                                                    int rows_per_block, int min_rows) {
+                                                    int rows_per_block, int min_rows,
+                                                    bool group_reach) {
   const int64_t K = int64_t{1} << a.index_bits;
   const int64_t Kr = a.res_centroids ? int64_t{1} << a.res_bits : 0;
   const int64_t cb = (K > Kr ? K : Kr) * a.v * 2;
   const int slots = sorted_slots(s.chunks, sorted_warps(a.v), min_rows);
-  return sorted_parts_offset(a.group_size, cb) +
+  return sorted_parts_offset(a.group_size, cb, group_reach) +
          int64_t{rows_per_block} * s.lists * slots * a.v * 4;
 }
 
@@ -150,7 +170,7 @@ __device__ __forceinline__ void sorted_epilogue(const Params& p, const float* s_
   }
 }
 
-template <typename T, int V>
+template <typename T, int V, bool kGroupReach>
 __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedParams sp) {
   extern __shared__ __align__(16) unsigned char smem[];
   constexpr int kWarps = sorted_threads<V>() / 32;
@@ -172,7 +192,7 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
   const int64_t x_bytes = sorted_round16(int64_t{gs + 1} * 4);
   T* s_cb = reinterpret_cast<T*>(smem + x_bytes);
   float* s_part = reinterpret_cast<float*>(
-      smem + sorted_parts_offset(gs, (K > Kr ? K : Kr) * V * int64_t{sizeof(T)}));
+      smem + sorted_parts_offset(gs, (K > Kr ? K : Kr) * V * int64_t{sizeof(T)}, kGroupReach));
 
   stage_xs(p, s_x);  // in one cp.async group: every copy in flight at once
   cp_commit();
@@ -208,6 +228,8 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
     // opaque: kept in a register, where the compiler would rebuild it from the params every
     // group (6 instructions)
     asm volatile("" : "+r"(kmax));
+    uint32_t xmask = kGroupReach ? static_cast<uint32_t>(sorted_group_reach(gs) - 4) : 0u;
+    if constexpr (kGroupReach) asm volatile("" : "+r"(xmask));
     const int64_t list0 = int64_t{b} * R + r0;  // the block's first list of this codebook
     const uint4* e = entries + (list0 * s.groups + flat0) * 32 + lane;
     constexpr int kAhead = kSortedRing - 1;
@@ -267,11 +289,18 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
             : "=r"(flags)
             : "r"(ev), "n"(kSortedNewCode));
         // a malformed layout cannot leave the codebook (the clamp fuses with the add) nor
-        // the block's shared memory (columns are below 2^15, see kSortedXReach)
+        // the block's shared memory (the columns' reach, above)
         const uint32_t code = min(static_cast<uint32_t>(base + __popc(flags & lanes_le)), kmax);
         base += __popc(flags);
-        const char* xa = reinterpret_cast<const char*>(s_x) + (ev & kSortedFirstBytes);
-        const float xv = *reinterpret_cast<const float*>(xa) + s_x[ev >> kSortedSecond];
+        const char* xs = reinterpret_cast<const char*>(s_x);
+        float xv;
+        if constexpr (kGroupReach) {
+          xv = *reinterpret_cast<const float*>(xs + (ev & xmask)) +
+               *reinterpret_cast<const float*>(xs + ((ev >> kSortedSecondBytes) & xmask));
+        } else {
+          xv = *reinterpret_cast<const float*>(xs + (ev & kSortedFirstBytes)) +
+               s_x[ev >> kSortedSecond];
+        }
         Entry<T, V> ent;
         ent.load(s_cb + code * V);
         float cv[V];
