@@ -4,7 +4,8 @@
 # fits; the group reach masks the columns to the group's own power of two instead, for GPUs
 # that give a block less (99 KB on the RTX 30 and 40 series). VPTQ_RS_SORTED_REACH=group
 # forces it, so an H100 can test and time both:
-# 1. build, then every GPU test (benchmarks/gpu_run.sh tests);
+# 1. build, then the sorted and fake-op GPU tests (benchmarks/gpu_run.sh tests; TEST_K= for
+#    all of them: run 22a ran all on this kernel with the bf16 change, the masks and padding);
 # 2. memcheck over the sorted tests (the group reach's garbage layout among them);
 # 3. the two largest shapes timed with each reach against cuBLAS fp16, in the order fixed,
 #    group, fixed (benchmarks/gpu_sorted_grain.py);
@@ -17,7 +18,7 @@
 set -u
 OUT=${OUT:-/tmp/vptq_out}
 export OUT
-bash benchmarks/gpu_run.sh tests
+TEST_K=${TEST_K-sorted or fake} bash benchmarks/gpu_run.sh tests
 SAN_K=sorted SAN_T=150 bash benchmarks/gpu_run.sh sanitizer
 export PYTHONPATH=$PWD/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache TORCH_CUDA_ARCH_LIST=9.0
 for label in fixed group fixed_again; do
