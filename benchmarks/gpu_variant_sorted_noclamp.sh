@@ -62,28 +62,22 @@ NEW_LABEL=${NEW_LABEL:-noclamp}
 timed "$NEW" "$NEW_LABEL" /tmp/vptq_cache_new
 timed "$OLD" "${OLD_LABEL:-clamp}" /tmp/vptq_cache_old
 timed "$NEW" "${NEW_LABEL}_again" /tmp/vptq_cache_new
-step "memcheck over the new tree's sorted tests"
-(cd "$NEW" && PYTHONPATH=$NEW/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_new \
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "${SAN_T:-120}" \
-  compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
-  python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py -k sorted \
-  > "$OUT/sanitizer-memcheck.txt" 2>&1)
-echo "sanitizer exit: $?" | tee -a "$LOG"
-tail -5 "$OUT/sanitizer-memcheck.txt" | tee -a "$LOG"
+sanitize() {  # $1: compute-sanitizer tool, $2: time limit; over the new tree's sorted tests
+  step "$1 over the new tree's sorted tests"
+  (cd "$NEW" && PYTHONPATH=$NEW/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_new \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "$2" \
+    compute-sanitizer --tool "$1" --error-exitcode 9 --print-limit 20 \
+    python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py -k sorted \
+    > "$OUT/sanitizer-$1.txt" 2>&1)
+  echo "$1 exit: $?" | tee -a "$LOG"
+  tail -5 "$OUT/sanitizer-$1.txt" | tee -a "$LOG"
+}
+sanitize memcheck "${SAN_T:-120}"
 if [ "${FULL:-0}" = 1 ]; then  # the whole GPU test sweep on the new tree
   step "new tree: all GPU tests"
   (cd "$NEW" && PYTHONPATH=$NEW/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_new timeout 240 \
     python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py \
     tests/test_cuda_ext.py 2>&1 | tail -15 | tee -a "$LOG")
 fi
-if [ "${RACE:-0}" = 1 ]; then  # racecheck over the new tree's sorted tests
-  step "racecheck over the new tree's sorted tests"
-  (cd "$NEW" && PYTHONPATH=$NEW/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache_new \
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 VPTQ_RS_KERNEL_SWEEP=small timeout "${RACE_T:-150}" \
-    compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 20 \
-    python3 -m pytest -q -p no:cacheprovider tests/test_cuda_kernels.py -k sorted \
-    > "$OUT/sanitizer-racecheck.txt" 2>&1)
-  echo "racecheck exit: $?" | tee -a "$LOG"
-  tail -5 "$OUT/sanitizer-racecheck.txt" | tee -a "$LOG"
-fi
+[ "${RACE:-0}" = 1 ] && sanitize racecheck "${RACE_T:-150}"
 step "end"
