@@ -10,7 +10,7 @@ Writes ``<out>/gpu-gemv-sorted-grain[-<label>].json``: device and versions, per-
 timings (µs), medians and ratios.
 
     python benchmarks/gpu_sorted_grain.py --out benchmarks/results [--label L]
-        [--grains 2,4,8,16] [--storage lists|rows] [--quick]
+        [--grains 2,4,8,16] [--storage lists|rows] [--quick] [--no-perm]
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ def one_grain(timer: Timer, x, cfg, t, grain: int, rows_first: bool, ref, moved,
     )
 
 
-def rows_for(timer, configs, shapes, grains, rows_first, copy_gbps) -> list[dict]:
+def rows_for(timer, configs, shapes, grains, rows_first, copy_gbps, perm=True) -> list[dict]:
     out = []
-    for lay in gpu_suite.variant_layers(timer, configs, shapes, sorted_layout.applies):
+    for lay in gpu_suite.variant_layers(timer, configs, shapes, sorted_layout.applies, perm):
         cublas = med(lay.cublas_raw)
         row = {"out": lay.out, "in": lay.inp, "config": lay.config}
         row.update(cublas_fp16_us=cublas, cublas_raw_us=lay.cublas_raw)
@@ -94,12 +94,15 @@ def main() -> None:
     timer = Timer()
     copy = gpu_suite.copy_bandwidth(timer)
     shapes = GEMV_SHAPES[3:] if args.quick else GEMV_SHAPES
-    rows = rows_for(timer, configs, shapes, grains, args.storage == "rows", copy["GBps"])
+    rows = rows_for(
+        timer, configs, shapes, grains, args.storage == "rows", copy["GBps"], not args.no_perm
+    )
     payload = {
         "copy_GBps": copy["GBps"],
         "tokens": 1,
         "label": args.label,
         "storage": args.storage,
+        "perm": not args.no_perm,
         "grains": grains,
         "rows": rows,
     }

@@ -121,15 +121,24 @@ def write(out: Path, name: str, payload: dict[str, Any], tag: str = "") -> None:
 
 
 def random_layer(
-    o: int, i: int, v: int, k: int, kr: int, gen: torch.Generator, dtype=torch.float16
+    o: int,
+    i: int,
+    v: int,
+    k: int,
+    kr: int,
+    gen: torch.Generator,
+    dtype=torch.float16,
+    perm: bool = True,
 ) -> tuple[LayerConfig, PackedTensors]:
+    """A random packed layer with a norm (scale and bias) and, with ``perm``, a random
+    column permutation."""
     cfg = LayerConfig(
         in_features=i,
         out_features=o,
         vector_len=v,
         num_centroids=k,
         num_res_centroids=kr,
-        enable_perm=True,
+        enable_perm=perm,
     )
     tb = cfg.index_bits + cfg.res_bits
     words = -(-cfg.group_size * tb // 32)
@@ -143,14 +152,14 @@ def random_layer(
     )
     cb = (torch.randn(1, k * v, device=DEV, generator=gen) * 0.02).to(dtype)
     rcb = (torch.randn(1, kr * v, device=DEV, generator=gen) * 0.005).to(dtype) if kr else None
-    perm = torch.randperm(i, device=DEV, generator=gen).to(torch.int32).to(torch.int16)
+    order = torch.randperm(i, device=DEV, generator=gen).to(torch.int32).to(torch.int16)
     scale = (torch.rand(i, device=DEV, generator=gen) + 0.5).to(dtype)
     bias = (torch.randn(i, device=DEV, generator=gen) * 0.01).to(dtype)
     t = PackedTensors(
         indices=idx,
         centroids=cb,
         res_centroids=rcb,
-        perm=perm,
+        perm=order if perm else None,
         weight_scale=scale,
         weight_bias=bias,
     )
@@ -250,9 +259,12 @@ class VariantLayer(NamedTuple):
     moved: int  # the issue's bytes: packed layer, activations, outputs
 
 
-def variant_layers(timer: Timer, configs: list[str], shapes, keep) -> Iterator[VariantLayer]:
+def variant_layers(
+    timer: Timer, configs: list[str], shapes, keep, perm: bool = True
+) -> Iterator[VariantLayer]:
     """Per shape one activation and cuBLAS fp16 timed on it; per config a random layer (seed
-    0, so every variant run sees the same layers), yielded where ``keep(cfg)`` is true."""
+    0, so every variant run sees the same layers; a column permutation with ``perm``),
+    yielded where ``keep(cfg)`` is true."""
     gen = torch.Generator(device=DEV).manual_seed(0)
     for o, i in shapes:
         x = torch.randn(1, i, device=DEV, generator=gen).half()
@@ -261,7 +273,7 @@ def variant_layers(timer: Timer, configs: list[str], shapes, keep) -> Iterator[V
         del w_dense
         for name in configs:
             v, k, kr = GEMV_CONFIGS[name]
-            cfg, t = random_layer(o, i, v, k, kr, gen)
+            cfg, t = random_layer(o, i, v, k, kr, gen, perm=perm)
             if not keep(cfg):
                 continue
             ref = F.linear(x.float(), cuda_ext.dequant(cfg, t, torch.float32))
@@ -277,6 +289,7 @@ def variant_parser(doc: str, configs: str) -> argparse.ArgumentParser:
     ap.add_argument("--label", default="", help="file name suffix: the kernel variant timed")
     ap.add_argument("--configs", default=configs, help="comma-separated GEMV configs")
     ap.add_argument("--quick", action="store_true", help="the two largest shapes only")
+    ap.add_argument("--no-perm", action="store_true", help="layers without a column permutation")
     return ap
 
 

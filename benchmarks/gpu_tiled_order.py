@@ -6,7 +6,7 @@ Writes ``<out>/gpu-gemv-tiled-order[-<label>].json``: device and versions, per-r
 timings (µs), medians and ratios; ``--label`` names a kernel variant built from another
 source folder (``VPTQ_RS_CUDA_SRC``).
 
-    python benchmarks/gpu_tiled_order.py --out benchmarks/results [--label L] [--quick]
+    python benchmarks/gpu_tiled_order.py --out benchmarks/results [--label L] [--quick] [--no-perm]
 """
 
 from __future__ import annotations
@@ -39,12 +39,15 @@ def one_order(timer: Timer, x, cfg, t, tile_codes, order, deal, ref, moved, copy
     )
 
 
-def rows_for(timer: Timer, configs: list[str], shapes, copy_gbps: float) -> list[dict]:
+def rows_for(
+    timer: Timer, configs: list[str], shapes, copy_gbps: float, perm: bool = True
+) -> list[dict]:
     def tiles(cfg):
         return tiled_layout.device_tile_codes(cfg, DEV)
 
     rows = []
-    for lay in gpu_suite.variant_layers(timer, configs, shapes, lambda c: tiles(c) is not None):
+    keep = lambda c: tiles(c) is not None  # noqa: E731
+    for lay in gpu_suite.variant_layers(timer, configs, shapes, keep, perm):
         tile_codes = tiles(lay.cfg)
         cublas = med(lay.cublas_raw)
         row = {"out": lay.out, "in": lay.inp, "config": lay.config, "tile_codes": tile_codes}
@@ -83,8 +86,14 @@ def main() -> None:
     timer = Timer()
     copy = gpu_suite.copy_bandwidth(timer)
     shapes = GEMV_SHAPES[3:] if args.quick else GEMV_SHAPES
-    rows = rows_for(timer, configs, shapes, copy["GBps"])
-    payload = {"copy_GBps": copy["GBps"], "tokens": 1, "label": args.label, "rows": rows}
+    rows = rows_for(timer, configs, shapes, copy["GBps"], not args.no_perm)
+    payload = {
+        "copy_GBps": copy["GBps"],
+        "tokens": 1,
+        "label": args.label,
+        "perm": not args.no_perm,
+        "rows": rows,
+    }
     gpu_suite.write(Path(args.out), "gemv-tiled-order", payload, args.label)
 
 

@@ -444,6 +444,60 @@ def test_gemv_tiled_kernel_edge_inputs_and_refusals():
         cuda_ext.gemv_tiled(torch.zeros(1, 64, device=DEV).half(), tall, tt, tlay)
 
 
+@pytest.mark.parametrize(
+    ("kernel", "layer_t"),
+    [
+        ("sorted", SORTED_LAYERS[2]),  # outliers, perm, residual
+        ("sorted", SORTED_LAYERS[4]),  # outliers, perm, 32 rows a block
+        ("sorted", (30000, 24, 6, 4096, 0, (0, 0, 0), True)),  # 30 prologue chunks
+        ("tiled", TILED_LAYERS[2]),
+        ("tiled", TILED_LAYERS[4]),
+    ],
+)
+def test_one_token_kernels_compute_xs_as_the_prologue_kernel_does(kernel, layer_t, monkeypatch):
+    """The sorted and tiled kernels permute and scale the activations themselves
+    (VPTQ_RS_GEMV_PROLOGUE=fused) or after the prologue kernel (=kernel). Both match the
+    reference, for int16 and int64 perms and 16- and 32-bit norms. Without a weight bias
+    they add the same terms in the same order (bitwise the same result); with one, the bias
+    sum's terms are grouped differently (per warp against per 1024 columns), which shows
+    which path the default took: fused up to 8192 columns, else the kernel."""
+    cfg, layer, t = make_hist(layer_t, torch.float16, seed=layer_t[0])
+    if kernel == "sorted":
+        lay = sorted_layout.build(cfg, t.indices)
+        op = cuda_ext.gemv_sorted
+    else:
+        lay = tiled_layout.build(cfg, t.indices, tiled_layout.device_tile_codes(cfg, DEV))
+        op = cuda_ext.gemv_tiled
+    x = torch.randn(1, cfg.in_features, device=DEV).half()
+    bias = layer.bias.to(DEV)
+    ref = reference_linear(x, layer, bias)
+    dense = F.linear(x, layer.dequantize(torch.float16).to(DEV), bias)
+    drift = ((dense.double() - ref).norm() / ref.norm()).item()
+    wide = t._replace(
+        weight_scale=t.weight_scale.float(),
+        weight_bias=t.weight_bias.float(),
+        perm=None if t.perm is None else layer.perm.to(DEV).long(),
+    )
+    no_wbias = t._replace(weight_bias=torch.zeros_like(t.weight_bias))
+    for tv in (t, wide, no_wbias):
+        monkeypatch.setenv("VPTQ_RS_GEMV_PROLOGUE", "fused")
+        fused = op(x, cfg, tv, lay, bias)
+        monkeypatch.setenv("VPTQ_RS_GEMV_PROLOGUE", "kernel")
+        separate = op(x, cfg, tv, lay, bias)
+        monkeypatch.delenv("VPTQ_RS_GEMV_PROLOGUE")
+        default = op(x, cfg, tv, lay, bias)
+        if tv is no_wbias:
+            assert torch.equal(fused, separate) and torch.equal(default, fused)
+            continue
+        expect = fused if cfg.in_features <= 8192 else separate
+        assert torch.equal(default, expect)
+        for y in (fused, separate):
+            err = ((y.double() - ref).norm() / ref.norm()).item()
+            assert err <= max(2 * drift, 1e-3), (err, drift)
+        gap = ((fused.double() - separate.double()).norm() / ref.norm()).item()
+        assert gap <= 1e-3, gap
+
+
 def test_gemv_tiled_kernel_survives_a_garbage_layout():
     """Random entries and tile starts (codes outside the tile, columns past the group, runs
     that end before they start or past the row): the kernel clamps every index and returns."""

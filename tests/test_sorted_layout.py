@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -166,6 +167,10 @@ def test_what_the_layout_covers():
         sorted_layout.build(cfg(), torch.zeros(1, 8, 1874, dtype=torch.int32))
 
 
+def r16(b: int) -> int:
+    return -(-b // 16) * 16
+
+
 def test_smem_estimate_counts_activations_codebook_and_partials():
     c, words, _, _ = packed_layer(4100, 64, 6, 4096)  # 11 vector rows, 4100 columns
     lay = sorted_layout.build(c, words)
@@ -174,13 +179,17 @@ def test_smem_estimate_counts_activations_codebook_and_partials():
     # bytes: padded to the 2^15 floats a column field can reach
     assert 16416 + 4096 * 6 * 2 < sorted_layout.X_REACH_BYTES == 131072
     reach = sorted_layout.X_REACH_BYTES
+    # then the partial sums (rounded up to 16 bytes) and the extra activations: no outlier
+    # columns here, so only the 32 weight-bias partial sums
+    extra = sorted_layout.extra_x_bytes(c)
+    assert extra == 32 * 4
     partials_per_row = chunks * 6 * 4
-    assert sorted_layout.smem_bytes(c, lay, 132) == reach + partials_per_row
+    assert sorted_layout.smem_bytes(c, lay, 132) == reach + r16(partials_per_row) + extra
     # 11 rows over 4 SMs: 3 rows per block
-    assert sorted_layout.smem_bytes(c, lay, 4) == reach + 3 * partials_per_row
+    assert sorted_layout.smem_bytes(c, lay, 4) == reach + r16(3 * partials_per_row) + extra
     # one block of 11 rows: its 32 warps meet a row at most 32 // 11 + 2 = 4 times
     assert chunks > 4
-    assert sorted_layout.smem_bytes(c, lay, 1) == reach + 11 * 4 * 6 * 4
+    assert sorted_layout.smem_bytes(c, lay, 1) == reach + r16(11 * 4 * 6 * 4) + extra
     # past the reach (the widest group, 32768 floats with its zero slot, and 16 KB of
     # codebook): no padding
     c2, words2, _, _ = packed_layer(32767, 4, 2, 4096)
@@ -188,20 +197,27 @@ def test_smem_estimate_counts_activations_codebook_and_partials():
     # 2 rows on one SM: 32 // 2 + 2 slots each (fewer than the chunks)
     assert lay2.chunk_base.shape[2] > 18
     parts2 = 2 * 18 * 2 * 4
-    assert sorted_layout.smem_bytes(c2, lay2, 1) == 131072 + 4096 * 2 * 2 + parts2
+    assert sorted_layout.smem_bytes(c2, lay2, 1) == 131072 + 4096 * 2 * 2 + parts2 + extra
     # the group reach (GPUs with less than 128 KB a block): masks to 8192 floats, within xs and
     # the codebook here, so no padding
     assert sorted_layout.group_reach_bytes(4100) == 32768 < 16416 + 4096 * 6 * 2
     assert sorted_layout.smem_bytes(c, lay, 132, group_reach=True) == (
-        16416 + 4096 * 6 * 2 + partials_per_row
+        16416 + 4096 * 6 * 2 + r16(partials_per_row) + extra
     )
     # a 16-entry codebook: xs and the codebook (16480 bytes) are padded to the group's reach
     c1, words1, _, _ = packed_layer(4100, 64, 2, 16)
     lay1 = sorted_layout.build(c1, words1)
     # 32 rows over 32 blocks: a row a block, a slot for each of its chunks
-    parts1 = lay1.chunk_base.shape[2] * 2 * 4
+    parts1 = r16(lay1.chunk_base.shape[2] * 2 * 4) + extra
     assert sorted_layout.smem_bytes(c1, lay1, 132, group_reach=True) == 32768 + parts1
     assert sorted_layout.smem_bytes(c1, lay1, 132) == 131072 + parts1
+    # outlier columns' activations join the weight-bias sums, 16-byte aligned
+    assert (
+        sorted_layout.extra_x_bytes(
+            dataclasses.replace(c, outlier_size=5, outlier_vector_len=1, outlier_num_centroids=4)
+        )
+        == 160
+    )
     # the widest group reaches as far either way
     assert sorted_layout.group_reach_bytes(32767) == 131072
     assert sorted_layout.smem_bytes(c2, lay2, 1, group_reach=True) == sorted_layout.smem_bytes(

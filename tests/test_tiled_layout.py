@@ -187,7 +187,10 @@ def test_smem_estimate_and_tile_choice():
     # 3584 vector rows over 132 SMs: 27 or 28 a block; a row meets at most 32 // 28 + 2 warps
     x_and_zero_slot = 32784  # 8193 floats, rounded up to 16 bytes
     parts = 28 * 3 * 8 * 4
-    assert tiled_layout.smem_bytes(c, 4096, 132) == x_and_zero_slot + 2 * 4096 * 16 + parts
+    extra = 32 * 4  # no outlier activations, 32 weight-bias partial sums
+    assert tiled_layout.smem_bytes(c, 4096, 132) == (
+        x_and_zero_slot + 2 * 4096 * 16 + parts + extra
+    )
     # 227 KB: two 64 KB tiles fit beside 32 KB of activations, two 128 KB tiles do not
     assert tiled_layout.tile_codes_for(c, 227 * 1024, 132) == 4096
     wide = LayerConfig(in_features=28672, out_features=8192, vector_len=8, num_centroids=65536)

@@ -163,12 +163,19 @@ def group_reach_bytes(group_size: int) -> int:
     return 4 << max(0, group_size).bit_length()
 
 
+def extra_x_bytes(cfg: Any) -> int:
+    """The shared memory of the sorted and tiled kernels just before their partial sums: the
+    outlier columns' activations and 32 weight-bias partial sums, fp32, 16-byte aligned
+    (``extra_x_bytes`` in gemv_sorted.cuh)."""
+    return -(-(cfg.outlier_size + 32) * 4 // 16) * 16
+
+
 def smem_bytes(cfg: Any, layout: SortedLayout, sms: int, group_reach: bool = False) -> int:
     """Shared memory the sorted kernel asks for on a GPU with ``sms`` SMs: xs plus a zero
     slot (fp32) and the larger codebook (16-bit), padded to ``X_REACH_BYTES`` (or to
     :func:`group_reach_bytes` with ``group_reach``), then the partial sums of a block's rows
-    (:func:`slots` per row and list, fp32 x V; mirrors ``sorted_smem_bytes`` in
-    gemv_sorted.cuh)."""
+    (:func:`slots` per row and list, fp32 x V) and :func:`extra_x_bytes` (mirrors
+    ``sorted_smem_bytes`` in gemv_sorted.cuh)."""
     r = cfg.num_vectors
     grid = max(1, min(r, sms))
     rows_per_block = -(-r // grid)
@@ -182,7 +189,8 @@ def smem_bytes(cfg: Any, layout: SortedLayout, sms: int, group_reach: bool = Fal
     x_and_codebook = round16((cfg.group_size + 1) * 4) + round16(widest * cfg.vector_len * 2)
     return (
         max(x_and_codebook, group_reach_bytes(cfg.group_size) if group_reach else X_REACH_BYTES)
-        + rows_per_block * lists * slots(chunks, warps, r // grid) * cfg.vector_len * 4
+        + round16(rows_per_block * lists * slots(chunks, warps, r // grid) * cfg.vector_len * 4)
+        + extra_x_bytes(cfg)
     )
 
 

@@ -141,8 +141,8 @@ def warp_pieces(nrows: int, warps: int) -> list[list[tuple[int, int, int, int]]]
 
 def smem_bytes(cfg: Any, tile_codes: int, sms: int) -> int:
     """Shared memory the tiled kernel asks for: xs plus a zero slot (fp32), two codebook
-    tiles (16-bit), and a partial sum per (row, slot, element) of the larger block (mirrors
-    ``tiled_smem_bytes`` in gemv_tiled.cuh)."""
+    tiles (16-bit), a partial sum per (row, slot, element) of the larger block, and
+    :func:`sorted_layout.extra_x_bytes` (mirrors ``tiled_smem_bytes`` in gemv_tiled.cuh)."""
     warps = threads(cfg) // 32
     r = cfg.num_vectors
     lo = r // max(1, min(r, sms))
@@ -151,7 +151,8 @@ def smem_bytes(cfg: Any, tile_codes: int, sms: int) -> int:
     return (
         _round16((cfg.group_size + 1) * 4)
         + 2 * _round16(tile_codes * cfg.vector_len * 2)
-        + parts * cfg.vector_len * 4
+        + _round16(parts * cfg.vector_len * 4)
+        + sorted_layout.extra_x_bytes(cfg)
     )
 
 

@@ -41,6 +41,10 @@ struct Params {
   int x_vec;            // activation tiles are 16-byte aligned
   int perm_u16;         // perm holds uint16 values (the checkpoint's int16 bits), else int32
   int hist_rows;        // vector rows per block of the histogram kernel (gemv_hist.cuh)
+  // The sorted and tiled kernels compute xs themselves from these (x_in [cols], perm as
+  // the prologue kernel reads it) when x_in is set; else they read xs and xbias.
+  const void* x_in;
+  const void* perm;
 };
 
 // 256 threads where the accumulators or odd-length (2-byte aligned) codebook rows need more

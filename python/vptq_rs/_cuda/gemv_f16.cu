@@ -15,6 +15,10 @@ int64_t gemv_workspace_floats(int cols, int tokens) {
   return int64_t{tokens} * cols + 2 * int64_t{tokens} * ((cols + gemv::kTile - 1) / gemv::kTile);
 }
 
+bool gemv_one_token_prologue_fused(const LayerArgs& a) {
+  return gemv::one_token_prologue_fused(a);
+}
+
 bool gemv_hist_applies(const LayerArgs& a, int tokens) {
   return a.cb_dtype != kF32 && gemv::hist_applies(a, tokens);
 }

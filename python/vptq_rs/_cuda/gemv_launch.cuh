@@ -537,13 +537,49 @@ inline Params make_params(const LayerArgs& a, int tokens, const void* bias, void
   p.tile = 128;
   p.stages = 2;
   p.perm_u16 = perm_bytes == 2 ? 1 : 0;
+  p.x_in = nullptr;
+  p.perm = nullptr;
   // 16-byte copies need 16-byte aligned rows: whole multiples of 4 words / floats
   p.words_vec = (a.words % 4 == 0 && reinterpret_cast<uintptr_t>(a.indices) % 16 == 0) ? 1 : 0;
   p.x_vec = (a.cols % 4 == 0 && a.outlier_size % 4 == 0 && a.group_size % 4 == 0) ? 1 : 0;
   return p;
 }
 
-// Prologue, then the sorted kernel (one token).
+// The widest layer whose one-token kernels compute xs themselves. A block's thread loads its
+// columns' x and norm values (after their perm values) in batches of 4, one memory round
+// trip a batch, where the prologue kernel's xs reach shared memory in one round trip of
+// cp.async copies; past this width that costs more than the prologue kernel's launch. In
+// runs 23a and 23b (H100, v6/k4096 sorted, us with the prologue kernel in parentheses), with
+// a perm: 4096 columns 20.1 (23.9) and 32.6 (35.0), 8192 columns 58.2 (60.0), 14336 columns
+// 31.8 (28.9), 28672 columns 111.4 (52.8); without one: 19.5 (23.7), 31.2 (34.7), 58.8
+// (59.2), 32.9 (28.2), 65.4 (52.0).
+constexpr int kFusedMaxCols = 8192;
+
+// Whether the one-token kernels (sorted, tiled) compute xs themselves (stage_xs in
+// gemv_sorted.cuh) rather than after the prologue kernel: up to kFusedMaxCols columns.
+// VPTQ_RS_GEMV_PROLOGUE=fused or =kernel forces either, for tests and comparisons (read at
+// every launch).
+inline bool one_token_prologue_fused(const LayerArgs& a) {
+  const char* e = std::getenv("VPTQ_RS_GEMV_PROLOGUE");
+  if (e != nullptr && std::strcmp(e, "kernel") == 0) return false;
+  if (e != nullptr && std::strcmp(e, "fused") == 0) return true;
+  return a.cols <= kFusedMaxCols;
+}
+
+// The one-token kernels' xs: from x in the kernel itself, or the prologue kernel first.
+template <typename T>
+cudaError_t one_token_xs(Params& p, const void* x, const void* perm, cudaStream_t s) {
+  if (one_token_prologue_fused(p.a)) {
+    p.x_in = x;
+    p.perm = perm;
+    return cudaSuccess;
+  }
+  if (p.xs == nullptr) return cudaErrorInvalidValue;  // no workspace for the prologue kernel
+  prologue_kernel<T><<<dim3(p.nchunks, 1), 256, 0, s>>>(p, static_cast<const T*>(x), perm);
+  return cudaGetLastError();
+}
+
+// The sorted kernel (one token), its xs as one_token_xs says.
 template <typename T>
 cudaError_t launch_sorted_typed(const LayerArgs& a, const SortedLayout& sl, const void* x,
                                 const void* perm, int perm_bytes, const void* bias, void* y,
@@ -554,13 +590,12 @@ cudaError_t launch_sorted_typed(const LayerArgs& a, const SortedLayout& sl, cons
   SortedParams sp;
   sp.p = make_params(a, 1, bias, y, workspace, perm_bytes);
   sp.s = sl;
-  prologue_kernel<T><<<dim3(sp.p.nchunks, 1), 256, 0, s>>>(sp.p, static_cast<const T*>(x), perm);
-  const cudaError_t e = cudaGetLastError();
+  const cudaError_t e = one_token_xs<T>(sp.p, x, perm, s);
   if (e != cudaSuccess) return e;
   return run_sorted<T>(sp, s);
 }
 
-// Prologue, then the tiled kernel (one token).
+// The tiled kernel (one token), its xs as one_token_xs says.
 template <typename T>
 cudaError_t launch_tiled_typed(const LayerArgs& a, const TiledLayout& tl, const void* x,
                                const void* perm, int perm_bytes, const void* bias, void* y,
@@ -571,8 +606,7 @@ cudaError_t launch_tiled_typed(const LayerArgs& a, const TiledLayout& tl, const 
   TiledParams tp;
   tp.p = make_params(a, 1, bias, y, workspace, perm_bytes);
   tp.t = tl;
-  prologue_kernel<T><<<dim3(tp.p.nchunks, 1), 256, 0, s>>>(tp.p, static_cast<const T*>(x), perm);
-  const cudaError_t e = cudaGetLastError();
+  const cudaError_t e = one_token_xs<T>(tp.p, x, perm, s);
   if (e != cudaSuccess) return e;
   return run_tiled<T>(tp, s);
 }

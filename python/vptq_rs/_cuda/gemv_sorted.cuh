@@ -95,10 +95,19 @@ __host__ __device__ inline int sorted_slots(int chunks, int warps, int min_rows)
   return chunks < s ? chunks : s;
 }
 
+// The shared-memory region just before the partial sums of the sorted and tiled kernels: the
+// outlier columns' activations and one weight-bias partial sum per warp (at most 32), fp32,
+// which the block computes itself or copies from the prologue kernel (stage_xs). It sits
+// at a parameter's distance from the partial sums, so the epilogue finds it without a
+// register held through the main loop.
+__host__ __device__ inline int64_t extra_x_bytes(const LayerArgs& a) {
+  return sorted_round16(int64_t{a.outlier_size + 32} * 4);
+}
+
 // Shared memory: [xs of the group + the zero slot, fp32] [one codebook, 16-bit] [padding up
-// to the reach, where xs and the codebook are smaller] [the pieces' partial sums:
-// rows_per_block x lists x slots x V, fp32]. A column of any entry lands in the first three,
-// which no warp writes while others read entries.
+// to the reach, where xs and the codebook are smaller] [extra_x_bytes] [the pieces' partial
+// sums: rows_per_block x lists x slots x V, fp32]. A column of any entry lands in the first
+// three, which no warp writes while others read entries.
 __host__ __device__ inline int64_t sorted_parts_offset(int64_t group_size, int64_t cb_bytes,
                                                        bool group_reach) {
   const int64_t used = sorted_round16((group_size + 1) * 4) + sorted_round16(cb_bytes);
@@ -113,8 +122,8 @@ __host__ __device__ inline int64_t sorted_smem_bytes(const LayerArgs& a, const S
   const int64_t Kr = a.res_centroids ? int64_t{1} << a.res_bits : 0;
   const int64_t cb = (K > Kr ? K : Kr) * a.v * 2;
   const int slots = sorted_slots(s.chunks, sorted_warps(a.v), min_rows);
-  return sorted_parts_offset(a.group_size, cb, group_reach) +
-         int64_t{rows_per_block} * s.lists * slots * a.v * 4;
+  return sorted_parts_offset(a.group_size, cb, group_reach) + extra_x_bytes(a) +
+         sorted_round16(int64_t{rows_per_block} * s.lists * slots * a.v * 4);
 }
 
 // 16 bytes that are read once: skip L1, which shares its SRAM with the shared memory here.
@@ -126,24 +135,97 @@ __device__ __forceinline__ uint4 load_stream(const uint4* ptr) {
   return r;
 }
 
-// The group's activations xs into s_x [group_size + 1] (cp.async copies, not committed), and
-// the zero slot past them that dummy and padding entries read. Shared by the sorted and tiled
-// kernels.
-__device__ __forceinline__ void stage_xs(const Params& p, float* s_x) {
-  const int gs = p.a.group_size;
-  stage_copy(reinterpret_cast<uint32_t*>(s_x),
-             reinterpret_cast<const uint32_t*>(p.xs + p.a.outlier_size), gs,
-             p.x_vec ? (gs + 3) / 4 * 4 : gs, p.x_vec);
+// The block's activations, shared by the sorted and tiled kernels: the group's xs into
+// s_x [group_size], the zero slot s_x[group_size] that dummy and padding entries read, the
+// outlier columns' xs into s_xo [outlier_size] and weight-bias partial sums into
+// s_xo[outlier_size + w] (w < 32; the epilogue adds them).
+// - With p.x_in set (up to 8192 columns: one_token_prologue_fused in gemv_launch.cuh), the
+//   block does the prologue kernel's work itself: xs[pos] = x[perm[pos]] * scale[perm[pos]]
+//   and sum_j weight_bias[j] x[j]. Every block reads x, perm and the norm vectors (from L2
+//   after the first), which there costs less than a second launch and a round trip of xs
+//   through memory.
+// - Else it copies xs from the prologue kernel's output (cp.async copies, not committed),
+//   and the partial sums of xbias, fewer than 32 while cols <= 32 * kTile.
+// Plain stores either way: the caller's barrier publishes them.
+template <typename T>
+__device__ __forceinline__ void stage_xs(const Params& p, float* s_x, float* s_xo) {
+  const LayerArgs& a = p.a;
+  const int gs = a.group_size;
+  const int o = a.outlier_size;
+  if (p.x_in == nullptr) {
+    stage_copy(reinterpret_cast<uint32_t*>(s_x), reinterpret_cast<const uint32_t*>(p.xs + o),
+               gs, p.x_vec ? (gs + 3) / 4 * 4 : gs, p.x_vec);
+    for (int c = threadIdx.x; c < o; c += blockDim.x) s_xo[c] = p.xs[c];
+    if (threadIdx.x < 32) {
+      float b = 0.f;
+      for (int k = threadIdx.x; k < p.nchunks; k += 32) b += p.xbias[k];
+      s_xo[o + threadIdx.x] = b;
+    }
+  } else {
+    const int cols = a.cols;
+    const T* x = static_cast<const T*>(p.x_in);
+    float acc = 0.f;
+    // kBatch columns a thread at once: their perm loads, then their x and norm loads, in
+    // flight together (each a round trip to L2)
+    constexpr int kBatch = 4;
+    for (int i0 = threadIdx.x; i0 < cols; i0 += kBatch * blockDim.x) {
+      int j[kBatch];
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int pos = min(i0 + k * static_cast<int>(blockDim.x), cols - 1);
+        j[k] = p.perm == nullptr ? pos
+               : p.perm_u16      ? static_cast<int>(__ldg(static_cast<const uint16_t*>(p.perm) + pos))
+                                 : __ldg(static_cast<const int32_t*>(p.perm) + pos);
+      }
+      float xv[kBatch], sc[kBatch], wb[kBatch];
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        xv[k] = to_f(x[j[k]]);
+        sc[k] = 1.f;
+        wb[k] = 0.f;
+        if (a.weight_scale) {
+          sc[k] = a.norm_dtype == kF32 ? __ldg(static_cast<const float*>(a.weight_scale) + j[k])
+                                       : to_f(static_cast<const T*>(a.weight_scale)[j[k]]);
+        }
+        if (a.weight_bias) {
+          wb[k] = a.norm_dtype == kF32 ? __ldg(static_cast<const float*>(a.weight_bias) + j[k])
+                                       : to_f(static_cast<const T*>(a.weight_bias)[j[k]]);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int pos = i0 + k * static_cast<int>(blockDim.x);
+        if (pos >= cols) break;
+        const float v = xv[k] * sc[k];
+        if (pos < o) {
+          s_xo[pos] = v;
+        } else {
+          s_x[pos - o] = v;
+        }
+        acc = fmaf(wb[k], xv[k], acc);
+      }
+    }
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, d);
+    const int warps = static_cast<int>(blockDim.x >> 5);
+    if (threadIdx.x < 32 && static_cast<int>(threadIdx.x) >= warps) s_xo[o + threadIdx.x] = 0.f;
+    if ((threadIdx.x & 31) == 0) s_xo[o + (threadIdx.x >> 5)] = acc;
+  }
   if (threadIdx.x == 0) s_x[gs] = 0.f;  // past the copy: x_vec implies gs % 4 == 0
 }
 
 // y for a block's rows [r0, r0 + nrows) from their partial sums s_part [nrows][per_row][V]
 // (added in a fixed order), plus outlier columns, weight bias and bias. Shared by the sorted
 // and tiled kernels.
+// s_xo: stage_xs's outlier activations and weight-bias partial sums.
 template <typename T, int V>
 __device__ __forceinline__ void sorted_epilogue(const Params& p, const float* s_part, int r0,
-                                                int nrows, int per_row) {
+                                                int nrows, int per_row, const float* s_xo) {
   const LayerArgs& a = p.a;
+  float xbias = 0.f;  // added in a fixed order: every block gets the same value
+  if (a.weight_bias) {
+    for (int w = 0; w < 32; ++w) xbias += s_xo[a.outlier_size + w];
+  }
   const int nout = nrows * V;
   for (int i = threadIdx.x; i < nout; i += blockDim.x) {
     const int rl = i / V;
@@ -159,12 +241,10 @@ __device__ __forceinline__ void sorted_epilogue(const Params& p, const float* s_
       const int16_t* oi_row = a.outlier_indices + int64_t{row / a.outlier_v} * a.outlier_size;
       for (int c = 0; c < a.outlier_size; ++c) {
         const int oi = static_cast<uint16_t>(oi_row[c]);
-        sum = fmaf(to_f(ocb[int64_t{oi} * a.outlier_v + row % a.outlier_v]), p.xs[c], sum);
+        sum = fmaf(to_f(ocb[int64_t{oi} * a.outlier_v + row % a.outlier_v]), s_xo[c], sum);
       }
     }
-    if (a.weight_bias) {
-      for (int k = 0; k < p.nchunks; ++k) sum += p.xbias[k];
-    }
+    sum += xbias;
     if (p.bias) sum += to_f(static_cast<const T*>(p.bias)[row]);
     static_cast<T*>(p.y)[row] = from_f<T>(sum);
   }
@@ -191,11 +271,10 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
   float* s_x = reinterpret_cast<float*>(smem);
   const int64_t x_bytes = sorted_round16(int64_t{gs + 1} * 4);
   T* s_cb = reinterpret_cast<T*>(smem + x_bytes);
-  float* s_part = reinterpret_cast<float*>(
+  float* s_xo = reinterpret_cast<float*>(
       smem + sorted_parts_offset(gs, (K > Kr ? K : Kr) * V * int64_t{sizeof(T)}, kGroupReach));
+  float* s_part = s_xo + extra_x_bytes(a) / 4;
 
-  stage_xs(p, s_x);  // in one cp.async group: every copy in flight at once
-  cp_commit();
   // a row may leave fewer pieces than it has slots: the rest must add nothing
   const int slots = sorted_slots(s.chunks, kWarps, R / static_cast<int>(gridDim.x));
   const int per_row = s.lists * slots;
@@ -234,7 +313,8 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
     const uint4* e = entries + (list0 * s.groups + flat0) * 32 + lane;
     constexpr int kAhead = kSortedRing - 1;
     // a ring of kSortedRing loads, kAhead groups ahead (below). Its first loads and the base
-    // code touch no shared memory: they are in flight while the codebook is staged.
+    // code touch no shared memory: they are in flight while the codebook (and, for the first,
+    // the activations) is staged.
     uint4 ring[kSortedRing];
     int base = -1;
     if (total > 0) {
@@ -249,6 +329,10 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
       const int n = static_cast<int>(Kb * V * int64_t{sizeof(T)} / 4);
       stage_copy(reinterpret_cast<uint32_t*>(s_cb), reinterpret_cast<const uint32_t*>(cb), n,
                  (n + 3) / 4 * 4, true);
+      cp_commit();
+    }
+    if (b == 0) {  // behind the first loads and the codebook's copies, which it overlaps
+      stage_xs<T>(p, s_x, s_xo);
       cp_commit();
     }
     cp_wait<0>();
@@ -339,7 +423,7 @@ __global__ void __launch_bounds__(sorted_threads<V>(), 1) sorted_kernel(SortedPa
     if (total > row_end - s.groups) flush();  // the range ends inside a row
   }
   __syncthreads();
-  sorted_epilogue<T, V>(p, s_part, r0, nrows, per_row);
+  sorted_epilogue<T, V>(p, s_part, r0, nrows, per_row, s_part - extra_x_bytes(a) / 4);
 }
 
 }  // namespace gemv

@@ -65,12 +65,12 @@ struct TiledParams {
 };
 
 // Shared memory: [xs of the group + the zero slot, fp32] [two codebook tiles, 16-bit]
-// [one partial sum per (row, slot, element)].
+// [extra_x_bytes] [one partial sum per (row, slot, element)].
 __host__ __device__ inline int64_t tiled_smem_bytes(const LayerArgs& a, int tile_codes,
                                                    int max_rows, int min_rows) {
   return sorted_round16(int64_t{a.group_size + 1} * 4) +
          2 * sorted_round16(int64_t{tile_codes} * a.v * 2) +
-         tiled_part_floats(max_rows, min_rows, a.v) * 4;
+         extra_x_bytes(a) + sorted_round16(tiled_part_floats(max_rows, min_rows, a.v) * 4);
 }
 
 // 4 bytes that are read once (see load_stream).
@@ -105,9 +105,8 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
   const int64_t tile_bytes = sorted_round16(int64_t{tc} * V * int64_t{sizeof(T)});
   // buffer i of the two (a computed address: an indexed pointer pair would live in local memory)
   auto s_tile = [&](int i) { return reinterpret_cast<T*>(smem + x_bytes + i * tile_bytes); };
-  float* s_part = reinterpret_cast<float*>(smem + x_bytes + 2 * tile_bytes);
-
-  stage_xs(p, s_x);  // committed with the first tile
+  float* s_xo = reinterpret_cast<float*>(smem + x_bytes + 2 * tile_bytes);
+  float* s_part = s_xo + extra_x_bytes(a) / 4;
   // a row may meet fewer warps than it has slots: the rest must add nothing
   const int per_row = tiled_slots(nrows, kWarps);
   for (int i = threadIdx.x; i < nrows * per_row * V; i += blockDim.x) s_part[i] = 0.f;
@@ -131,7 +130,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
                (words + 3) / 4 * 4, true);
   };
   stage_tile(0, 0, 0);
-  cp_commit();
+  cp_commit();  // the activations follow (below) in a group of their own
 
   // The warp's items: up to two (row, unit range) pieces. With nrows <= kWarps, the rows are
   // cut into kWarps units each and the warp takes units [nrows * warp, nrows * (warp + 1)),
@@ -207,6 +206,11 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
     const int e = run0[m] + lane;
     fetch(entries_of(m, 0) + e, e, run1[m], pad_of(0), first[m]);
   }
+
+  // behind the first tile's copies and batches, which it overlaps; waited for with the first
+  // tile (the group before the next tile's)
+  stage_xs<T>(p, s_x, s_xo);
+  cp_commit();
 
   float acc[kTiledItemsPerWarp][V];
 #pragma unroll
@@ -300,7 +304,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
     }
   }
   __syncthreads();
-  sorted_epilogue<T, V>(p, s_part, r0, nrows, per_row);
+  sorted_epilogue<T, V>(p, s_part, r0, nrows, per_row, s_part - extra_x_bytes(a) / 4);
 }
 
 }  // namespace gemv

@@ -314,13 +314,18 @@ Tensor run_one_token(Layer& L, const Tensor& x, const Tensor& indices, const Opt
                      Launch launch) {
   prepare_gemv_inputs(L, x, weight_scale, weight_bias, bias, rows);
   Tensor p = kernel_perm(perm, indices, cols);
-  Tensor ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols), 1)},
-                        x.options().dtype(at::kFloat));
+  // the prologue kernel's output, when the kernel does not compute xs itself
+  Tensor ws;
+  if (!vptq::gemv_one_token_prologue_fused(L.a)) {
+    ws = at::empty({vptq::gemv_workspace_floats(static_cast<int>(cols), 1)},
+                   x.options().dtype(at::kFloat));
+  }
   Tensor y = at::empty({1, rows}, x.options());
   check_cuda(launch(p.defined() ? p.data_ptr() : nullptr,
                     p.defined() ? static_cast<int>(p.element_size()) : 4,
                     bias.has_value() ? bias->data_ptr() : nullptr, y.data_ptr(),
-                    ws.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream()),
+                    ws.defined() ? ws.data_ptr<float>() : nullptr,
+                    at::cuda::getCurrentCUDAStream().stream()),
              op);
   return y;
 }

@@ -45,6 +45,9 @@ cudaError_t launch_gemv(const LayerArgs& a, const void* x, int tokens, const voi
                         int perm_bytes, const void* bias, void* y, float* workspace, int mode,
                         cudaStream_t stream);
 int64_t gemv_workspace_floats(int cols, int tokens);
+// Whether the one-token sorted and tiled GEMVs compute the activations themselves and take
+// no workspace: up to 8192 columns (VPTQ_RS_GEMV_PROLOGUE=fused or =kernel forces either).
+bool gemv_one_token_prologue_fused(const LayerArgs& a);
 // Whether gemv mode 3 (histogram kernel) takes this layer: 1 token, group_num 1, fp16/bf16,
 // index and residual bits <= 13.
 bool gemv_hist_applies(const LayerArgs& a, int tokens);
