@@ -145,7 +145,7 @@ __device__ __forceinline__ uint4 load_stream(const uint4* ptr) {
 //   after the first), which there costs less than a second launch and a round trip of xs
 //   through memory.
 // - Else it copies xs from the prologue kernel's output (cp.async copies, not committed),
-//   and the partial sums of xbias, fewer than 32 while cols <= 32 * kTile.
+//   and folds that kernel's xbias partial sums into 32 (thread t adds t, t + 32, ...).
 // Plain stores either way: the caller's barrier publishes them.
 template <typename T>
 __device__ __forceinline__ void stage_xs(const Params& p, float* s_x, float* s_xo) {
@@ -173,9 +173,13 @@ __device__ __forceinline__ void stage_xs(const Params& p, float* s_x, float* s_x
 #pragma unroll
       for (int k = 0; k < kBatch; ++k) {
         const int pos = min(i0 + k * static_cast<int>(blockDim.x), cols - 1);
-        j[k] = p.perm == nullptr ? pos
-               : p.perm_u16      ? static_cast<int>(__ldg(static_cast<const uint16_t*>(p.perm) + pos))
-                                 : __ldg(static_cast<const int32_t*>(p.perm) + pos);
+        if (p.perm == nullptr) {
+          j[k] = pos;
+        } else if (p.perm_u16) {
+          j[k] = static_cast<int>(__ldg(static_cast<const uint16_t*>(p.perm) + pos));
+        } else {
+          j[k] = __ldg(static_cast<const int32_t*>(p.perm) + pos);
+        }
       }
       float xv[kBatch], sc[kBatch], wb[kBatch];
 #pragma unroll
