@@ -2,8 +2,9 @@
 # Runs 23a and 23b on the device machine (issue 5): the one-token kernels (sorted, tiled)
 # computing the permuted, scaled activations themselves (stage_xs in gemv_sorted.cuh) against
 # the prologue kernel they ran before, in one build: VPTQ_RS_GEMV_PROLOGUE=fused or =kernel
-# forces either path at launch, and by default a layer takes the fused path without a perm,
-# or with one up to 8192 columns (kFusedPermMaxCols in gemv_launch.cuh, from run 23a).
+# forces either path at launch, and by default a layer takes the fused path up to 8192
+# columns (kFusedMaxCols in gemv_launch.cuh, from runs 23a and 23b; run 23b's tree fused any
+# layer without a perm, the same choice as the committed rule for its layers with one).
 #
 #   bash benchmarks/gpu_fused_prologue.sh ab     (run 23a; carry .device: the abi3 wheel)
 #   bash benchmarks/gpu_fused_prologue.sh rule   (run 23b)
