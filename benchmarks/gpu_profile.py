@@ -53,10 +53,12 @@ def main() -> None:
     if what in ("tiled", "all"):
         from vptq_rs import tiled_layout
 
-        for v, k in ((8, 65536), (6, 4096)):
+        # v8/k65536 in the scalar and the mma form, then the scalar kernel at v6/k4096
+        for v, k, mma in ((8, 65536, False), (8, 65536, True), (6, 4096, False)):
             cfg, t = random_layer(28672, 8192, v, k, 0, gen)
             x = torch.randn(1, 8192, device=DEV, generator=gen).half()
-            lay = tiled_layout.build(cfg, t.indices, tiled_layout.device_tile_codes(cfg, DEV))
+            tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
+            lay = tiled_layout.build(cfg, t.indices, tc, mma=mma)
             cuda_ext.gemv_tiled(x, cfg, t, lay)
             torch.cuda.synchronize()
     if what in ("kmeans", "all"):

@@ -26,7 +26,7 @@ gemv_profile() {
     "$OUT/profile/$1.txt" | head -"$4"
 }
 gemv_profile sorted "sorted_kernel" 2 20
-gemv_profile tiled "tiled_kernel" 2 20
+gemv_profile tiled "tiled_kernel|tiled_mma_kernel" 2 20
 gemv_profile gemv "main_kernel|hist_kernel" 4 40
 if [ "$WHAT" = kmeans ] || [ "$WHAT" = all ]; then
   timeout 300 ncu $SECTIONS -k regex:"assign_" -c 12 \

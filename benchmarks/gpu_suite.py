@@ -356,13 +356,15 @@ def sorted_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> d
 def tiled_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> dict[str, Any]:
     """The tiled GEMV on one layer where its layout applies and fits, with its tile
     (:func:`_layout_gemv_row`)."""
-    tile_codes = tiled_layout.device_tile_codes(cfg, DEV) if tiled_layout.applies(cfg) else None
+    mma = tiled_layout.uses_mma(cfg, DEV)  # the tensor-core form at v = 8
+    applies = tiled_layout.applies(cfg)
+    tile_codes = tiled_layout.device_tile_codes(cfg, DEV, mma=mma) if applies else None
     if tile_codes is None:
         return {"ours_tiled_us": None}
-    lay, build_s = _built(lambda: tiled_layout.build(cfg, t.indices, tile_codes))
+    lay, build_s = _built(lambda: tiled_layout.build(cfg, t.indices, tile_codes, mma=mma))
     call = lambda: cuda_ext.gemv_tiled(x, cfg, t, lay)  # noqa: E731
     row = _layout_gemv_row("tiled", timer, x, cfg, t, ref, moved, copy_gbps, lay, build_s, call)
-    return {**row, "tiled_tile_codes": tile_codes}
+    return {**row, "tiled_tile_codes": tile_codes, "tiled_mma": mma}
 
 
 def lut_section(timer: Timer, quick: bool) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The tiled GEMV over its two entry orders, in one run: entries dealt out by the codebook
 loads' bank keys (``tiled_layout.build``'s default) and column order within each tile
-(``deal_by_bank=False``), each against cuBLAS fp16 timed in the same run (issue 5).
+(``deal_by_bank=False``), and at v = 8 the tensor-core form (``mma=True``, dealt), each
+against cuBLAS fp16 timed in the same run (issue 5).
 
 Writes ``<out>/gpu-gemv-tiled-order[-<label>].json``: device and versions, per-repetition
 timings (µs), medians and ratios; ``--label`` names a kernel variant built from another
@@ -20,14 +21,17 @@ from gpu_suite import DEV, GEMV_SHAPES, Timer, med
 
 from vptq_rs import cuda_ext, tiled_layout
 
-ORDERS = {"dealt": True, "columns": False}  # name -> deal_by_bank
+# name -> (deal_by_bank, mma); "mma" only where tiled_layout.mma_supported
+ORDERS = {"dealt": (True, False), "columns": (False, False), "mma": (True, True)}
 
 
-def one_order(timer: Timer, x, cfg, t, tile_codes, order, deal, ref, moved, copy_gbps) -> dict:
+def one_order(timer: Timer, x, cfg, t, order, form, ref, moved, copy_gbps) -> dict:
     """The tiled GEMV over one entry order (``gpu_suite._layout_gemv_row``'s keys)."""
+    deal, mma = form
+    tile_codes = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
 
     def build():
-        return tiled_layout.build(cfg, t.indices, tile_codes, deal_by_bank=deal)
+        return tiled_layout.build(cfg, t.indices, tile_codes, deal_by_bank=deal, mma=mma)
 
     lay, build_s = gpu_suite._built(build)
 
@@ -52,28 +56,24 @@ def rows_for(
         cublas = med(lay.cublas_raw)
         row = {"out": lay.out, "in": lay.inp, "config": lay.config, "tile_codes": tile_codes}
         row.update(cublas_fp16_us=cublas, cublas_raw_us=lay.cublas_raw)
-        for order, deal in ORDERS.items():
-            row.update(
-                one_order(
-                    timer,
-                    lay.x,
-                    lay.cfg,
-                    lay.t,
-                    tile_codes,
-                    order,
-                    deal,
-                    lay.ref,
-                    lay.moved,
-                    copy_gbps,
-                )
+        for order, form in ORDERS.items():
+            if form[1] and not tiled_layout.mma_supported(lay.cfg, DEV):
+                continue
+            got = one_order(
+                timer, lay.x, lay.cfg, lay.t, order, form, lay.ref, lay.moved, copy_gbps
             )
+            row.update(got)
             row[f"speedup_vs_cublas_{order}"] = cublas / row[f"ours_{order}_us"]
         rows.append(row)
+        timed = [o for o in ORDERS if f"ours_{o}_us" in row]
         print(
-            f"tiled {lay.out}x{lay.inp} {lay.config}: dealt {row['ours_dealt_us']:.1f}us "
-            f"(x{row['speedup_vs_cublas_dealt']:.2f}) columns {row['ours_columns_us']:.1f}us "
-            f"(x{row['speedup_vs_cublas_columns']:.2f}) cublas {cublas:.1f}us "
-            f"err {row['ours_dealt_rel_err']:.1e}/{row['ours_columns_rel_err']:.1e}",
+            f"tiled {lay.out}x{lay.inp} {lay.config}: "
+            + " ".join(
+                f"{o} {row[f'ours_{o}_us']:.1f}us (x{row[f'speedup_vs_cublas_{o}']:.2f}, "
+                f"err {row[f'ours_{o}_rel_err']:.1e})"
+                for o in timed
+            )
+            + f" cublas {cublas:.1f}us",
             flush=True,
         )
     return rows

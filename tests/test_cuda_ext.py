@@ -280,7 +280,8 @@ def test_fake_kernels_trace_shapes():
 @needs_toolchain
 def test_one_token_gemv_kernels_do_not_spill(tmp_path):
     """ptxas report of the fp16 GEMV kernels (shared-memory and L2 codebooks, histogram,
-    sorted): the 1-token instantiations, the decode hot path, keep every value in registers."""
+    sorted, tiled, tiled mma): the 1-token instantiations, the decode hot path, keep every
+    value in registers."""
     import re
 
     from torch.utils import cpp_extension
@@ -336,6 +337,13 @@ def test_one_token_gemv_kernels_do_not_spill(tmp_path):
     assert len(tiled) == 16, report[-3000:]  # 16 vector lengths
     # nor a stack frame: the two tile buffers are addressed by arithmetic, not an array
     spilling += [f"tiled v={v}" for v, fr, st, ld in tiled if int(fr) or int(st) or int(ld)]
+    mma = re.findall(
+        r"Function properties for \S*tiled_mma_kernelI6__halfE\S*\s+"
+        r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads",
+        report,
+    )
+    assert len(mma) == 1, report[-3000:]
+    spilling += ["tiled mma" for fr, st, ld in mma if int(fr) or int(st) or int(ld)]
     assert not spilling, spilling
 
 

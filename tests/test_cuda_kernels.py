@@ -405,15 +405,19 @@ def test_gemv_tiled_kernel_matches_reference(layer_t, dtype):
     dense = F.linear(x, layer.dequantize(dtype).to(DEV), bias)
     drift = ((dense.double() - ref).norm() / ref.norm()).item()
     # the kernel's tile, and a small one (many tiles, most runs a step or less); entries
-    # dealt by bank key (the default) and in column order
-    for tc, deal in ((tile_codes, True), (64, True), (tile_codes, False)):
-        lay = tiled_layout.build(cfg, t.indices, tc, deal_by_bank=deal)
-        y = cuda_ext.gemv_tiled(x, cfg, t, lay, bias)
-        assert y.shape == (1, cfg.out_features) and y.dtype == dtype
-        err = ((y.double() - ref).norm() / ref.norm()).item()
-        assert err <= max(2 * drift, 1e-3), (tc, err, drift)
-        # each item's sums stay with one warp; a row's splits are added in a fixed order
-        assert torch.equal(cuda_ext.gemv_tiled(x, cfg, t, lay, bias), y)
+    # dealt by bank key (the default) and in column order; at v = 8 both forms (scalar, mma)
+    forms = (False, True) if cfg.vector_len == tiled_layout.MMA_VECTOR_LEN else (False,)
+    for mma in forms:
+        tcm = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
+        for tc, deal in ((tcm, True), (64, True), (tcm, False)):
+            lay = tiled_layout.build(cfg, t.indices, tc, deal_by_bank=deal, mma=mma)
+            y = cuda_ext.gemv_tiled(x, cfg, t, lay, bias)
+            assert y.shape == (1, cfg.out_features) and y.dtype == dtype
+            err = ((y.double() - ref).norm() / ref.norm()).item()
+            # the mma kernel rounds each activation to the codebook's type (bf16: 2^-9)
+            assert err <= max(2 * drift, 1e-3), (mma, tc, err, drift)
+            # each item's sums stay with one warp; a row's splits are added in a fixed order
+            assert torch.equal(cuda_ext.gemv_tiled(x, cfg, t, lay, bias), y)
 
 
 def test_gemv_tiled_kernel_edge_inputs_and_refusals():
@@ -437,6 +441,36 @@ def test_gemv_tiled_kernel_edge_inputs_and_refusals():
         cuda_ext.gemv_tiled(zero, cfg, t, short)
     with pytest.raises(RuntimeError, match="power of two"):
         cuda_ext.gemv_tiled(zero, cfg, t, lay._replace(tile_codes=96))
+    # the mma form: the same edge cases; it takes v = 8 only
+    mlay = tiled_layout.build(
+        cfg, t.indices, tiled_layout.device_tile_codes(cfg, DEV, mma=True), mma=True
+    )
+    assert torch.equal(cuda_ext.gemv_tiled(zero, cfg, t, mlay, bias), bias[None])
+    assert torch.isnan(cuda_ext.gemv_tiled(bad, cfg, t, mlay, bias)).all()
+    # an activation past fp16's range once scaled by its norm (60000 x 4): the mma kernel
+    # scales xs by a power of two first, so it matches the scalar kernel's fp32 sums
+    one = zero.clone()
+    one[0, 7] = 60000.0
+    scale = t.weight_scale.clone()
+    scale[7] = 4.0
+    ts = t._replace(centroids=t.centroids * 0.01, weight_scale=scale)
+    want = cuda_ext.gemv_tiled(one, cfg, ts, lay)
+    got = cuda_ext.gemv_tiled(one, cfg, ts, mlay)
+    assert torch.isfinite(want).all() and torch.isfinite(got).all()
+    assert ((got.double() - want.double()).norm() / want.double().norm()).item() < 1e-3
+    v4, _, t4 = make_hist(TILED_LAYERS[2], torch.float16)
+    lay4 = tiled_layout.build(v4, t4.indices, 64)
+    with pytest.raises(RuntimeError, match="form must be"):
+        torch.ops.vptq_rs.gemv_tiled(
+            torch.zeros(1, v4.in_features, device=DEV).half(),
+            lay4.entries,
+            lay4.tile_start,
+            64,
+            *cuda_ext._layer_args(v4, t4)[0],
+            None,
+            *cuda_ext._layer_args(v4, t4)[1],
+            1,
+        )
     tall, _, tt = make_hist((64, 9000, 1, 16, 0, (0, 0, 0), False), torch.float16)
     assert tiled_layout.device_tile_codes(tall, DEV) is None  # 69 rows a block > 64
     tlay = tiled_layout.build(tall, tt.indices, 16)
@@ -452,6 +486,7 @@ def test_gemv_tiled_kernel_edge_inputs_and_refusals():
         ("sorted", (30000, 24, 6, 4096, 0, (0, 0, 0), True)),  # 30 prologue chunks
         ("tiled", TILED_LAYERS[2]),
         ("tiled", TILED_LAYERS[4]),
+        ("tiled_mma", TILED_LAYERS[0]),  # perm, v = 8
     ],
 )
 def test_one_token_kernels_compute_xs_as_the_prologue_kernel_does(kernel, layer_t, monkeypatch):
@@ -466,7 +501,9 @@ def test_one_token_kernels_compute_xs_as_the_prologue_kernel_does(kernel, layer_
         lay = sorted_layout.build(cfg, t.indices)
         op = cuda_ext.gemv_sorted
     else:
-        lay = tiled_layout.build(cfg, t.indices, tiled_layout.device_tile_codes(cfg, DEV))
+        mma = kernel == "tiled_mma"
+        tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
+        lay = tiled_layout.build(cfg, t.indices, tc, mma=mma)
         op = cuda_ext.gemv_tiled
     x = torch.randn(1, cfg.in_features, device=DEV).half()
     bias = layer.bias.to(DEV)
@@ -498,15 +535,18 @@ def test_one_token_kernels_compute_xs_as_the_prologue_kernel_does(kernel, layer_
         assert gap <= 1e-3, gap
 
 
-def test_gemv_tiled_kernel_survives_a_garbage_layout():
+@pytest.mark.parametrize("mma", [False, True])
+def test_gemv_tiled_kernel_survives_a_garbage_layout(mma):
     """Random entries and tile starts (codes outside the tile, columns past the group, runs
-    that end before they start or past the row): the kernel clamps every index and returns."""
+    that end before they start or past the row, starts off the mma form's steps): the kernel
+    clamps every index and returns."""
     cfg, _, t = make_hist(TILED_LAYERS[1], torch.float16)
-    lay = tiled_layout.build(cfg, t.indices, tiled_layout.device_tile_codes(cfg, DEV))
+    tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
+    lay = tiled_layout.build(cfg, t.indices, tc, mma=mma)
     g = torch.Generator(device=DEV).manual_seed(1)
     junk = torch.randint(-(1 << 31), 1 << 31, lay.entries.shape, generator=g, device=DEV)
-    gs = cfg.group_size
-    starts = torch.randint(-100, gs + 100, lay.tile_start.shape, generator=g, device=DEV)
+    n = lay.entries.shape[2]
+    starts = torch.randint(-100, n + 100, lay.tile_start.shape, generator=g, device=DEV)
     bad = lay._replace(entries=junk.to(torch.int32), tile_start=starts.to(torch.int32))
     x = torch.randn(1, cfg.in_features, device=DEV).half()
     y = cuda_ext.gemv_tiled(x, cfg, t, bad)
@@ -516,23 +556,29 @@ def test_gemv_tiled_kernel_survives_a_garbage_layout():
 
 def test_tiled_layout_builds_alike_on_gpu_and_cpu():
     cfg, _, t = make_hist(TILED_LAYERS[1], torch.float16)
-    on_gpu = tiled_layout.build(cfg, t.indices, 1024)
-    on_cpu = tiled_layout.build(cfg, t.indices.cpu(), 1024)
-    assert torch.equal(on_gpu.entries.cpu(), on_cpu.entries)
-    assert torch.equal(on_gpu.tile_start.cpu(), on_cpu.tile_start)
+    for mma in (False, True):
+        on_gpu = tiled_layout.build(cfg, t.indices, 1024, mma=mma)
+        on_cpu = tiled_layout.build(cfg, t.indices.cpu(), 1024, mma=mma)
+        assert torch.equal(on_gpu.entries.cpu(), on_cpu.entries)
+        assert torch.equal(on_gpu.tile_start.cpu(), on_cpu.tile_start)
 
 
-def test_vquantlinear_sorted_gemv_takes_the_tiled_kernel_for_wide_codebooks():
+@pytest.mark.parametrize("mma", [False, True])
+def test_vquantlinear_sorted_gemv_takes_the_tiled_kernel_for_wide_codebooks(mma, monkeypatch):
     """A codebook wider than a row on a layer large enough (tiled_layout.pays):
-    use_sorted_gemv turns on the tiled kernel (equal to calling it directly); several tokens
-    keep the other kernels; a small layer keeps them too."""
+    use_sorted_gemv turns on the tiled kernel (equal to calling it directly), in the mma form
+    with VPTQ_RS_TILED_MMA=1; several tokens keep the other kernels; a small layer keeps them
+    too."""
+    monkeypatch.setenv("VPTQ_RS_TILED_MMA", "1" if mma else "0")
     _, layer, _ = make_hist((4096, 8448, 8, 16384, 0, (0, 0, 0), True), torch.float16, seed=5)
     mod = VQuantLinear.from_quantized(layer, torch.float16).to(DEV)
     cfg = mod.config
     x = torch.randn(1, 1, cfg.in_features, device=DEV).half()
     base = mod(x)
     assert mod.use_sorted_gemv()
-    lay = tiled_layout.build(cfg, mod.indices, tiled_layout.device_tile_codes(cfg, DEV))
+    assert tiled_layout.uses_mma(cfg, DEV) == mma  # v = 8 on an sm_80+ GPU
+    tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
+    lay = tiled_layout.build(cfg, mod.indices, tc, mma=mma)
     y = mod(x)
     assert torch.equal(y[0], cuda_ext.gemv_tiled(x[0], cfg, mod.packed(), lay, mod.bias))
     assert ((y.double() - base.double()).norm() / base.double().norm()).item() < 1e-3

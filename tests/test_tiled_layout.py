@@ -243,3 +243,122 @@ def test_use_sorted_gemv_takes_the_tiled_kernel_where_it_pays():
 
     assert tiled_layout.pays(layer(400).config) and layer(400).use_sorted_gemv()
     assert not layer(100).use_sorted_gemv()
+
+
+# ---- the mma form (gemv_tiled_mma.cuh) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape, tile_codes",
+    [
+        ((3000, 64, 8, 65536, 0), 4096),
+        ((2000, 36, 8, 65536, 256), 8192),  # the residual list lies in one tile
+        ((300, 16, 8, 65536, 0), 64),  # 1024 tiles, most runs empty or one entry
+    ],
+)
+def test_mma_form_holds_the_codes_in_runs_of_whole_steps(shape, tile_codes):
+    cfg, words, main, res = packed_layer(*shape)
+    plain = tiled_layout.build(cfg, words, tile_codes)
+    lay = tiled_layout.build(cfg, words, tile_codes, mma=True)
+    assert lay.mma and not plain.mma
+    codes = tiled_layout.decode(lay, cfg.group_size)
+    assert torch.equal(codes[0], main)
+    if res is not None:
+        assert torch.equal(codes[1], res)
+    step = tiled_layout.MMA_STEP
+    assert lay.entries.shape[2] % step == 0
+    assert bool((lay.tile_start % step == 0).all())
+    # each run is the scalar run padded to whole steps, and the longest list sets the length
+    runs, padded = plain.tile_start.diff(dim=2), lay.tile_start.diff(dim=2)
+    assert torch.equal(padded, (runs + step - 1) // step * step)
+    assert lay.entries.shape[2] == max(step, int(lay.tile_start[:, :, -1].max()))
+
+
+def test_mma_x_entry_gives_each_lane_one_activation_of_the_step():
+    take = tiled_layout.MMA_X_ENTRY
+    assert sorted(take) == list(range(32))
+    # lanes 0-15 feed the first product (entries 0-15), lanes 16-31 the second
+    assert all((e >= 16) == (lane >= 16) for lane, e in enumerate(take))
+
+
+def _emulated_mma_rows(lay, cfg, x, cb):
+    """y of every vector row as gemv_tiled_mma.cuh computes it, one lane register at a time
+    (PTX's m16n8k16 and ldmatrix .trans fragment layouts), in float64 without the fp16
+    rounding of the activations: [R, 8]."""
+    e = lay.entries[:, 0].to(torch.int64) & 0xFFFFFFFF
+    xs = torch.cat([x, x.new_zeros(1)])  # the zero slot
+    lanes = torch.arange(32)
+    g, t = lanes >> 2, lanes & 3
+    half = g & 1  # which half of the pair a lane's activation keeps
+    reg = (g >> 1) & 1  # A register 0 (a0, a1) or 2 (a4, a5)
+    prod = g >> 2  # which of the two products
+    out = torch.zeros(e.shape[0], 8, dtype=torch.float64)
+    for r in range(e.shape[0]):
+        for w0 in range(0, int(lay.tile_start[r, 0, -1]), 32):
+            w = e[r, w0 : w0 + 32]
+            code, xcol = w >> 16, w & 0xFFFF
+            xv = xs[xcol]
+            d = torch.zeros(16, 8, dtype=torch.float64)
+            for j in range(2):
+                a = torch.zeros(16, 16, dtype=torch.float64)
+                for lane in range(32):
+                    if prod[lane] != j:
+                        continue  # the masks zero this lane's registers for product j
+                    # register 0 holds A[g][2t + half], register 2 A[g][2t + 8 + half]
+                    k = 2 * int(t[lane]) + 8 * int(reg[lane]) + int(half[lane])
+                    a[int(g[lane]), k] = xv[lane]
+                # ldmatrix.x4.trans: matrix i's row q is the row at lane 8i + q's address;
+                # product j's B[k][n] is matrix 2j + k // 8's row k % 8, element n
+                b = cb[code[16 * j : 16 * j + 16]]
+                d += a @ b
+            out[r] += d.sum(0)  # the flush adds the slots (lanes 4g + t over g)
+    return out
+
+
+def test_mma_form_emulated_lane_by_lane_gives_each_rows_sum():
+    cfg, words, main, _ = packed_layer(1000, 40, 8, 65536, seed=3)
+    lay = tiled_layout.build(cfg, words, 4096, mma=True)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg.group_size, generator=g, dtype=torch.float64)
+    cb = torch.randn(65536, 8, generator=g, dtype=torch.float64)
+    want = torch.einsum("j,rjn->rn", x, cb[main])
+    assert torch.allclose(_emulated_mma_rows(lay, cfg, x, cb), want, atol=1e-9)
+
+
+def test_mma_form_refuses_other_vector_lengths_and_reports_corruption():
+    cfg4, words4, _, _ = packed_layer(600, 16, 4, 4096)
+    with pytest.raises(InvalidValueError, match="vector_len 8"):
+        tiled_layout.build(cfg4, words4, 1024, mma=True)
+    cfg, words, _, _ = packed_layer(600, 16, 8, 65536)
+    lay = tiled_layout.build(cfg, words, 1024, mma=True)
+    starts = lay.tile_start.clone()
+    starts[0, 0, 3] += 1
+    with pytest.raises(InvalidValueError, match="steps of 32"):
+        tiled_layout.decode(lay._replace(tile_start=starts), cfg.group_size)
+    moved = lay.entries.clone()
+    moved[0, 0, 0] = (moved[0, 0, 0] & 0xFFFF) | (60000 << 16) - (1 << 32)  # a code of tile 58
+    with pytest.raises(InvalidValueError, match="outside its tile"):
+        tiled_layout.decode(lay._replace(entries=moved), cfg.group_size)
+    lost = lay.entries.clone()
+    lost[0, 0, 0] = (lost[0, 0, 0] & ~0xFFFF) | cfg.group_size  # a column turned padding
+    with pytest.raises(InvalidValueError, match="besides padding"):
+        tiled_layout.decode(lay._replace(entries=lost), cfg.group_size)
+
+
+def test_mma_kernel_choice_and_shared_memory(monkeypatch):
+    c = LayerConfig(in_features=8192, out_features=28672, vector_len=8, num_centroids=65536)
+    base = tiled_layout.smem_bytes(c, 4096, 132)
+    assert tiled_layout.smem_bytes(c, 4096, 132, mma=True) == base + 128
+    assert tiled_layout.tile_codes_for(c, 227 * 1024, 132, mma=True) == 4096
+    gpu = torch.device("cuda", 0)
+    assert not tiled_layout.mma_supported(c, torch.device("cpu"))
+    v4 = LayerConfig(in_features=8192, out_features=28672, vector_len=4, num_centroids=65536)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    assert tiled_layout.mma_supported(c, gpu) and not tiled_layout.mma_supported(v4, gpu)
+    # the scalar form stays the default; VPTQ_RS_TILED_MMA=1 opts in where it is supported
+    monkeypatch.delenv("VPTQ_RS_TILED_MMA", raising=False)
+    assert not tiled_layout.uses_mma(c, gpu)
+    monkeypatch.setenv("VPTQ_RS_TILED_MMA", "1")
+    assert tiled_layout.uses_mma(c, gpu) and not tiled_layout.uses_mma(v4, gpu)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))
+    assert not tiled_layout.uses_mma(c, gpu)

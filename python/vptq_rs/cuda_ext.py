@@ -27,9 +27,11 @@ trace them):
 - ``gemv_sorted(x [1, cols], entries, chunk_base, chunk_groups, indices, ..., bias?, ...)
   -> [1, rows]``: one token from the code-sorted layout of :mod:`vptq_rs.sorted_layout`
   (see ``gemv_sorted.cuh``); :func:`gemv_sorted` wraps it.
-- ``gemv_tiled(x [1, cols], entries, tile_start, tile_codes, indices, ..., bias?, ...)
-  -> [1, rows]``: one token from the code-tiled layout of :mod:`vptq_rs.tiled_layout`, for
-  codebooks too large for shared memory (see ``gemv_tiled.cuh``); :func:`gemv_tiled` wraps it.
+- ``gemv_tiled(x [1, cols], entries, tile_start, tile_codes, indices, ..., bias?, ...,
+  form=0) -> [1, rows]``: one token from the code-tiled layout of
+  :mod:`vptq_rs.tiled_layout`, for codebooks too large for shared memory; form 0 is the
+  scalar layout (``gemv_tiled.cuh``), 1 the tensor-core one (v = 8, ``gemv_tiled_mma.cuh``).
+  :func:`gemv_tiled` wraps it.
 - ``kmeans_assign(x, centroids, mode, design=0) -> (labels int32 [n], sq_dist float32 [n])``;
   mode 0 fp32 CUDA cores, 1 tensor cores (3xTF32: hi/lo split, about fp32 accuracy), 2 one
   TF32 product, 3 one fp16 product (power-of-two scaled operands, tiled design only);
@@ -80,6 +82,7 @@ HEADERS = (
     "gemv_hist.cuh",
     "gemv_sorted.cuh",
     "gemv_tiled.cuh",
+    "gemv_tiled_mma.cuh",
     "gemv_launch.cuh",
     "kmeans_common.cuh",
     "kmeans_merged.cuh",
@@ -315,6 +318,7 @@ def _register_fakes() -> None:
         group_num,
         outlier_size,
         outlier_vector_len,
+        form=0,
     ):
         return x.new_empty((1, rows))
 
@@ -535,7 +539,9 @@ def gemv_tiled(
 
     tensors, ints, b = _one_token("tiled", tiled_layout.problem(cfg), x, cfg, t, bias)
     lay = (layout.entries, layout.tile_start, layout.tile_codes)
-    y = torch.ops.vptq_rs.gemv_tiled(x.reshape(1, -1).contiguous(), *lay, *tensors, b, *ints)
+    y = torch.ops.vptq_rs.gemv_tiled(
+        x.reshape(1, -1).contiguous(), *lay, *tensors, b, *ints, int(layout.mma)
+    )
     return y.reshape(*x.shape[:-1], cfg.out_features)
 
 

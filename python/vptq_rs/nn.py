@@ -298,7 +298,14 @@ class VQuantLinear(nn.Module):
         s = fused.sorted
         if isinstance(s, tiled_layout.TiledLayout) and x2.shape[0] == 1:
             y = torch.ops.vptq_rs.gemv_tiled(
-                x2, s.entries, s.tile_start, s.tile_codes, *fused.tensors, cur[8], *fused.ints
+                x2,
+                s.entries,
+                s.tile_start,
+                s.tile_codes,
+                *fused.tensors,
+                cur[8],
+                *fused.ints,
+                int(s.mma),
             )
         elif s is not None and x2.shape[0] == 1:
             y = torch.ops.vptq_rs.gemv_sorted(
@@ -368,9 +375,10 @@ def _sorted_layout(
         if sorted_layout.fits(cfg, layout, idx.device):
             return layout
     else:
-        tile_codes = tiled_layout.device_tile_codes(cfg, idx.device)
+        mma = tiled_layout.uses_mma(cfg, idx.device)
+        tile_codes = tiled_layout.device_tile_codes(cfg, idx.device, mma=mma)
         if tile_codes is not None:
-            return tiled_layout.build(cfg, idx, tile_codes)
+            return tiled_layout.build(cfg, idx, tile_codes, mma=mma)
     logger.warning(
         "%s: the sorted GEMV's shared memory does not fit on %s; using the other kernels",
         layer.extra_repr(),

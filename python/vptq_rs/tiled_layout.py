@@ -32,14 +32,27 @@ Entries take 4 bytes where the packed words take ``(index_bits + res_bits) / 8``
 bytes at 16-bit codes, which is cheap here since the gather, not the index stream, bounds
 these layers. The layout is derived from the packed indices at load time (:func:`build`)
 and never saved.
+
+The mma form (``build(..., mma=True)``, v = 8 only) feeds ``_cuda/gemv_tiled_mma.cuh``,
+whose warp step is 32 entries of one run taken as two m16n8k16 tensor-core products:
+
+- every tile's run is padded to a multiple of 32 entries with entries of the zero column
+  (``group_size``) and the tile's first code, so ``entries`` is int32 ``[R, lists,
+  list_len]`` with ``list_len`` the longest padded list (a multiple of 32), and
+  ``tile_start`` counts padded positions (multiples of 32);
+- within each 32 entries, word ``l`` holds entry ``l``'s code (high half: lane ``l`` gives
+  the address of that codebook row to ``ldmatrix``) and the column of entry
+  ``MMA_X_ENTRY[l]`` (low half: lane ``l`` supplies that activation to the A operand).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from vptq_rs import ops, sorted_layout
 from vptq_rs.errors import InvalidValueError
@@ -47,19 +60,38 @@ from vptq_rs.errors import InvalidValueError
 MAX_GROUP_SIZE = 0xFFFE  # 16-bit columns; group_size itself is the zero slot
 ITEMS_PER_WARP = 2  # rows a thread keeps sums for (kTiledItemsPerWarp in gemv_tiled.cuh)
 MIN_TILE_CODES = 8  # tile starts stay 16-byte aligned
+MMA_STEP = 32  # entries of a warp step of the mma kernel (two products of 16)
+MMA_VECTOR_LEN = 8  # ldmatrix rows are 16 bytes: 8 fp16/bf16 elements
+MMA_REDUCE_BYTES = 32 * 4  # the mma kernel's max |xs| reduction (tiled_mma_smem_bytes)
+ENV_MMA = "VPTQ_RS_TILED_MMA"  # "1" puts v = 8 layers on the mma form (uses_mma)
+
+
+def _mma_x_entry() -> tuple[int, ...]:
+    # lane 4g + t fills A's slot g with entry 16 (g / 4) + (2t, 2t+1, 2t+8, 2t+9)[g % 4]:
+    # the one place of its m16n8k16 A fragment (a0, a1, a4 or a5) that entry can take
+    out = []
+    for lane in range(32):
+        g, t = lane >> 2, lane & 3
+        out.append(16 * (g >> 2) + (2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9)[g & 3])
+    return tuple(out)
+
+
+MMA_X_ENTRY = _mma_x_entry()  # lane -> the entry of its step whose activation it supplies
 
 
 class TiledLayout(NamedTuple):
     """One layer's code-tiled entries (module docstring).
 
-    entries:    int32 ``[R, lists, group_size]``
+    entries:    int32 ``[R, lists, group_size]``, or ``[R, lists, list_len]`` in the mma form
     tile_start: int32 ``[R, lists, tiles + 1]``
     tile_codes: codebook rows a tile (a power of two)
+    mma:        the tensor-core form (module docstring)
     """
 
     entries: torch.Tensor
     tile_start: torch.Tensor
     tile_codes: int
+    mma: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -97,6 +129,26 @@ def pays(cfg: Any) -> bool:
         and widest > cfg.group_size
         and entries >= PAYS_ENTRIES_PER_ROW * widest * PAYS_SMS
     )
+
+
+def mma_supported(cfg: Any, device: torch.device) -> bool:
+    """Whether the tensor-core tiled kernel can take layers like ``cfg`` on ``device``: v = 8
+    on an sm_80+ GPU."""
+    device = torch.device(device)
+    return (
+        cfg.vector_len == MMA_VECTOR_LEN
+        and device.type == "cuda"
+        and torch.cuda.get_device_capability(device)[0] >= 8
+    )
+
+
+def uses_mma(cfg: Any, device: torch.device) -> bool:
+    """Whether the layouts built at load time take the mma form: only with
+    ``VPTQ_RS_TILED_MMA=1`` where :func:`mma_supported`. On an H100 the mma kernel ties the
+    scalar one (run 24c: 116.4 and 114.4 us against 116.5 and 114.0 on the two largest
+    v8/k65536 shapes), whose sums keep the activations in fp32, so the scalar form stays
+    the default."""
+    return os.environ.get(ENV_MMA, "0") == "1" and mma_supported(cfg, device)
 
 
 def threads(cfg: Any) -> int:
@@ -139,10 +191,11 @@ def warp_pieces(nrows: int, warps: int) -> list[list[tuple[int, int, int, int]]]
     return out
 
 
-def smem_bytes(cfg: Any, tile_codes: int, sms: int) -> int:
+def smem_bytes(cfg: Any, tile_codes: int, sms: int, *, mma: bool = False) -> int:
     """Shared memory the tiled kernel asks for: xs plus a zero slot (fp32), two codebook
     tiles (16-bit), a partial sum per (row, slot, element) of the larger block, and
-    :func:`sorted_layout.extra_x_bytes` (mirrors ``tiled_smem_bytes`` in gemv_tiled.cuh)."""
+    :func:`sorted_layout.extra_x_bytes` (mirrors ``tiled_smem_bytes`` in gemv_tiled.cuh);
+    the mma kernel adds ``MMA_REDUCE_BYTES``."""
     warps = threads(cfg) // 32
     r = cfg.num_vectors
     lo = r // max(1, min(r, sms))
@@ -153,10 +206,11 @@ def smem_bytes(cfg: Any, tile_codes: int, sms: int) -> int:
         + 2 * _round16(tile_codes * cfg.vector_len * 2)
         + _round16(parts * cfg.vector_len * 4)
         + sorted_layout.extra_x_bytes(cfg)
+        + (MMA_REDUCE_BYTES if mma else 0)
     )
 
 
-def tile_codes_for(cfg: Any, smem_limit: int, sms: int) -> int | None:
+def tile_codes_for(cfg: Any, smem_limit: int, sms: int, *, mma: bool = False) -> int | None:
     """The largest power-of-two tile (at most the widest codebook) whose shared memory fits
     ``smem_limit`` bytes on ``sms`` SMs; None when none does or the block has more rows
     than its warps take (``ITEMS_PER_WARP`` each)."""
@@ -164,18 +218,18 @@ def tile_codes_for(cfg: Any, smem_limit: int, sms: int) -> int | None:
         return None
     tc = max(cfg.num_centroids, cfg.num_res_centroids)
     while tc >= MIN_TILE_CODES:
-        if smem_bytes(cfg, tc, sms) <= smem_limit:
+        if smem_bytes(cfg, tc, sms, mma=mma) <= smem_limit:
             return tc
         tc //= 2
     return None
 
 
-def device_tile_codes(cfg: Any, device: torch.device) -> int | None:
+def device_tile_codes(cfg: Any, device: torch.device, *, mma: bool = False) -> int | None:
     """:func:`tile_codes_for` on a CUDA device (1 KB of its per-block limit left spare, as
     the kernel's own check does)."""
     props = torch.cuda.get_device_properties(device)
     return tile_codes_for(
-        cfg, props.shared_memory_per_block_optin - 1024, props.multi_processor_count
+        cfg, props.shared_memory_per_block_optin - 1024, props.multi_processor_count, mma=mma
     )
 
 
@@ -217,15 +271,69 @@ def _deal_by_key(tile: torch.Tensor, key: torch.Tensor, keys: int) -> torch.Tens
     return torch.gather(by_bucket, 1, dealt)
 
 
+def _unsigned32(e: torch.Tensor) -> torch.Tensor:
+    """int64 values below 2^32 as the int32 tensor that holds their bits."""
+    return torch.where(e >= 1 << 31, e - (1 << 32), e).to(torch.int32)
+
+
+def _padded_starts(start: torch.Tensor) -> torch.Tensor:
+    """Tile starts of the mma form: every run padded to a multiple of ``MMA_STEP``.
+    start: int64 ``[..., tiles + 1]``; returns int64 of that shape."""
+    runs = start.diff(dim=-1)
+    padded = (runs + MMA_STEP - 1) // MMA_STEP * MMA_STEP
+    return F.pad(padded.cumsum(-1), (1, 0))
+
+
+def _mma_words(
+    e: torch.Tensor, start: torch.Tensor, tile_codes: int, gs: int, list_len: int
+) -> torch.Tensor:
+    """The mma form of some lists: e int64 ``[n, gs]`` (``code << 16 | column``, grouped by
+    tile), start int64 ``[n, tiles + 1]``; returns int64 ``[n, list_len]`` words."""
+    n, tiles = e.shape[0], start.shape[1] - 1
+    dev = e.device
+    nstart = _padded_starts(start)
+    tile = (e >> 16) // tile_codes
+    pos = torch.arange(gs, device=dev) + torch.gather(nstart[:, :-1] - start[:, :-1], 1, tile)
+    # padding: the zero column with the first code of the tile whose padded run holds it
+    p = torch.arange(list_len, device=dev).expand(n, -1).contiguous()
+    ptile = torch.searchsorted(nstart[:, 1:].contiguous(), p, right=True).clamp(max=tiles - 1)
+    words = (ptile * tile_codes) << 16 | gs
+    words.scatter_(1, pos, e)
+    # each step: word l keeps entry l's code and takes entry MMA_X_ENTRY[l]'s column
+    w = words.view(n, list_len // MMA_STEP, MMA_STEP)
+    take = torch.tensor(MMA_X_ENTRY, device=dev)
+    return ((w >> 16) << 16 | (w[..., take] & 0xFFFF)).view(n, list_len)
+
+
+def _tile_counts(cfg: Any, indices: torch.Tensor, tile_codes: int, tiles: int) -> torch.Tensor:
+    """Entries per (row, list, tile): int64 ``[R, lists, tiles]``."""
+    nlists = 2 if cfg.res_bits else 1
+    gs = cfg.group_size
+    out = torch.zeros(cfg.num_vectors, nlists, tiles, dtype=torch.int64, device=indices.device)
+    step = max(1, BUILD_BLOCK_ENTRIES // gs)
+    for r0 in range(0, cfg.num_vectors, step):
+        main, res = ops.unpack_codes(indices[:, r0 : r0 + step], cfg.index_bits, gs, cfg.res_bits)
+        for b, codes in enumerate((main, res)[:nlists]):
+            tile = codes[0].to(torch.int64) // tile_codes
+            out[r0 : r0 + step, b].scatter_add_(1, tile, torch.ones_like(tile))
+    return out
+
+
 def build(
-    cfg: Any, indices: torch.Tensor, tile_codes: int, *, deal_by_bank: bool = True
+    cfg: Any,
+    indices: torch.Tensor,
+    tile_codes: int,
+    *,
+    deal_by_bank: bool = True,
+    mma: bool = False,
 ) -> TiledLayout:
     """The tiled layout of a packed layer, on the indices' device.
 
     cfg: :class:`vptq_rs.layout.LayerConfig`; indices: int32 packed words ``[1, R, words]``;
     tile_codes: a power of two >= 8 (:func:`device_tile_codes` picks the kernel's);
     deal_by_bank: order each tile's entries for the codebook loads' banks (module
-    docstring); False keeps column order (the kernel takes either).
+    docstring); False keeps column order (the kernel takes either);
+    mma: the tensor-core form (module docstring; v = 8 only, :func:`uses_mma`).
     """
     why = problem(cfg)
     if why is not None:
@@ -234,6 +342,11 @@ def build(
         raise InvalidValueError(
             f"tile_codes must be a power of two >= {MIN_TILE_CODES}, got {tile_codes}"
         )
+    if mma and cfg.vector_len != MMA_VECTOR_LEN:
+        raise InvalidValueError(
+            f"the mma form of the tiled layout needs vector_len {MMA_VECTOR_LEN}, "
+            f"got {cfg.vector_len}"
+        )
     sorted_layout.check_indices(cfg, indices)
     gs = cfg.group_size
     nlists = 2 if cfg.res_bits else 1
@@ -241,9 +354,14 @@ def build(
     dev = indices.device
     tiles = math.ceil(max(cfg.num_centroids, cfg.num_res_centroids) / tile_codes)
     bounds = torch.arange(tiles + 1, device=dev, dtype=torch.int64)  # tile numbers
-    entries = torch.empty(rows, nlists, gs, dtype=torch.int32, device=dev)
+    list_len = gs
+    if mma:  # the longest padded list
+        counts = _tile_counts(cfg, indices, tile_codes, tiles)
+        padded = (counts + MMA_STEP - 1) // MMA_STEP * MMA_STEP
+        list_len = max(MMA_STEP, int(padded.sum(-1).max()))
+    entries = torch.empty(rows, nlists, list_len, dtype=torch.int32, device=dev)
     tile_start = torch.empty(rows, nlists, tiles + 1, dtype=torch.int32, device=dev)
-    step = max(1, BUILD_BLOCK_ENTRIES // gs)
+    step = max(1, BUILD_BLOCK_ENTRIES // list_len)
     for r0 in range(0, rows, step):
         main, res = ops.unpack_codes(indices[:, r0 : r0 + step], cfg.index_bits, gs, cfg.res_bits)
         for b, codes in enumerate((main, res)[:nlists]):
@@ -256,17 +374,59 @@ def build(
                 order = torch.sort(tile, dim=1, stable=True).indices
             tile = torch.gather(tile, 1, order).contiguous()
             e = (torch.gather(c, 1, order) << 16) | order
-            # uint32 bits in an int32 tensor
-            entries[r0 : r0 + step, b] = torch.where(e >= 1 << 31, e - (1 << 32), e).to(torch.int32)
             start = torch.searchsorted(tile, bounds.expand(tile.shape[0], -1).contiguous())
+            if mma:
+                e = _mma_words(e, start, tile_codes, gs, list_len)
+                start = _padded_starts(start)
+            entries[r0 : r0 + step, b] = _unsigned32(e)  # uint32 bits in an int32 tensor
             tile_start[r0 : r0 + step, b] = start.to(torch.int32)
-    return TiledLayout(entries, tile_start, tile_codes)
+    return TiledLayout(entries, tile_start, tile_codes, mma)
+
+
+def _from_mma(layout: TiledLayout, group_size: int) -> torch.Tensor:
+    """The scalar form's entries of an mma-form layout, int64 ``[R, lists, group_size]``
+    (``code << 16 | column``). Raises if a tile start is not a multiple of ``MMA_STEP`` or
+    past the list, if a position holds a code outside its tile, or if a list does not hold
+    ``group_size`` entries besides its padding."""
+    e = layout.entries.to(torch.int64) & 0xFFFFFFFF
+    rows, nlists, n = e.shape
+    ts = layout.tile_start.to(torch.int64)
+    if n % MMA_STEP or bool((ts % MMA_STEP != 0).any()) or bool((ts.diff(dim=2) < 0).any()):
+        raise InvalidValueError("mma-form runs must start and end on steps of 32 entries")
+    if bool((ts[:, :, 0] != 0).any()) or bool((ts[:, :, -1] > n).any()):
+        raise InvalidValueError("tile_start must run from 0 to at most the list length")
+    w = e.view(rows, nlists, n // MMA_STEP, MMA_STEP)
+    col = torch.empty_like(w)
+    col[..., list(MMA_X_ENTRY)] = w & 0xFFFF
+    code = (w >> 16).reshape(rows, nlists, n)
+    col = col.reshape(rows, nlists, n)
+    p = torch.arange(n, device=e.device).expand(rows * nlists, -1).contiguous()
+    ends = ts[:, :, 1:].reshape(rows * nlists, -1).contiguous()
+    ptile = torch.searchsorted(ends, p, right=True).view(rows, nlists, n)
+    live = ptile < ts.shape[2] - 1
+    if not bool(((code // layout.tile_codes == ptile) | ~live).all()):
+        raise InvalidValueError("an entry's code lies outside its tile")
+    keep = live & (col != group_size)
+    if not bool((keep.sum(-1) == group_size).all()):
+        raise InvalidValueError(f"every list must hold {group_size} entries besides padding")
+    return (code[keep] << 16 | col[keep]).view(rows, nlists, group_size)
 
 
 def decode(layout: TiledLayout, group_size: int) -> torch.Tensor:
     """The codes a layout encodes, int64 ``[lists, R, group_size]`` (the reference for
     :func:`build`). Raises if a column is missing or appears twice, if entries are not
-    grouped by tile in ascending order, or if a tile's start disagrees with the codes."""
+    grouped by tile in ascending order, or if a tile's start disagrees with the codes (the
+    mma form: see :func:`_from_mma`)."""
+    if layout.mma:
+        flat = _from_mma(layout, group_size)
+        tile = (flat >> 16) // layout.tile_codes
+        bounds = torch.arange(layout.tile_start.shape[2], device=flat.device)
+        r, nl = flat.shape[:2]
+        start = torch.searchsorted(
+            tile.reshape(r * nl, -1), bounds.expand(r * nl, -1).contiguous()
+        ).view(r, nl, -1)
+        plain = TiledLayout(_unsigned32(flat), start.to(torch.int32), layout.tile_codes)
+        return decode(plain, group_size)
     e = layout.entries.to(torch.int64) & 0xFFFFFFFF
     rows, nlists, n = e.shape
     if n != group_size:

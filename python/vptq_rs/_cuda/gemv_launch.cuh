@@ -14,12 +14,14 @@
 #include "gemv_hist.cuh"
 #include "gemv_sorted.cuh"
 #include "gemv_tiled.cuh"
+#include "gemv_tiled_mma.cuh"
 
 namespace vptq {
 namespace gemv {
 
 struct DeviceInfo {
   int id = 0, sms = 0, smem_block_optin = 0, smem_sm = 0;
+  int major = 0;  // compute capability
 };
 
 inline DeviceInfo device_info() {
@@ -31,6 +33,7 @@ inline DeviceInfo device_info() {
   if (d.sms == 0) {
     cudaDeviceGetAttribute(&d.smem_block_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     cudaDeviceGetAttribute(&d.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
+    cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev);
     cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev);
   }
   return d;
@@ -458,36 +461,49 @@ inline int rows_per_block(const LayerArgs& a) {
   return (a.num_vectors + grid - 1) / grid;
 }
 
-// Shared memory of the tiled kernel's blocks (sized for the larger of the two row counts).
-inline int64_t tiled_block_smem(const LayerArgs& a, int tile_codes) {
-  return tiled_smem_bytes(a, tile_codes, rows_per_block(a), a.num_vectors / sorted_grid(a));
+// Shared memory of the tiled kernels' blocks (sized for the larger of the two row counts).
+inline int64_t tiled_block_smem(const LayerArgs& a, const TiledLayout& t) {
+  const int hi = rows_per_block(a);
+  const int lo = a.num_vectors / sorted_grid(a);
+  return t.mma ? tiled_mma_smem_bytes(a, t.tile_codes, hi, lo)
+               : tiled_smem_bytes(a, t.tile_codes, hi, lo);
 }
 
-// Whether the tiled kernel takes this layer: one group, group_size <= 65534, at most
-// kTiledItemsPerWarp rows a warp, and xs, two tiles and the partial sums in shared memory.
+// Whether the tiled kernel of the layout's form takes this layer: one group, group_size <=
+// 65534, at most kTiledItemsPerWarp rows a warp, and xs, two tiles and the partial sums in
+// shared memory; the mma form also needs v = 8 and an sm_80+ GPU.
 inline bool tiled_applies(const LayerArgs& a, const TiledLayout& t) {
   if (a.groups != 1 || a.group_size > kTiledMaxGroupSize) return false;
+  if (t.mma && (a.v != kTiledMmaV || device_info().major < 8)) return false;
   if (rows_per_block(a) > kTiledItemsPerWarp * tiled_warps(a.v)) return false;
-  return tiled_block_smem(a, t.tile_codes) <= device_info().smem_block_optin - 1024;
+  return tiled_block_smem(a, t) <= device_info().smem_block_optin - 1024;
+}
+
+template <auto kern>
+cudaError_t launch_tiled_kernel(const TiledParams& tp, int threads, cudaStream_t st) {
+  const DeviceInfo dev = device_info();
+  const int64_t bytes = tiled_block_smem(tp.p.a, tp.t);
+  if (bytes > dev.smem_block_optin - 1024) return cudaErrorInvalidConfiguration;
+  int bps = 0;
+  const cudaError_t e = Launcher<kern>::prepare(dev.id, threads, bytes, &bps);
+  if (e != cudaSuccess) return e;
+  kern<<<sorted_grid(tp.p.a), threads, bytes, st>>>(tp);
+  return cudaGetLastError();
 }
 
 template <typename T, int V>
 cudaError_t launch_tiled(const TiledParams& tp, cudaStream_t st) {
-  const DeviceInfo dev = device_info();
-  const LayerArgs& a = tp.p.a;
-  const int64_t bytes = tiled_block_smem(a, tp.t.tile_codes);
-  if (bytes > dev.smem_block_optin - 1024) return cudaErrorInvalidConfiguration;
-  constexpr auto kern = tiled_kernel<T, V>;
-  int bps = 0;
-  const cudaError_t e = Launcher<kern>::prepare(dev.id, tiled_threads<V>(), bytes, &bps);
-  if (e != cudaSuccess) return e;
-  kern<<<sorted_grid(a), tiled_threads<V>(), bytes, st>>>(tp);
-  return cudaGetLastError();
+  return launch_tiled_kernel<tiled_kernel<T, V>>(tp, tiled_threads<V>(), st);
 }
 
-// Every vector length for one dtype (explicitly instantiated in gemv_tiled_{f16,bf16}.cu).
+// Every vector length for one dtype, or the mma form (explicitly instantiated in
+// gemv_tiled_{f16,bf16}.cu).
 template <typename T>
 cudaError_t run_tiled(const TiledParams& tp, cudaStream_t st) {
+  if (tp.t.mma) {
+    if (tp.p.a.v != kTiledMmaV) return cudaErrorInvalidValue;
+    return launch_tiled_kernel<tiled_mma_kernel<T>>(tp, kTiledMmaThreads, st);
+  }
   switch (tp.p.a.v) {
     case 1: return launch_tiled<T, 1>(tp, st);
     case 2: return launch_tiled<T, 2>(tp, st);

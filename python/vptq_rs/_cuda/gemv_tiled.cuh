@@ -80,6 +80,56 @@ __device__ __forceinline__ uint32_t load_stream32(const uint32_t* ptr) {
   return r;
 }
 
+// A warp's items: up to two (row, unit range) pieces of its block's nrows rows. With nrows <=
+// kWarps, the rows are cut into kWarps units each and the warp takes units [nrows * warp,
+// nrows * (warp + 1)), which meet at most two rows; in every phase a piece takes the same
+// fraction of its row's run (units lo..hi of kWarps). Past kWarps rows a warp takes whole
+// rows warp and warp + kWarps. A piece's slot is its warp's place among the warps that meet
+// its row. Shared by the tiled kernels (this one and gemv_tiled_mma.cuh).
+struct TiledPieces {
+  int row[kTiledItemsPerWarp], lo[kTiledItemsPerWarp], hi[kTiledItemsPerWarp];
+  int slot[kTiledItemsPerWarp];
+  bool live[kTiledItemsPerWarp];
+  template <int kWarps>
+  __host__ __device__ static constexpr int unit_shift() {
+    static_assert(kWarps == 32 || kWarps == 16, "a row is cut into kWarps units");
+    return kWarps == 32 ? 5 : 4;
+  }
+};
+
+template <int kWarps>
+__device__ __forceinline__ TiledPieces tiled_pieces(int nrows, int warp) {
+  constexpr int kUnitShift = TiledPieces::unit_shift<kWarps>();
+  TiledPieces pc;
+  if (nrows <= kWarps) {
+    static_assert(kTiledItemsPerWarp == 2, "a range of at most one row meets two rows");
+    const int u0 = nrows * warp;
+    const int u1 = u0 + nrows;
+    const int ra = u0 >> kUnitShift;
+    const int rb = (u1 - 1) >> kUnitShift;
+    pc.row[0] = ra;
+    pc.lo[0] = u0 - (ra << kUnitShift);
+    pc.hi[0] = ra == rb ? u1 - (ra << kUnitShift) : kWarps;
+    pc.slot[0] = warp - (ra << kUnitShift) / nrows;  // the first warp of row ra holds its unit 0
+    pc.live[0] = true;
+    pc.row[1] = rb;
+    pc.lo[1] = 0;
+    pc.hi[1] = u1 - (rb << kUnitShift);
+    pc.slot[1] = 0;  // starts row rb
+    pc.live[1] = rb != ra;
+  } else {
+#pragma unroll
+    for (int m = 0; m < kTiledItemsPerWarp; ++m) {
+      pc.row[m] = warp + m * kWarps;
+      pc.lo[m] = 0;
+      pc.hi[m] = kWarps;
+      pc.slot[m] = 0;
+      pc.live[m] = pc.row[m] < nrows;
+    }
+  }
+  return pc;
+}
+
 template <typename T, int V>
 __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParams tp) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -124,50 +174,25 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
     const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
     // tile starts are multiples of tc * V * 2 >= 16 bytes: 16-byte aligned (ops.cpp aligns
     // the codebooks)
-    const int words = static_cast<int>(n * V * int64_t{sizeof(T)} / 4);
-    stage_copy(reinterpret_cast<uint32_t*>(s_tile(buf)),
-               reinterpret_cast<const uint32_t*>(cb + int64_t{ft} * tc * V), words,
-               (words + 3) / 4 * 4, true);
+    const int bytes = static_cast<int>(n * V * int64_t{sizeof(T)});
+    const T* src = cb + int64_t{ft} * tc * V;
+    if (bytes % 16 == 0) {  // all but codebooks of under 8 rows
+      stage_copy16(s_tile(buf), src, bytes);
+    } else {
+      stage_copy(reinterpret_cast<uint32_t*>(s_tile(buf)), reinterpret_cast<const uint32_t*>(src),
+                 bytes / 4, (bytes / 4 + 3) / 4 * 4, true);
+    }
   };
   stage_tile(0, 0, 0);
   cp_commit();  // the activations follow (below) in a group of their own
 
-  // The warp's items: up to two (row, unit range) pieces. With nrows <= kWarps, the rows are
-  // cut into kWarps units each and the warp takes units [nrows * warp, nrows * (warp + 1)),
-  // which meet at most two rows; in every phase a piece takes the same fraction of its row's
-  // run (units lo..hi of kWarps). Past kWarps rows a warp takes whole rows warp and
-  // warp + kWarps. A piece's slot is its warp's place among the warps that meet its row.
-  constexpr int kUnitShift = kWarps == 32 ? 5 : 4;
-  static_assert(kWarps == 1 << kUnitShift, "a row is cut into kWarps units");
-  int row[kTiledItemsPerWarp], lo[kTiledItemsPerWarp], hi[kTiledItemsPerWarp];
-  int slot[kTiledItemsPerWarp];
-  bool live[kTiledItemsPerWarp];
-  if (nrows <= kWarps) {
-    static_assert(kTiledItemsPerWarp == 2, "a range of at most one row meets two rows");
-    const int u0 = nrows * warp;
-    const int u1 = u0 + nrows;
-    const int ra = u0 >> kUnitShift;
-    const int rb = (u1 - 1) >> kUnitShift;
-    row[0] = ra;
-    lo[0] = u0 - (ra << kUnitShift);
-    hi[0] = ra == rb ? u1 - (ra << kUnitShift) : kWarps;
-    slot[0] = warp - (ra << kUnitShift) / nrows;  // the first warp of row ra holds its unit 0
-    live[0] = true;
-    row[1] = rb;
-    lo[1] = 0;
-    hi[1] = u1 - (rb << kUnitShift);
-    slot[1] = 0;  // starts row rb
-    live[1] = rb != ra;
-  } else {
-#pragma unroll
-    for (int m = 0; m < kTiledItemsPerWarp; ++m) {
-      row[m] = warp + m * kWarps;
-      lo[m] = 0;
-      hi[m] = kWarps;
-      slot[m] = 0;
-      live[m] = row[m] < nrows;
-    }
-  }
+  const TiledPieces pc = tiled_pieces<kWarps>(nrows, warp);
+  constexpr int kUnitShift = TiledPieces::unit_shift<kWarps>();
+  const int(&row)[kTiledItemsPerWarp] = pc.row;
+  const int(&lo)[kTiledItemsPerWarp] = pc.lo;
+  const int(&hi)[kTiledItemsPerWarp] = pc.hi;
+  const int(&slot)[kTiledItemsPerWarp] = pc.slot;
+  const bool(&live)[kTiledItemsPerWarp] = pc.live;
   int first_list[kTiledItemsPerWarp];
 #pragma unroll
   for (int m = 0; m < kTiledItemsPerWarp; ++m) first_list[m] = (r0 + row[m]) * t.lists;

@@ -390,12 +390,14 @@ Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_sta
                   const OptTensor& weight_scale, const OptTensor& weight_bias,
                   const OptTensor& bias, int64_t rows, int64_t cols, int64_t vector_len,
                   int64_t index_bits, int64_t res_bits, int64_t group_num,
-                  int64_t outlier_size, int64_t outlier_vector_len) {
+                  int64_t outlier_size, int64_t outlier_vector_len, int64_t form) {
   const c10::cuda::CUDAGuard guard(indices.device());
   Layer L = make_layer(indices, centroids, res_centroids, outlier_indices, outlier_centroids,
                        weight_scale, weight_bias, rows, cols, vector_len, index_bits, res_bits,
                        group_num, outlier_size, outlier_vector_len);
   check_one_token(L, x, indices, centroids, cols, group_num, "gemv_tiled");
+  VPTQ_CHECK(form == 0 || (form == 1 && vector_len == 8),
+             "form must be 0 (scalar) or 1 (mma, vector_len 8 only), got ", form);
   VPTQ_CHECK(tile_codes >= 8 && tile_codes <= 65536 && (tile_codes & (tile_codes - 1)) == 0,
              "tile_codes must be a power of two in [8, 65536], got ", tile_codes);
   const int64_t lists = res_bits > 0 ? 2 : 1;
@@ -403,11 +405,21 @@ Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_sta
   const int64_t tiles = (widest + tile_codes - 1) / tile_codes;
   const int64_t gs = L.a.group_size;
   check_on(entries, indices, "entries");
-  VPTQ_CHECK(entries.scalar_type() == at::kInt && entries.dim() == 3 &&
-                 entries.size(0) == L.a.num_vectors && entries.size(1) == lists &&
-                 entries.size(2) == gs,
-             "entries must be int32 [", L.a.num_vectors, ", ", lists, ", ", gs, "], got ",
-             entries.scalar_type(), " ", entries.sizes());
+  if (form == 0) {
+    VPTQ_CHECK(entries.scalar_type() == at::kInt && entries.dim() == 3 &&
+                   entries.size(0) == L.a.num_vectors && entries.size(1) == lists &&
+                   entries.size(2) == gs,
+               "entries must be int32 [", L.a.num_vectors, ", ", lists, ", ", gs, "], got ",
+               entries.scalar_type(), " ", entries.sizes());
+  } else {
+    VPTQ_CHECK(entries.scalar_type() == at::kInt && entries.dim() == 3 &&
+                   entries.size(0) == L.a.num_vectors && entries.size(1) == lists &&
+                   entries.size(2) >= gs && entries.size(2) % 32 == 0 &&
+                   entries.size(2) <= (int64_t{1} << 30),
+               "entries must be int32 [", L.a.num_vectors, ", ", lists,
+               ", n] with n >= ", gs, " a multiple of 32, got ", entries.scalar_type(), " ",
+               entries.sizes());
+  }
   check_on(tile_start, indices, "tile_start");
   VPTQ_CHECK(tile_start.scalar_type() == at::kInt && tile_start.dim() == 3 &&
                  tile_start.size(0) == L.a.num_vectors && tile_start.size(1) == lists &&
@@ -424,10 +436,12 @@ Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_sta
   tl.lists = static_cast<int>(lists);
   tl.tiles = static_cast<int>(tiles);
   tl.tile_codes = static_cast<int>(tile_codes);
+  tl.list_len = static_cast<int>(ent.size(2));
+  tl.mma = static_cast<int>(form);
   VPTQ_CHECK(vptq::gemv_tiled_applies(L.a, tl),
              "gemv_tiled: this layer does not fit the kernel (group_size <= 65534, at most "
              "two vector rows a warp, and xs plus two tiles of ", tile_codes,
-             " codebook rows in shared memory)");
+             " codebook rows in shared memory; the mma form needs an sm_80+ GPU)");
   return run_one_token(L, x, indices, perm, weight_scale, weight_bias, bias, rows, cols,
                        "vptq_rs::gemv_tiled",
                        [&](const void* pm, int pb, const void* bs, void* y, float* ws,
@@ -554,7 +568,7 @@ TORCH_LIBRARY(vptq_rs, m) {
       "Tensor indices, Tensor centroids, Tensor? res_centroids, Tensor? outlier_indices, "
       "Tensor? outlier_centroids, Tensor? perm, Tensor? weight_scale, Tensor? weight_bias, "
       "Tensor? bias, int rows, int cols, int vector_len, int index_bits, int res_bits, "
-      "int group_num, int outlier_size, int outlier_vector_len) -> Tensor");
+      "int group_num, int outlier_size, int outlier_vector_len, int form=0) -> Tensor");
   m.def("kmeans_assign(Tensor x, Tensor centroids, int mode, int design=0) -> (Tensor, Tensor)");
   m.def("kmeans_update(Tensor x, Tensor? weights, Tensor labels, int k) -> (Tensor, Tensor)");
   m.def("kmeans_seed(Tensor x, Tensor? weights, int k, int seed) -> Tensor");

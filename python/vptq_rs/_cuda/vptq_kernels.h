@@ -60,10 +60,15 @@ struct SortedLayout {
 };
 
 // Code-tiled layout of python/vptq_rs/tiled_layout.py (codebooks larger than shared memory).
+// mma 0: entries [R, lists, group_size], code << 16 | column (gemv_tiled.cuh); mma 1, v = 8
+// only: [R, lists, list_len], runs padded to 32 entries, each 32-bit word the code of one
+// entry and the column of another (gemv_tiled_mma.cuh).
 struct TiledLayout {
-  const int32_t* entries = nullptr;     // [R, lists, group_size] code << 16 | column
+  const int32_t* entries = nullptr;     // [R, lists, list_len]
   const int32_t* tile_start = nullptr;  // [R, lists, tiles + 1] first entry of each tile
   int lists = 1, tiles = 0, tile_codes = 0;
+  int list_len = 0;  // group_size where mma is 0
+  int mma = 0;
 };
 
 // Whether the tiled GEMV takes this layer: group_num 1, fp16/bf16, group_size <= 65534, at

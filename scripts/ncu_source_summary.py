@@ -1,0 +1,87 @@
+"""Where a kernel's instructions and stalls go, from Nsight Compute's SASS source page.
+
+Reads the CSV that ``ncu --page source --csv --print-source sass`` writes (plain or gzipped)
+and prints: the executed warp instructions, those in the tensor-core step loop (runs of
+SASS lines with one execution count that hold an HMMA or LDSM: a step's unrolled copy, with
+the loads issued beside it) against the rest, the largest of those runs, and the sampled
+stall reasons.
+
+    python scripts/ncu_source_summary.py profile.csv[.gz] [--top 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+from pathlib import Path
+
+
+def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The header and the SASS rows of the CSV (ncu's log lines before the header dropped)."""
+    raw = path.read_bytes()
+    text = gzip.decompress(raw).decode() if path.suffix == ".gz" else raw.decode()
+    rows = list(csv.reader(io.StringIO(text)))
+    start = next(i for i, r in enumerate(rows) if r and r[0] == "Address")
+    return rows[start], [r for r in rows[start + 1 :] if len(r) == len(rows[start])]
+
+
+def runs(counts: list[int]) -> list[tuple[int, int]]:
+    """[first, last) of each run of consecutive lines with one execution count."""
+    out, s = [], 0
+    for i in range(1, len(counts) + 1):
+        if i == len(counts) or counts[i] != counts[s]:
+            out.append((s, i))
+            s = i
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("csv", type=Path)
+    ap.add_argument("--top", type=int, default=12, help="largest runs to list")
+    args = ap.parse_args()
+    head, rows = read_rows(args.csv)
+    src = head.index("Source")
+    count = [int(r[head.index("Instructions Executed")] or 0) for r in rows]
+    total = sum(count)
+    step = other = 0
+    listed = []
+    for a, b in runs(count):
+        n = count[a] * (b - a)
+        is_step = any(op in rows[i][src] for i in range(a, b) for op in ("HMMA", "LDSM"))
+        if is_step:
+            step += n
+        else:
+            other += n
+        listed.append((n, a, b, is_step))
+    hmma = sum(c for c, r in zip(count, rows, strict=True) if "HMMA" in r[src])
+    print(f"{args.csv.name}: {total:,} warp instructions executed")
+    print(f"  HMMA: {hmma:,}; steps of two products: {hmma // 2:,}")
+    print(f"  in the step loop: {step:,} ({100 * step / total:.1f}%)")
+    print(f"  elsewhere: {other:,} ({100 * other / total:.1f}%)")
+    print("largest runs (lines, executions x length, first instruction):")
+    for n, a, b, is_step in sorted(listed, reverse=True)[: args.top]:
+        first = rows[a][src].strip()[:48]
+        tag = "step" if is_step else "    "
+        print(f"  {tag} {a:5d}-{b - 1:<5d} {count[a]:>8,} x {b - a:<3d} = {n:>10,}  {first}")
+    stalls = [c for c in head if c.startswith("stall_") and "Not Issued" not in c]
+    sums = {c: sum(int(r[head.index(c)] or 0) for r in rows) for c in stalls}
+    samples = sum(sums.values())
+    print(f"stall samples: {samples:,}")
+    for c, v in sorted(sums.items(), key=lambda kv: -kv[1]):
+        if v:
+            print(f"  {c[6:]:<20} {v:>7,} {100 * v / samples:5.1f}%")
+    loop_stalls = sum(
+        int(rows[i][head.index(c)] or 0)
+        for _, a, b, is_step in listed
+        if is_step
+        for i in range(a, b)
+        for c in stalls
+    )
+    print(f"  of them in the step loop: {loop_stalls:,} ({100 * loop_stalls / samples:.1f}%)")
+
+
+if __name__ == "__main__":
+    main()
