@@ -97,6 +97,34 @@ struct TiledPieces {
   }
 };
 
+// A tiled kernel's block: its vector rows [r0, r0 + nrows) and its shared memory (see
+// tiled_smem_bytes): xs, two codebook tiles (buffer i a computed address: an indexed pointer
+// pair would live in local memory), extra_x_bytes, the partial sums. Shared by the tiled
+// kernels.
+template <typename T, int V>
+struct TiledBlock {
+  int r0, nrows;
+  float* s_x;
+  unsigned char* tiles;
+  int64_t tile_bytes;
+  float* s_xo;
+  float* s_part;
+  __device__ __forceinline__ TiledBlock(unsigned char* smem, const LayerArgs& a, int tc) {
+    const int R = a.num_vectors;
+    r0 = static_cast<int>(int64_t{R} * blockIdx.x / gridDim.x);
+    nrows = static_cast<int>(int64_t{R} * (blockIdx.x + 1) / gridDim.x) - r0;
+    s_x = reinterpret_cast<float*>(smem);
+    const int64_t x_bytes = sorted_round16(int64_t{a.group_size + 1} * 4);
+    tiles = smem + x_bytes;
+    tile_bytes = sorted_round16(int64_t{tc} * V * int64_t{sizeof(T)});
+    s_xo = reinterpret_cast<float*>(tiles + 2 * tile_bytes);
+    s_part = s_xo + extra_x_bytes(a) / 4;
+  }
+  __device__ __forceinline__ T* tile(int i) const {
+    return reinterpret_cast<T*>(tiles + i * tile_bytes);
+  }
+};
+
 template <int kWarps>
 __device__ __forceinline__ TiledPieces tiled_pieces(int nrows, int warp) {
   constexpr int kUnitShift = TiledPieces::unit_shift<kWarps>();
@@ -144,19 +172,14 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int gs = a.group_size;
-  const int R = a.num_vectors;
-  const int r0 = static_cast<int>(int64_t{R} * blockIdx.x / gridDim.x);
-  const int r1 = static_cast<int>(int64_t{R} * (blockIdx.x + 1) / gridDim.x);
-  const int nrows = r1 - r0;
   const int tc = t.tile_codes;
-
-  float* s_x = reinterpret_cast<float*>(smem);
-  const int64_t x_bytes = sorted_round16(int64_t{gs + 1} * 4);
-  const int64_t tile_bytes = sorted_round16(int64_t{tc} * V * int64_t{sizeof(T)});
-  // buffer i of the two (a computed address: an indexed pointer pair would live in local memory)
-  auto s_tile = [&](int i) { return reinterpret_cast<T*>(smem + x_bytes + i * tile_bytes); };
-  float* s_xo = reinterpret_cast<float*>(smem + x_bytes + 2 * tile_bytes);
-  float* s_part = s_xo + extra_x_bytes(a) / 4;
+  const TiledBlock<T, V> blk(smem, a, tc);
+  const int r0 = blk.r0;
+  const int nrows = blk.nrows;
+  float* s_x = blk.s_x;
+  auto s_tile = [&](int i) { return blk.tile(i); };
+  float* s_xo = blk.s_xo;
+  float* s_part = blk.s_part;
   // a row may meet fewer warps than it has slots: the rest must add nothing
   const int per_row = tiled_slots(nrows, kWarps);
   for (int i = threadIdx.x; i < nrows * per_row * V; i += blockDim.x) s_part[i] = 0.f;

@@ -133,19 +133,15 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int gs = a.group_size;
-  const int R = a.num_vectors;
-  const int r0 = static_cast<int>(int64_t{R} * blockIdx.x / gridDim.x);
-  const int r1 = static_cast<int>(int64_t{R} * (blockIdx.x + 1) / gridDim.x);
-  const int nrows = r1 - r0;
   const int tc = t.tile_codes;
   const int len = t.list_len;
-
-  float* s_x = reinterpret_cast<float*>(smem);
-  const int64_t x_bytes = sorted_round16(int64_t{gs + 1} * 4);
-  const int64_t tile_bytes = sorted_round16(int64_t{tc} * V * int64_t{sizeof(T)});
-  auto s_tile = [&](int i) { return reinterpret_cast<T*>(smem + x_bytes + i * tile_bytes); };
-  float* s_xo = reinterpret_cast<float*>(smem + x_bytes + 2 * tile_bytes);
-  float* s_part = s_xo + extra_x_bytes(a) / 4;
+  const TiledBlock<T, V> blk(smem, a, tc);
+  const int r0 = blk.r0;
+  const int nrows = blk.nrows;
+  float* s_x = blk.s_x;
+  auto s_tile = [&](int i) { return blk.tile(i); };
+  float* s_xo = blk.s_xo;
+  float* s_part = blk.s_part;
   const int per_row = tiled_slots(nrows, kWarps);
   float* s_red = s_part + sorted_round16(tiled_part_floats(nrows, nrows, V) * 4) / 4;
   for (int i = threadIdx.x; i < nrows * per_row * V; i += blockDim.x) s_part[i] = 0.f;
