@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
     const int n = codes_of(b, ft);
     if (n == 0) return;
     const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
-    stage_copy16(s_tile(buf), cb + int64_t{ft} * tc * V, n * V * 2);  // n is a multiple of 8
+    stage_copy16(s_tile(buf), cb + int64_t{ft} * tc * V, n * V * 2);  // 16-byte rows
   };
   stage_tile(0, 0, 0);
   cp_commit();
