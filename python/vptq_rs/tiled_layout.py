@@ -276,12 +276,15 @@ def _unsigned32(e: torch.Tensor) -> torch.Tensor:
     return torch.where(e >= 1 << 31, e - (1 << 32), e).to(torch.int32)
 
 
+def _whole_steps(n: torch.Tensor) -> torch.Tensor:
+    """Entry counts rounded up to whole steps of ``MMA_STEP``."""
+    return (n + MMA_STEP - 1) // MMA_STEP * MMA_STEP
+
+
 def _padded_starts(start: torch.Tensor) -> torch.Tensor:
-    """Tile starts of the mma form: every run padded to a multiple of ``MMA_STEP``.
+    """Tile starts of the mma form: every run padded to whole steps.
     start: int64 ``[..., tiles + 1]``; returns int64 of that shape."""
-    runs = start.diff(dim=-1)
-    padded = (runs + MMA_STEP - 1) // MMA_STEP * MMA_STEP
-    return F.pad(padded.cumsum(-1), (1, 0))
+    return F.pad(_whole_steps(start.diff(dim=-1)).cumsum(-1), (1, 0))
 
 
 def _mma_words(
@@ -357,8 +360,7 @@ def build(
     list_len = gs
     if mma:  # the longest padded list
         counts = _tile_counts(cfg, indices, tile_codes, tiles)
-        padded = (counts + MMA_STEP - 1) // MMA_STEP * MMA_STEP
-        list_len = max(MMA_STEP, int(padded.sum(-1).max()))
+        list_len = max(MMA_STEP, int(_whole_steps(counts).sum(-1).max()))
     entries = torch.empty(rows, nlists, list_len, dtype=torch.int32, device=dev)
     tile_start = torch.empty(rows, nlists, tiles + 1, dtype=torch.int32, device=dev)
     step = max(1, BUILD_BLOCK_ENTRIES // list_len)
