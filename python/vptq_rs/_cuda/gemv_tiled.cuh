@@ -186,18 +186,18 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
 
   // A phase is tile ft of list b (main codebook, then residual), advanced by counting: the
   // divisions that would split a phase number cost more than a tile's setup otherwise does.
-  auto codes_of = [&](int b, int ft) -> int64_t {
-    const int64_t K = int64_t{1} << (b == 0 ? a.index_bits : a.res_bits);
-    const int64_t left = K - int64_t{ft} * tc;
-    return left < 0 ? 0 : (left < tc ? left : tc);
+  auto codes_of = [&](int b, int ft) -> int {  // K <= 65536: 32-bit (64-bit took 20
+                                                // instructions a phase)
+    const int left = (1 << (b == 0 ? a.index_bits : a.res_bits)) - ft * tc;
+    return left < 0 ? 0 : min(left, tc);
   };
   auto stage_tile = [&](int b, int ft, int buf) {
-    const int64_t n = codes_of(b, ft);
+    const int n = codes_of(b, ft);
     if (n == 0) return;
     const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
     // tile starts are multiples of tc * V * 2 >= 16 bytes: 16-byte aligned (ops.cpp aligns
     // the codebooks)
-    const int bytes = static_cast<int>(n * V * int64_t{sizeof(T)});
+    const int bytes = n * V * static_cast<int>(sizeof(T));
     const T* src = cb + int64_t{ft} * tc * V;
     if (bytes % 16 == 0) {  // all but codebooks of under 8 rows
       stage_copy16(s_tile(buf), src, bytes);
@@ -273,16 +273,17 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
     const int nb = last_tile ? b + 1 : b;  // the next phase (nb == lists: none)
     const int nft = last_tile ? 0 : ft + 1;
     const bool more = nb < t.lists;
-    if (more) {
-      stage_tile(nb, nft, (f + 1) & 1);  // into the buffer the previous phase read
-      cp_commit();
-      cp_wait<1>();
-    } else {
-      cp_wait<0>();
-    }
+    // One barrier a phase: it publishes this phase's tile (staged during the previous phase)
+    // and, since every warp is past the previous phase, frees the buffer that phase read for
+    // the next tile. (Staging before the barrier needed a second one at each phase's end.)
+    cp_wait<0>();
     __syncthreads();
+    if (more) {
+      stage_tile(nb, nft, (f + 1) & 1);
+      cp_commit();
+    }
     const uint32_t code0 = static_cast<uint32_t>(ft * tc);
-    const int64_t ncodes = codes_of(b, ft);
+    const int ncodes = codes_of(b, ft);
     const T* tile = s_tile(f & 1);
     // both indices are clamped: the column to the zero slot, the code to the tile (a
     // phase without codes has no entries in a valid layout)
@@ -311,19 +312,26 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
           for (int l = 0; l < V; ++l) acc[m][l] = fmaf(xv, cv[l], acc[m][l]);
         }
       };
-      // loads of the batch from eb that hold entries (warp-uniform)
-      auto part_of = [&](int eb) { return (e1 - eb + 31) >> 5; };
+      // the batch from eb: a full one without a check per load (two instructions of about
+      // 26 an entry), a piece's last one with them (warp-uniform either way)
+      auto sum_batch = [&](const uint32_t(&ev)[kUnroll], int eb) {
+        if (e1 - eb >= kBatch) {
+          sum(ev, kUnroll);
+        } else {
+          sum(ev, (e1 - eb + 31) >> 5);
+        }
+      };
       // two batches a turn, each loading the other's successor while it is summed: the
       // buffers trade roles without register copies
       uint32_t other[kUnroll];
       while (eb < e1) {
         fetch(ptr + kBatch, eb + kBatch + lane, e1, pad, other);
-        sum(first[m], part_of(eb));
+        sum_batch(first[m], eb);
         eb += kBatch;
         ptr += kBatch;
         if (eb >= e1) break;
         fetch(ptr + kBatch, eb + kBatch + lane, e1, pad, first[m]);
-        sum(other, part_of(eb));
+        sum_batch(other, eb);
         eb += kBatch;
         ptr += kBatch;
       }
@@ -334,7 +342,6 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
     }
     b = nb;
     ft = nft;
-    __syncthreads();  // this buffer is restaged in the next phase but one
   }
 
 #pragma unroll
