@@ -1,5 +1,6 @@
 """The sorted GEMV over several chunk grains (``sorted_layout.build``'s
-``chunk_groups_target``), each against cuBLAS fp16 timed in the same run (issue 5).
+``chunk_groups_target``), each against cuBLAS timed in the same run (issue 5), all in fp16
+or, with ``--dtype bf16``, in bf16.
 
 The kernel cuts a block's groups into one range of whole chunks per warp, so the grain sets
 how evenly the warps share the work. ``--label`` names a kernel variant built from another
@@ -10,7 +11,7 @@ Writes ``<out>/gpu-gemv-sorted-grain[-<label>].json``: device and versions, per-
 timings (µs), medians and ratios.
 
     python benchmarks/gpu_sorted_grain.py --out benchmarks/results [--label L]
-        [--grains 2,4,8,16] [--storage lists|rows] [--quick] [--no-perm]
+        [--grains 2,4,8,16] [--storage lists|rows] [--quick] [--no-perm] [--dtype fp16|bf16]
 """
 
 from __future__ import annotations
@@ -50,12 +51,18 @@ def one_grain(timer: Timer, x, cfg, t, grain: int, rows_first: bool, ref, moved,
     )
 
 
-def rows_for(timer, configs, shapes, grains, rows_first, copy_gbps, perm=True) -> list[dict]:
+def rows_for(
+    timer, configs, shapes, grains, rows_first, copy_gbps, perm=True, dtype="fp16"
+) -> list[dict]:
     out = []
-    for lay in gpu_suite.variant_layers(timer, configs, shapes, sorted_layout.applies, perm):
+    torch_dtype = gpu_suite.VARIANT_DTYPES[dtype]
+    layers = gpu_suite.variant_layers(
+        timer, configs, shapes, sorted_layout.applies, perm, torch_dtype
+    )
+    for lay in layers:
         cublas = med(lay.cublas_raw)
         row = {"out": lay.out, "in": lay.inp, "config": lay.config}
-        row.update(cublas_fp16_us=cublas, cublas_raw_us=lay.cublas_raw)
+        row.update({f"cublas_{dtype}_us": cublas, "cublas_raw_us": lay.cublas_raw})
         line = []
         for grain in grains:
             got = one_grain(
@@ -95,7 +102,14 @@ def main() -> None:
     copy = gpu_suite.copy_bandwidth(timer)
     shapes = GEMV_SHAPES[3:] if args.quick else GEMV_SHAPES
     rows = rows_for(
-        timer, configs, shapes, grains, args.storage == "rows", copy["GBps"], not args.no_perm
+        timer,
+        configs,
+        shapes,
+        grains,
+        args.storage == "rows",
+        copy["GBps"],
+        not args.no_perm,
+        args.dtype,
     )
     payload = {
         "copy_GBps": copy["GBps"],
@@ -103,6 +117,7 @@ def main() -> None:
         "label": args.label,
         "storage": args.storage,
         "perm": not args.no_perm,
+        "dtype": args.dtype,
         "grains": grains,
         "rows": rows,
     }

@@ -246,12 +246,13 @@ def gemv_section(timer: Timer, copy_gbps: float, quick: bool) -> dict[str, Any]:
 
 
 class VariantLayer(NamedTuple):
-    """One layer of a kernel-variant benchmark, with its shape's cuBLAS fp16 timings."""
+    """One layer of a kernel-variant benchmark, with its shape's cuBLAS timings (fp16, or the
+    run's ``--dtype``)."""
 
     out: int
     inp: int
     config: str
-    x: torch.Tensor  # [1, inp] fp16
+    x: torch.Tensor  # [1, inp] fp16 or bf16
     cublas_raw: list[float]  # us
     cfg: Any
     t: PackedTensors
@@ -260,20 +261,20 @@ class VariantLayer(NamedTuple):
 
 
 def variant_layers(
-    timer: Timer, configs: list[str], shapes, keep, perm: bool = True
+    timer: Timer, configs: list[str], shapes, keep, perm: bool = True, dtype=torch.float16
 ) -> Iterator[VariantLayer]:
-    """Per shape one activation and cuBLAS fp16 timed on it; per config a random layer (seed
-    0, so every variant run sees the same layers; a column permutation with ``perm``),
-    yielded where ``keep(cfg)`` is true."""
+    """Per shape one activation and cuBLAS timed on it, both in ``dtype``; per config a random
+    layer with codebooks and norms in ``dtype`` (seed 0, so every variant run sees the same
+    layers; a column permutation with ``perm``), yielded where ``keep(cfg)`` is true."""
     gen = torch.Generator(device=DEV).manual_seed(0)
     for o, i in shapes:
-        x = torch.randn(1, i, device=DEV, generator=gen).half()
-        w_dense = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).half()
+        x = torch.randn(1, i, device=DEV, generator=gen).to(dtype)
+        w_dense = (torch.randn(o, i, device=DEV, generator=gen) * 0.02).to(dtype)
         cublas = timer(lambda w_dense=w_dense, x=x: F.linear(x, w_dense))
         del w_dense
         for name in configs:
             v, k, kr = GEMV_CONFIGS[name]
-            cfg, t = random_layer(o, i, v, k, kr, gen, perm=perm)
+            cfg, t = random_layer(o, i, v, k, kr, gen, perm=perm, dtype=dtype)
             if not keep(cfg):
                 continue
             ref = F.linear(x.float(), cuda_ext.dequant(cfg, t, torch.float32))
@@ -281,15 +282,25 @@ def variant_layers(
             yield VariantLayer(o, i, name, x, cublas, cfg, t, ref, moved)
 
 
+VARIANT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def variant_parser(doc: str, configs: str) -> argparse.ArgumentParser:
     """The options of a kernel-variant benchmark (gpu_tiled_order.py, gpu_sorted_grain.py):
-    --out, --label, --configs (default ``configs``) and --quick; see :func:`variant_args`."""
+    --out, --label, --configs (default ``configs``), --quick, --no-perm and --dtype; see
+    :func:`variant_args`."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--label", default="", help="file name suffix: the kernel variant timed")
     ap.add_argument("--configs", default=configs, help="comma-separated GEMV configs")
     ap.add_argument("--quick", action="store_true", help="the two largest shapes only")
     ap.add_argument("--no-perm", action="store_true", help="layers without a column permutation")
+    ap.add_argument(
+        "--dtype",
+        choices=sorted(VARIANT_DTYPES),
+        default="fp16",
+        help="activations, codebooks, norms and the cuBLAS baseline",
+    )
     return ap
 
 

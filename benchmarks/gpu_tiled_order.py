@@ -1,13 +1,15 @@
 """The tiled GEMV over its two entry orders, in one run: entries dealt out by the codebook
 loads' bank keys (``tiled_layout.build``'s default) and column order within each tile
 (``deal_by_bank=False``), and at v = 8 the tensor-core form (``mma=True``, dealt), each
-against cuBLAS fp16 timed in the same run (issue 5).
+against cuBLAS timed in the same run (issue 5), all in fp16 or, with ``--dtype bf16``, in
+bf16.
 
 Writes ``<out>/gpu-gemv-tiled-order[-<label>].json``: device and versions, per-repetition
 timings (µs), medians and ratios; ``--label`` names a kernel variant built from another
 source folder (``VPTQ_RS_CUDA_SRC``).
 
     python benchmarks/gpu_tiled_order.py --out benchmarks/results [--label L] [--quick] [--no-perm]
+        [--dtype fp16|bf16]
 """
 
 from __future__ import annotations
@@ -44,18 +46,26 @@ def one_order(timer: Timer, x, cfg, t, order, form, ref, moved, copy_gbps) -> di
 
 
 def rows_for(
-    timer: Timer, configs: list[str], shapes, copy_gbps: float, perm: bool = True
+    timer: Timer,
+    configs: list[str],
+    shapes,
+    copy_gbps: float,
+    perm: bool = True,
+    dtype: str = "fp16",
 ) -> list[dict]:
     def tiles(cfg):
         return tiled_layout.device_tile_codes(cfg, DEV)
 
     rows = []
     keep = lambda c: tiles(c) is not None  # noqa: E731
-    for lay in gpu_suite.variant_layers(timer, configs, shapes, keep, perm):
+    layers = gpu_suite.variant_layers(
+        timer, configs, shapes, keep, perm, gpu_suite.VARIANT_DTYPES[dtype]
+    )
+    for lay in layers:
         tile_codes = tiles(lay.cfg)
         cublas = med(lay.cublas_raw)
         row = {"out": lay.out, "in": lay.inp, "config": lay.config, "tile_codes": tile_codes}
-        row.update(cublas_fp16_us=cublas, cublas_raw_us=lay.cublas_raw)
+        row.update({f"cublas_{dtype}_us": cublas, "cublas_raw_us": lay.cublas_raw})
         for order, form in ORDERS.items():
             if form[1] and not tiled_layout.mma_supported(lay.cfg, DEV):
                 continue
@@ -86,12 +96,13 @@ def main() -> None:
     timer = Timer()
     copy = gpu_suite.copy_bandwidth(timer)
     shapes = GEMV_SHAPES[3:] if args.quick else GEMV_SHAPES
-    rows = rows_for(timer, configs, shapes, copy["GBps"], not args.no_perm)
+    rows = rows_for(timer, configs, shapes, copy["GBps"], not args.no_perm, args.dtype)
     payload = {
         "copy_GBps": copy["GBps"],
         "tokens": 1,
         "label": args.label,
         "perm": not args.no_perm,
+        "dtype": args.dtype,
         "rows": rows,
     }
     gpu_suite.write(Path(args.out), "gemv-tiled-order", payload, args.label)

@@ -1,12 +1,13 @@
 """Where a kernel's instructions and stalls go, from Nsight Compute's SASS source page.
 
 Reads the CSV that ``ncu --page source --csv --print-source sass`` writes (plain or gzipped)
-and prints: the executed warp instructions, those in the tensor-core step loop (runs of
-SASS lines with one execution count that hold an HMMA or LDSM: a step's unrolled copy, with
-the loads issued beside it) against the rest, the largest of those runs, and the sampled
-stall reasons.
+and prints: the executed warp instructions, those in the step loop (runs of SASS lines with
+one execution count that hold a step opcode: by default HMMA or LDSM, the tensor-core
+kernel's; ``--step-ops LDS.128`` for the scalar tiled kernel's codebook-row load; a step's
+unrolled copy, with the loads issued beside it) against the rest, the largest of those runs,
+and the sampled stall reasons.
 
-    python scripts/ncu_source_summary.py profile.csv[.gz] [--top 12]
+    python scripts/ncu_source_summary.py profile.csv[.gz] [--top 12] [--step-ops HMMA,LDSM]
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", type=Path)
     ap.add_argument("--top", type=int, default=12, help="largest runs to list")
+    ap.add_argument(
+        "--step-ops", default="HMMA,LDSM", help="comma-separated opcodes that mark a step's run"
+    )
     args = ap.parse_args()
+    step_ops = [op for op in args.step_ops.split(",") if op]
     head, rows = read_rows(args.csv)
     src = head.index("Source")
     count = [int(r[head.index("Instructions Executed")] or 0) for r in rows]
@@ -50,7 +55,7 @@ def main() -> None:
     listed = []
     for a, b in runs(count):
         n = count[a] * (b - a)
-        is_step = any(op in rows[i][src] for i in range(a, b) for op in ("HMMA", "LDSM"))
+        is_step = any(op in rows[i][src] for i in range(a, b) for op in step_ops)
         if is_step:
             step += n
         else:
@@ -58,7 +63,8 @@ def main() -> None:
         listed.append((n, a, b, is_step))
     hmma = sum(c for c, r in zip(count, rows, strict=True) if "HMMA" in r[src])
     print(f"{args.csv.name}: {total:,} warp instructions executed")
-    print(f"  HMMA: {hmma:,}; steps of two products: {hmma // 2:,}")
+    if hmma:
+        print(f"  HMMA: {hmma:,}; steps of two products: {hmma // 2:,}")
     print(f"  in the step loop: {step:,} ({100 * step / total:.1f}%)")
     print(f"  elsewhere: {other:,} ({100 * other / total:.1f}%)")
     print("largest runs (lines, executions x length, first instruction):")
