@@ -5,9 +5,12 @@ and prints: the executed warp instructions, those in the step loop (runs of SASS
 one execution count that hold a step opcode: by default HMMA or LDSM, the tensor-core
 kernel's; ``--step-ops LDS.128`` for the scalar tiled kernel's codebook-row load; a step's
 unrolled copy, with the loads issued beside it) against the rest, the largest of those runs,
-and the sampled stall reasons.
+the sampled stall reasons, and with ``--top-stalls`` the instructions that hold the most
+stall samples (a sample is charged to the instruction that could not issue, e.g. the first
+use of a load's result).
 
     python scripts/ncu_source_summary.py profile.csv[.gz] [--top 12] [--step-ops HMMA,LDSM]
+        [--top-stalls 0]
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12, help="largest runs to list")
     ap.add_argument(
         "--step-ops", default="HMMA,LDSM", help="comma-separated opcodes that mark a step's run"
+    )
+    ap.add_argument(
+        "--top-stalls", type=int, default=0, help="instructions with the most stall samples"
     )
     args = ap.parse_args()
     step_ops = [op for op in args.step_ops.split(",") if op]
@@ -87,6 +93,28 @@ def main() -> None:
         for c in stalls
     )
     print(f"  of them in the step loop: {loop_stalls:,} ({100 * loop_stalls / samples:.1f}%)")
+    if args.top_stalls > 0:
+        print_top_stalls(head, rows, stalls, samples, args.top_stalls)
+
+
+def print_top_stalls(
+    head: list[str], rows: list[list[str]], stalls: list[str], samples: int, top: int
+) -> None:
+    """The ``top`` instructions with the most stall samples: line, executions, samples (and
+    their share of all), the instruction and its two largest reasons."""
+    src, ex = head.index("Source"), head.index("Instructions Executed")
+    cols = [head.index(c) for c in stalls]
+    per_line = [(sum(int(r[i] or 0) for i in cols), n) for n, r in enumerate(rows)]
+    print("instructions with the most stall samples (line, executions, samples):")
+    for got, n in sorted(per_line, key=lambda t: (-t[0], t[1]))[:top]:
+        if got == 0:
+            break
+        r = rows[n]
+        why = sorted(((int(r[i] or 0), c[6:]) for i, c in zip(cols, stalls, strict=True)))
+        reasons = ", ".join(f"{name} {v}" for v, name in reversed(why[-2:]) if v)
+        text = r[src].strip()[:44]
+        share = 100 * got / samples
+        print(f"  {n:5d} {int(r[ex] or 0):>8,} {got:>6,} {share:4.1f}%  {text}  ({reasons})")
 
 
 if __name__ == "__main__":
