@@ -9,12 +9,7 @@
 # Writes $OUT/log.txt and $OUT/results/gpu-gemv-{sorted-grain,tiled-order}-run25f_bf16.json.
 set -u
 OUT=${OUT:-/tmp/vptq_out}
-mkdir -p "$OUT/results"
-export PYTHONPATH=$PWD/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
-LOG="$OUT/log.txt"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$LOG"
-python3 -m pip install -q --upgrade --no-deps --no-index --target /tmp/vptq_site .device/wheels/*.whl
-cp /tmp/vptq_site/vptq_rs/_core*.so python/vptq_rs/
+source benchmarks/device_setup.sh
 timeout 200 python3 -m vptq_rs.cuda_ext 2>&1 | tail -1 | tee -a "$LOG"
 timeout 90 python3 benchmarks/gpu_sorted_grain.py --out "$OUT/results" --label run25f_bf16 \
   --grains 4 --quick --dtype bf16 2>&1 | tee -a "$LOG" | tail -5

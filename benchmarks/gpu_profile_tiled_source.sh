@@ -12,10 +12,7 @@
 set -u
 OUT=${OUT:-/tmp/vptq_out}
 TAG=${TAG:-run25d-h100}
-export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 PYTHONUNBUFFERED=1 VPTQ_RS_CACHE_DIR=/tmp/vptq_cache
-python3 -m pip install -q --upgrade --no-deps --no-index --target /tmp/vptq_site .device/wheels/*.whl
-cp /tmp/vptq_site/vptq_rs/_core*.so python/vptq_rs/
-export PYTHONPATH="$PWD/python"
+source benchmarks/device_setup.sh
 /usr/bin/time -f "build %es" python3 -m vptq_rs.cuda_ext 2>&1 | tail -2
 CSV="$OUT/profile-gemv-tiled-source-$TAG.csv"
 timeout 200 ncu --section SourceCounters --section InstructionStats -k regex:tiled_kernel -c 1 \

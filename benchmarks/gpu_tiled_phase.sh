@@ -25,12 +25,7 @@ OUT=${OUT:-/tmp/vptq_out}
 export OUT
 OLD_SRC=${OLD_SRC:-$PWD/.device/old_cuda}
 LABEL=${LABEL:-run25a}
-mkdir -p "$OUT/results"
-export PYTHONPATH=$PWD/python VPTQ_RS_CACHE_DIR=/tmp/vptq_cache TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
-LOG="$OUT/log.txt"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$LOG"
-python3 -m pip install -q --upgrade --no-deps --no-index --target /tmp/vptq_site .device/wheels/*.whl
-cp /tmp/vptq_site/vptq_rs/_core*.so python/vptq_rs/
+source benchmarks/device_setup.sh
 echo "=== build both ($(date +%T))" | tee -a "$LOG"
 VPTQ_RS_CUDA_SRC=$OLD_SRC timeout 300 python3 -m vptq_rs.cuda_ext > "$OUT/old_build.txt" 2>&1 &
 timeout 300 python3 -m vptq_rs.cuda_ext 2>&1 | tail -1 | tee -a "$LOG"
