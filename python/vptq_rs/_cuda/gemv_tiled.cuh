@@ -186,8 +186,8 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
 
   // A phase is tile ft of list b (main codebook, then residual), advanced by counting: the
   // divisions that would split a phase number cost more than a tile's setup otherwise does.
-  auto codes_of = [&](int b, int ft) -> int {  // K <= 65536: 32-bit (64-bit took 20
-                                                // instructions a phase)
+  // K <= 65536, so 32-bit (64-bit arithmetic took about 20 instructions a phase)
+  auto codes_of = [&](int b, int ft) -> int {
     const int left = (1 << (b == 0 ? a.index_bits : a.res_bits)) - ft * tc;
     return left < 0 ? 0 : min(left, tc);
   };
