@@ -123,6 +123,13 @@ struct TiledBlock {
   __device__ __forceinline__ T* tile(int i) const {
     return reinterpret_cast<T*>(tiles + i * tile_bytes);
   }
+  // Zeroes the partial sums and returns the slots a row has (tiled_slots): a row may meet
+  // fewer warps than it has slots, and the rest must add nothing.
+  __device__ __forceinline__ int clear_parts(int warps) const {
+    const int per_row = tiled_slots(nrows, warps);
+    for (int i = threadIdx.x; i < nrows * per_row * V; i += blockDim.x) s_part[i] = 0.f;
+    return per_row;
+  }
 };
 
 template <int kWarps>
@@ -174,15 +181,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
   const int gs = a.group_size;
   const int tc = t.tile_codes;
   const TiledBlock<T, V> blk(smem, a, tc);
-  const int r0 = blk.r0;
-  const int nrows = blk.nrows;
-  float* s_x = blk.s_x;
-  auto s_tile = [&](int i) { return blk.tile(i); };
-  float* s_xo = blk.s_xo;
-  float* s_part = blk.s_part;
-  // a row may meet fewer warps than it has slots: the rest must add nothing
-  const int per_row = tiled_slots(nrows, kWarps);
-  for (int i = threadIdx.x; i < nrows * per_row * V; i += blockDim.x) s_part[i] = 0.f;
+  const int per_row = blk.clear_parts(kWarps);
 
   // A phase is tile ft of list b (main codebook, then residual), advanced by counting: the
   // divisions that would split a phase number cost more than a tile's setup otherwise does.
@@ -200,16 +199,16 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
     const int bytes = n * V * static_cast<int>(sizeof(T));
     const T* src = cb + int64_t{ft} * tc * V;
     if (bytes % 16 == 0) {  // all but codebooks of under 8 rows
-      stage_copy16(s_tile(buf), src, bytes);
+      stage_copy16(blk.tile(buf), src, bytes);
     } else {
-      stage_copy(reinterpret_cast<uint32_t*>(s_tile(buf)), reinterpret_cast<const uint32_t*>(src),
-                 bytes / 4, (bytes / 4 + 3) / 4 * 4, true);
+      stage_copy(reinterpret_cast<uint32_t*>(blk.tile(buf)),
+                 reinterpret_cast<const uint32_t*>(src), bytes / 4, (bytes / 4 + 3) / 4 * 4, true);
     }
   };
   stage_tile(0, 0, 0);
   cp_commit();  // the activations follow (below) in a group of their own
 
-  const TiledPieces pc = tiled_pieces<kWarps>(nrows, warp);
+  const TiledPieces pc = tiled_pieces<kWarps>(blk.nrows, warp);
   constexpr int kUnitShift = TiledPieces::unit_shift<kWarps>();
   const int(&row)[kTiledItemsPerWarp] = pc.row;
   const int(&lo)[kTiledItemsPerWarp] = pc.lo;
@@ -218,7 +217,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
   const bool(&live)[kTiledItemsPerWarp] = pc.live;
   int first_list[kTiledItemsPerWarp];
 #pragma unroll
-  for (int m = 0; m < kTiledItemsPerWarp; ++m) first_list[m] = (r0 + row[m]) * t.lists;
+  for (int m = 0; m < kTiledItemsPerWarp; ++m) first_list[m] = (blk.r0 + row[m]) * t.lists;
   // The piece of item m in phase (b, ft): entries [e0, e1) of its list, the run clamped to
   // the row so that a malformed layout cannot leave it, then cut to the item's units.
   auto run_of = [&](int m, int b, int ft, int& e0, int& e1) {
@@ -257,7 +256,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
 
   // behind the first tile's copies and batches, which it overlaps; waited for with the first
   // tile (the group before the next tile's)
-  stage_xs<T>(p, s_x, s_xo);
+  stage_xs<T>(p, blk.s_x, blk.s_xo);
   cp_commit();
 
   float acc[kTiledItemsPerWarp][V];
@@ -284,7 +283,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
     }
     const uint32_t code0 = static_cast<uint32_t>(ft * tc);
     const int ncodes = codes_of(b, ft);
-    const T* tile = s_tile(f & 1);
+    const T* tile = blk.tile(f & 1);
     // both indices are clamped: the column to the zero slot, the code to the tile (a
     // phase without codes has no entries in a valid layout)
     const uint32_t cmax = ncodes > 0 ? static_cast<uint32_t>(ncodes - 1) : 0u;
@@ -302,7 +301,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
 #pragma unroll
         for (int k = 0; k < kUnroll; ++k) {
           if (k > 0 && k >= part) break;
-          const float xv = s_x[min(ev[k] & 0xffffu, static_cast<uint32_t>(gs))];
+          const float xv = blk.s_x[min(ev[k] & 0xffffu, static_cast<uint32_t>(gs))];
           const uint32_t c = min((ev[k] >> 16) - code0, cmax);
           Entry<T, V> ent;
           ent.load(tile + c * V);
@@ -353,13 +352,14 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
       for (int o = 16; o > 0; o >>= 1) acc[m][l] += __shfl_xor_sync(0xffffffffu, acc[m][l], o);
     }
     if (lane == 0) {
-      float* dst = s_part + (row[m] * per_row + slot[m]) * V;
+      float* dst = blk.s_part + (row[m] * per_row + slot[m]) * V;
 #pragma unroll
       for (int l = 0; l < V; ++l) dst[l] = acc[m][l];
     }
   }
   __syncthreads();
-  sorted_epilogue<T, V>(p, s_part, r0, nrows, per_row, s_part - extra_x_bytes(a) / 4);
+  sorted_epilogue<T, V>(p, blk.s_part, blk.r0, blk.nrows, per_row,
+                        blk.s_part - extra_x_bytes(a) / 4);
 }
 
 }  // namespace gemv

@@ -136,15 +136,11 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
   const int tc = t.tile_codes;
   const int len = t.list_len;
   const TiledBlock<T, V> blk(smem, a, tc);
-  const int r0 = blk.r0;
-  const int nrows = blk.nrows;
-  float* s_x = blk.s_x;
-  auto s_tile = [&](int i) { return blk.tile(i); };
-  float* s_xo = blk.s_xo;
-  float* s_part = blk.s_part;
-  const int per_row = tiled_slots(nrows, kWarps);
-  float* s_red = s_part + sorted_round16(tiled_part_floats(nrows, nrows, V) * 4) / 4;
-  for (int i = threadIdx.x; i < nrows * per_row * V; i += blockDim.x) s_part[i] = 0.f;
+  // blk.clear_parts's work, with s_red between: in that order the SASS is the one run 25b
+  // tested (with clear_parts the registers are allocated differently)
+  const int per_row = tiled_slots(blk.nrows, kWarps);
+  float* s_red = blk.s_part + sorted_round16(tiled_part_floats(blk.nrows, blk.nrows, V) * 4) / 4;
+  for (int i = threadIdx.x; i < blk.nrows * per_row * V; i += blockDim.x) blk.s_part[i] = 0.f;
 
   // codebook rows of phase (b, ft); all of it fits 32 bits (K <= 65536)
   auto codes_of = [&](int b, int ft) -> int {
@@ -155,16 +151,16 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
     const int n = codes_of(b, ft);
     if (n == 0) return;
     const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
-    stage_copy16(s_tile(buf), cb + int64_t{ft} * tc * V, n * V * 2);  // 16-byte rows
+    stage_copy16(blk.tile(buf), cb + int64_t{ft} * tc * V, n * V * 2);  // 16-byte rows
   };
   stage_tile(0, 0, 0);
   cp_commit();
 
-  const TiledPieces pc = tiled_pieces<kWarps>(nrows, warp);
+  const TiledPieces pc = tiled_pieces<kWarps>(blk.nrows, warp);
   // item m's list b is list first_list[m] + b (pointers rebuilt where used: 64 registers)
   int first_list[kTiledItemsPerWarp];
 #pragma unroll
-  for (int m = 0; m < kTiledItemsPerWarp; ++m) first_list[m] = (r0 + pc.row[m]) * t.lists;
+  for (int m = 0; m < kTiledItemsPerWarp; ++m) first_list[m] = (blk.r0 + pc.row[m]) * t.lists;
   auto list_of = [&](int m, int b) {
     return reinterpret_cast<const uint32_t*>(t.entries) + int64_t{first_list[m] + b} * len;
   };
@@ -213,11 +209,11 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
     fetch(list_of(m, 0) + run0[m] + lane, run0[m], run1[m], pad_of(0), first[m]);
   }
 
-  stage_xs<T>(p, s_x, s_xo);
+  stage_xs<T>(p, blk.s_x, blk.s_xo);
   cp_commit();
   cp_wait<0>();
   __syncthreads();
-  const float up = scale_xs_for_mma(s_x, gs, s_red);
+  const float up = scale_xs_for_mma(blk.s_x, gs, s_red);
 
   // lane l = 4g + t supplies entry 16 (g / 4) + (2t, 2t+1, 2t+8, 2t+9)[g % 4]: the low or
   // high half of A register 0 or 2 of product g / 4 (the masks keep that half, zero the rest)
@@ -252,7 +248,7 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
     __syncthreads();
     const uint32_t code0 = static_cast<uint32_t>(ft * tc);
     const int ncodes = codes_of(b, ft);
-    const uint32_t tile_addr = static_cast<uint32_t>(__cvta_generic_to_shared(s_tile(f & 1)));
+    const uint32_t tile_addr = static_cast<uint32_t>(__cvta_generic_to_shared(blk.tile(f & 1)));
     const uint32_t cmax = ncodes > 0 ? static_cast<uint32_t>(ncodes - 1) : 0u;
 #pragma unroll
     for (int m = 0; m < kTiledItemsPerWarp; ++m) {
@@ -271,7 +267,8 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
         for (int k = 0; k < kUnroll; ++k) {
           if (k > 0 && k >= part) break;
           const uint32_t w = ev[k];
-          const uint32_t xa = to_pair_bits<T>(s_x[min(w & 0xffffu, static_cast<uint32_t>(gs))]);
+          const uint32_t xa =
+              to_pair_bits<T>(blk.s_x[min(w & 0xffffu, static_cast<uint32_t>(gs))]);
           const uint32_t c = min((w >> 16) - code0, cmax);
           uint32_t rows[4];
           ldmatrix_x4_trans(tile_addr + (c << 4), rows);
@@ -313,13 +310,14 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
       s1 += __shfl_xor_sync(0xffffffffu, s1, o);
     }
     if (lane < 4) {
-      float* dst = s_part + (pc.row[m] * per_row + pc.slot[m]) * V + 2 * lane;
+      float* dst = blk.s_part + (pc.row[m] * per_row + pc.slot[m]) * V + 2 * lane;
       dst[0] = s0 * up;
       dst[1] = s1 * up;
     }
   }
   __syncthreads();
-  sorted_epilogue<T, V>(p, s_part, r0, nrows, per_row, s_part - extra_x_bytes(a) / 4);
+  sorted_epilogue<T, V>(p, blk.s_part, blk.r0, blk.nrows, per_row,
+                        blk.s_part - extra_x_bytes(a) / 4);
 }
 
 }  // namespace gemv
