@@ -123,6 +123,29 @@ struct TiledBlock {
   __device__ __forceinline__ T* tile(int i) const {
     return reinterpret_cast<T*>(tiles + i * tile_bytes);
   }
+  // Codebook rows of phase (b, ft) (tc rows a tile). K <= 65536, so 32-bit (64-bit
+  // arithmetic took about 20 instructions a phase).
+  __device__ __forceinline__ static int codes_of(const LayerArgs& a, int tc, int b, int ft) {
+    const int left = (1 << (b == 0 ? a.index_bits : a.res_bits)) - ft * tc;
+    return left < 0 ? 0 : min(left, tc);
+  }
+  // Starts the cp.async copy of phase (b, ft)'s tile into buffer buf (not committed).
+  __device__ __forceinline__ void stage_tile(const LayerArgs& a, int tc, int b, int ft,
+                                             int buf) const {
+    const int n = codes_of(a, tc, b, ft);
+    if (n == 0) return;
+    const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
+    // tile starts are multiples of tc * V * 2 >= 16 bytes: 16-byte aligned (ops.cpp aligns
+    // the codebooks)
+    const int bytes = n * V * static_cast<int>(sizeof(T));
+    const T* src = cb + int64_t{ft} * tc * V;
+    if (bytes % 16 == 0) {  // all but codebooks of under 8 rows
+      stage_copy16(tile(buf), src, bytes);
+    } else {
+      stage_copy(reinterpret_cast<uint32_t*>(tile(buf)), reinterpret_cast<const uint32_t*>(src),
+                 bytes / 4, (bytes / 4 + 3) / 4 * 4, true);
+    }
+  }
   // Zeroes the partial sums and returns the slots a row has (tiled_slots): a row may meet
   // fewer warps than it has slots, and the rest must add nothing.
   __device__ __forceinline__ int clear_parts(int warps) const {
@@ -185,27 +208,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
 
   // A phase is tile ft of list b (main codebook, then residual), advanced by counting: the
   // divisions that would split a phase number cost more than a tile's setup otherwise does.
-  // K <= 65536, so 32-bit (64-bit arithmetic took about 20 instructions a phase)
-  auto codes_of = [&](int b, int ft) -> int {
-    const int left = (1 << (b == 0 ? a.index_bits : a.res_bits)) - ft * tc;
-    return left < 0 ? 0 : min(left, tc);
-  };
-  auto stage_tile = [&](int b, int ft, int buf) {
-    const int n = codes_of(b, ft);
-    if (n == 0) return;
-    const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
-    // tile starts are multiples of tc * V * 2 >= 16 bytes: 16-byte aligned (ops.cpp aligns
-    // the codebooks)
-    const int bytes = n * V * static_cast<int>(sizeof(T));
-    const T* src = cb + int64_t{ft} * tc * V;
-    if (bytes % 16 == 0) {  // all but codebooks of under 8 rows
-      stage_copy16(blk.tile(buf), src, bytes);
-    } else {
-      stage_copy(reinterpret_cast<uint32_t*>(blk.tile(buf)),
-                 reinterpret_cast<const uint32_t*>(src), bytes / 4, (bytes / 4 + 3) / 4 * 4, true);
-    }
-  };
-  stage_tile(0, 0, 0);
+  blk.stage_tile(a, tc, 0, 0, 0);
   cp_commit();  // the activations follow (below) in a group of their own
 
   const TiledPieces pc = tiled_pieces<kWarps>(blk.nrows, warp);
@@ -278,11 +281,11 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1) tiled_kernel(TiledParam
     cp_wait<0>();
     __syncthreads();
     if (more) {
-      stage_tile(nb, nft, (f + 1) & 1);
+      blk.stage_tile(a, tc, nb, nft, (f + 1) & 1);
       cp_commit();
     }
     const uint32_t code0 = static_cast<uint32_t>(ft * tc);
-    const int ncodes = codes_of(b, ft);
+    const int ncodes = blk.codes_of(a, tc, b, ft);
     const T* tile = blk.tile(f & 1);
     // both indices are clamped: the column to the zero slot, the code to the tile (a
     // phase without codes has no entries in a valid layout)

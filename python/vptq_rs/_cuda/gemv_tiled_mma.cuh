@@ -142,18 +142,7 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
   float* s_red = blk.s_part + sorted_round16(tiled_part_floats(blk.nrows, blk.nrows, V) * 4) / 4;
   for (int i = threadIdx.x; i < blk.nrows * per_row * V; i += blockDim.x) blk.s_part[i] = 0.f;
 
-  // codebook rows of phase (b, ft); all of it fits 32 bits (K <= 65536)
-  auto codes_of = [&](int b, int ft) -> int {
-    const int left = (1 << (b == 0 ? a.index_bits : a.res_bits)) - ft * tc;
-    return left < 0 ? 0 : min(left, tc);
-  };
-  auto stage_tile = [&](int b, int ft, int buf) {
-    const int n = codes_of(b, ft);
-    if (n == 0) return;
-    const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
-    stage_copy16(blk.tile(buf), cb + int64_t{ft} * tc * V, n * V * 2);  // 16-byte rows
-  };
-  stage_tile(0, 0, 0);
+  blk.stage_tile(a, tc, 0, 0, 0);  // 16-byte rows: one cp.async each
   cp_commit();
 
   const TiledPieces pc = tiled_pieces<kWarps>(blk.nrows, warp);
@@ -239,7 +228,7 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
   for (int f = 0; f < t.lists * t.tiles; ++f) {
     const bool more = nb < t.lists;
     if (more) {
-      stage_tile(nb, nft, (f + 1) & 1);
+      blk.stage_tile(a, tc, nb, nft, (f + 1) & 1);
       cp_commit();
       cp_wait<1>();
     } else {
@@ -247,7 +236,7 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
     }
     __syncthreads();
     const uint32_t code0 = static_cast<uint32_t>(ft * tc);
-    const int ncodes = codes_of(b, ft);
+    const int ncodes = blk.codes_of(a, tc, b, ft);
     const uint32_t tile_addr = static_cast<uint32_t>(__cvta_generic_to_shared(blk.tile(f & 1)));
     const uint32_t cmax = ncodes > 0 ? static_cast<uint32_t>(ncodes - 1) : 0u;
 #pragma unroll
