@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs 25a and 25e on the device machine (issue 5): a tiled GEMV change (the tree's kernels)
-# against the kernels before it (OLD_SRC), in one call.
+# Runs 25a, 25e and 26a on the device machine (issue 5): a tiled GEMV change (the tree's
+# kernels) against the kernels before it (OLD_SRC), in one call.
 # - Run 25a (LABEL=run25a): one barrier a phase (and, in the scalar kernel, 32-bit tile
 #   sizes and full batches without a check per load) against 60ee4d0. Run 25a's tree gave
 #   the mma kernel the one barrier too; it was slower on 8192x28672 there, so the committed
@@ -8,6 +8,8 @@
 #   kernel's.
 # - Run 25e (LABEL=run25e): the scalar kernel prefetching each next phase's second and
 #   third batches into L2 against d5b5902.
+# - Run 26a (LABEL=run26a): benchmarks/variants/tiled-stage-second-batch.patch applied
+#   against cca0272 (not kept: the patch's header has the numbers).
 #
 #   git archive <old commit> python/vptq_rs/_cuda | tar -x -C /tmp && mv /tmp/python/vptq_rs/_cuda .device/old_cuda
 #   LABEL=run25e bash benchmarks/gpu_tiled_phase.sh      (carry .device/wheels and .device/old_cuda)
