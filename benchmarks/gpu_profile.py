@@ -1,11 +1,12 @@
 """Launch the hot kernels a few times for Nsight Compute (``benchmarks/gpu_profile.sh``).
 
-    python benchmarks/gpu_profile.py [gemv|sorted|tiled|kmeans|all]
+    python benchmarks/gpu_profile.py [gemv|sorted|tiled|cluster|kmeans|all]
 
 GEMV: batch 1 on the two largest issue-5 shapes with v6/k4096 (the histogram kernel, then
 the shared-memory gather kernel), v8/k65536 (codebook through L2) and v12/k4096+res4096
 (histogram); sorted: the sorted GEMV on the two largest shapes, v6/k4096 and
-v12/k4096+res4096; tiled: the tiled GEMV on 28672x8192, v8/k65536 then v6/k4096; k-means:
+v12/k4096+res4096; tiled: the tiled GEMV on 28672x8192, v8/k65536 then v6/k4096; cluster:
+the cluster-tiled GEMV on the two largest shapes, v8/k65536; k-means:
 each precision and assignment design on 1M x d8 points against 65,536 centroids, twice.
 Layers are random (speed does not depend on the values).
 """
@@ -59,6 +60,17 @@ def main() -> None:
             x = torch.randn(1, 8192, device=DEV, generator=gen).half()
             tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
             lay = tiled_layout.build(cfg, t.indices, tc, mma=mma)
+            cuda_ext.gemv_tiled(x, cfg, t, lay)
+            torch.cuda.synchronize()
+    if what in ("cluster", "all"):
+        from vptq_rs import tiled_layout
+
+        # v8/k65536 in the cluster form on the two largest shapes
+        for o, i in ((28672, 8192), (8192, 28672)):
+            cfg, t = random_layer(o, i, 8, 65536, 0, gen)
+            x = torch.randn(1, i, device=DEV, generator=gen).half()
+            tc = tiled_layout.device_tile_codes(cfg, DEV, cluster=True)
+            lay = tiled_layout.build(cfg, t.indices, tc, cluster=True)
             cuda_ext.gemv_tiled(x, cfg, t, lay)
             torch.cuda.synchronize()
     if what in ("kmeans", "all"):

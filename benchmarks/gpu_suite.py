@@ -367,15 +367,21 @@ def sorted_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> d
 def tiled_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> dict[str, Any]:
     """The tiled GEMV on one layer where its layout applies and fits, with its tile
     (:func:`_layout_gemv_row`)."""
-    mma = tiled_layout.uses_mma(cfg, DEV)  # the tensor-core form at v = 8
+    # the form nn.py builds: cluster or mma where their switches and the GPU allow
+    cluster = tiled_layout.uses_cluster(cfg, DEV)
+    mma = not cluster and tiled_layout.uses_mma(cfg, DEV)
     applies = tiled_layout.applies(cfg)
-    tile_codes = tiled_layout.device_tile_codes(cfg, DEV, mma=mma) if applies else None
+    tile_codes = (
+        tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=cluster) if applies else None
+    )
     if tile_codes is None:
         return {"ours_tiled_us": None}
-    lay, build_s = _built(lambda: tiled_layout.build(cfg, t.indices, tile_codes, mma=mma))
+    lay, build_s = _built(
+        lambda: tiled_layout.build(cfg, t.indices, tile_codes, mma=mma, cluster=cluster)
+    )
     call = lambda: cuda_ext.gemv_tiled(x, cfg, t, lay)  # noqa: E731
     row = _layout_gemv_row("tiled", timer, x, cfg, t, ref, moved, copy_gbps, lay, build_s, call)
-    return {**row, "tiled_tile_codes": tile_codes, "tiled_mma": mma}
+    return {**row, "tiled_tile_codes": tile_codes, "tiled_mma": mma, "tiled_cluster": cluster}
 
 
 def lut_section(timer: Timer, quick: bool) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The tiled GEMV over its two entry orders, in one run: entries dealt out by the codebook
 loads' bank keys (``tiled_layout.build``'s default) and column order within each tile
-(``deal_by_bank=False``), and at v = 8 the tensor-core form (``mma=True``, dealt), each
-against cuBLAS timed in the same run (issue 5), all in fp16 or, with ``--dtype bf16``, in
-bf16.
+(``deal_by_bank=False``), at v = 8 the tensor-core form (``mma=True``, dealt), and on
+sm_90+ the cluster kernel (``cluster=True``, dealt), each against cuBLAS timed in the same
+run (issue 5), all in fp16 or, with ``--dtype bf16``, in bf16.
 
 Writes ``<out>/gpu-gemv-tiled-order[-<label>].json``: device and versions, per-repetition
 timings (µs), medians and ratios; ``--label`` names a kernel variant built from another
@@ -23,26 +23,37 @@ from gpu_suite import DEV, GEMV_SHAPES, Timer, med
 
 from vptq_rs import cuda_ext, tiled_layout
 
-# name -> (deal_by_bank, mma); "mma" only where tiled_layout.mma_supported
-ORDERS = {"dealt": (True, False), "columns": (False, False), "mma": (True, True)}
+# name -> (deal_by_bank, mma, cluster); "mma" only where tiled_layout.mma_supported,
+# "cluster" (the cluster kernel, dealt entries) where tiled_layout.cluster_supported
+ORDERS = {
+    "dealt": (True, False, False),
+    "columns": (False, False, False),
+    "mma": (True, True, False),
+    "cluster": (True, False, True),
+}
 
 
 def one_order(timer: Timer, x, cfg, t, order, form, ref, moved, copy_gbps) -> dict:
-    """The tiled GEMV over one entry order (``gpu_suite._layout_gemv_row``'s keys)."""
-    deal, mma = form
-    tile_codes = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
+    """The tiled GEMV over one entry order or form (``gpu_suite._layout_gemv_row``'s keys,
+    plus ``tile_codes_<order>``)."""
+    deal, mma, cluster = form
+    tile_codes = tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=cluster)
 
     def build():
-        return tiled_layout.build(cfg, t.indices, tile_codes, deal_by_bank=deal, mma=mma)
+        return tiled_layout.build(
+            cfg, t.indices, tile_codes, deal_by_bank=deal, mma=mma, cluster=cluster
+        )
 
     lay, build_s = gpu_suite._built(build)
 
     def call():
         return cuda_ext.gemv_tiled(x, cfg, t, lay)
 
-    return gpu_suite._layout_gemv_row(
+    row = gpu_suite._layout_gemv_row(
         order, timer, x, cfg, t, ref, moved, copy_gbps, lay, build_s, call
     )
+    row[f"tile_codes_{order}"] = tile_codes
+    return row
 
 
 def rows_for(
@@ -68,6 +79,8 @@ def rows_for(
         row.update({f"cublas_{dtype}_us": cublas, "cublas_raw_us": lay.cublas_raw})
         for order, form in ORDERS.items():
             if form[1] and not tiled_layout.mma_supported(lay.cfg, DEV):
+                continue
+            if form[2] and not tiled_layout.cluster_supported(DEV):
                 continue
             got = one_order(
                 timer, lay.x, lay.cfg, lay.t, order, form, lay.ref, lay.moved, copy_gbps

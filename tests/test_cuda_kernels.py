@@ -393,6 +393,22 @@ TILED_LAYERS = [
 ]
 
 
+def tiled_forms(cfg) -> list[tuple[bool, bool]]:
+    """The tiled layout's forms, as (mma, cluster), that this GPU runs for layers like cfg."""
+    forms = [(False, False)]
+    if tiled_layout.mma_supported(cfg, DEV):
+        forms.append((True, False))
+    if tiled_layout.cluster_supported(DEV):
+        forms.append((False, True))
+    return forms
+
+
+needs_clusters = pytest.mark.skipif(
+    not (torch.cuda.is_available() and tiled_layout.cluster_supported(DEV)),
+    reason="thread-block clusters need an sm_90+ GPU",
+)
+
+
 @pytest.mark.parametrize("layer_t", TILED_LAYERS[:4] if SMALL else TILED_LAYERS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gemv_tiled_kernel_matches_reference(layer_t, dtype):
@@ -405,17 +421,19 @@ def test_gemv_tiled_kernel_matches_reference(layer_t, dtype):
     dense = F.linear(x, layer.dequantize(dtype).to(DEV), bias)
     drift = ((dense.double() - ref).norm() / ref.norm()).item()
     # the kernel's tile, and a small one (many tiles, most runs a step or less); entries
-    # dealt by bank key (the default) and in column order; at v = 8 both forms (scalar, mma)
-    forms = (False, True) if cfg.vector_len == tiled_layout.MMA_VECTOR_LEN else (False,)
-    for mma in forms:
-        tcm = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
+    # dealt by bank key (the default) and in column order; every form the GPU runs (scalar;
+    # mma at v = 8; cluster on sm_90+, where the small tile gives each block many phases)
+    for mma, cluster in tiled_forms(cfg):
+        tcm = tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=cluster)
         for tc, deal in ((tcm, True), (64, True), (tcm, False)):
-            lay = tiled_layout.build(cfg, t.indices, tc, deal_by_bank=deal, mma=mma)
+            lay = tiled_layout.build(
+                cfg, t.indices, tc, deal_by_bank=deal, mma=mma, cluster=cluster
+            )
             y = cuda_ext.gemv_tiled(x, cfg, t, lay, bias)
             assert y.shape == (1, cfg.out_features) and y.dtype == dtype
             err = ((y.double() - ref).norm() / ref.norm()).item()
             # the mma kernel rounds each activation to the codebook's type (bf16: 2^-9)
-            assert err <= max(2 * drift, 1e-3), (mma, tc, err, drift)
+            assert err <= max(2 * drift, 1e-3), (mma, cluster, tc, err, drift)
             # each item's sums stay with one warp; a row's splits are added in a fixed order
             assert torch.equal(cuda_ext.gemv_tiled(x, cfg, t, lay, bias), y)
 
@@ -478,9 +496,37 @@ def test_gemv_tiled_kernel_edge_inputs_and_refusals():
         cuda_ext.gemv_tiled(torch.zeros(1, 64, device=DEV).half(), tall, tt, tlay)
 
 
+@needs_clusters
+@pytest.mark.parametrize("size", ["1", "3", "8", "16"])
+def test_gemv_tiled_cluster_kernel_over_cluster_sizes(size, monkeypatch):
+    """The cluster kernel at any cluster size (VPTQ_RS_TILED_CLUSTER_SIZE; 3 does not divide
+    the 16 phases, so blocks get unequal phase counts; 16 may fall back to 8 where the
+    device holds no 16-block cluster) matches the reference and repeats bitwise. A layer of
+    9000 vector rows, which the tiled kernel refuses, gives each warp more than 32 rows (its
+    tile starts come in chunks of 32)."""
+    monkeypatch.setenv("VPTQ_RS_TILED_CLUSTER_SIZE", size)
+    for layer_t in (TILED_LAYERS[1], (64, 9000, 1, 16, 0, (0, 0, 0), False)):
+        cfg, layer, t = make_hist(layer_t, torch.float16, seed=3)
+        tc = tiled_layout.device_tile_codes(cfg, DEV, cluster=True)
+        assert tc is not None
+        if cfg.num_centroids > 16:
+            tc = min(tc, cfg.num_centroids // 16)  # 16 phases
+        lay = tiled_layout.build(cfg, t.indices, tc, cluster=True)
+        x = torch.randn(1, cfg.in_features, device=DEV).half()
+        bias = layer.bias.to(DEV)
+        ref = reference_linear(x, layer, bias)
+        dense = F.linear(x, layer.dequantize(torch.float16).to(DEV), bias)
+        drift = ((dense.double() - ref).norm() / ref.norm()).item()
+        y = cuda_ext.gemv_tiled(x, cfg, t, lay, bias)
+        err = ((y.double() - ref).norm() / ref.norm()).item()
+        assert err <= max(2 * drift, 1e-3), (size, layer_t, err, drift)
+        assert torch.equal(cuda_ext.gemv_tiled(x, cfg, t, lay, bias), y)
+
+
 @pytest.mark.parametrize(
     ("kernel", "layer_t"),
     [
+        ("tiled_cluster", TILED_LAYERS[2]),  # outliers, perm, residual (two lists)
         ("sorted", SORTED_LAYERS[2]),  # outliers, perm, residual
         ("sorted", SORTED_LAYERS[4]),  # outliers, perm, 32 rows a block
         ("sorted", (30000, 24, 6, 4096, 0, (0, 0, 0), True)),  # 30 prologue chunks
@@ -496,14 +542,16 @@ def test_one_token_kernels_compute_xs_as_the_prologue_kernel_does(kernel, layer_
     they add the same terms in the same order (bitwise the same result); with one, the bias
     sum's terms are grouped differently (per warp against per 1024 columns), which shows
     which path the default took: fused up to 8192 columns, else the kernel."""
+    if kernel == "tiled_cluster" and not tiled_layout.cluster_supported(DEV):
+        pytest.skip("thread-block clusters need an sm_90+ GPU")
     cfg, layer, t = make_hist(layer_t, torch.float16, seed=layer_t[0])
     if kernel == "sorted":
         lay = sorted_layout.build(cfg, t.indices)
         op = cuda_ext.gemv_sorted
     else:
-        mma = kernel == "tiled_mma"
-        tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
-        lay = tiled_layout.build(cfg, t.indices, tc, mma=mma)
+        mma, cluster = kernel == "tiled_mma", kernel == "tiled_cluster"
+        tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=cluster)
+        lay = tiled_layout.build(cfg, t.indices, tc, mma=mma, cluster=cluster)
         op = cuda_ext.gemv_tiled
     x = torch.randn(1, cfg.in_features, device=DEV).half()
     bias = layer.bias.to(DEV)
@@ -535,14 +583,17 @@ def test_one_token_kernels_compute_xs_as_the_prologue_kernel_does(kernel, layer_
         assert gap <= 1e-3, gap
 
 
-@pytest.mark.parametrize("mma", [False, True])
-def test_gemv_tiled_kernel_survives_a_garbage_layout(mma):
+@pytest.mark.parametrize("form", ["scalar", "mma", "cluster"])
+def test_gemv_tiled_kernel_survives_a_garbage_layout(form):
     """Random entries and tile starts (codes outside the tile, columns past the group, runs
     that end before they start or past the row, starts off the mma form's steps): the kernel
     clamps every index and returns."""
+    if form == "cluster" and not tiled_layout.cluster_supported(DEV):
+        pytest.skip("thread-block clusters need an sm_90+ GPU")
+    mma, cluster = form == "mma", form == "cluster"
     cfg, _, t = make_hist(TILED_LAYERS[1], torch.float16)
-    tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
-    lay = tiled_layout.build(cfg, t.indices, tc, mma=mma)
+    tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=cluster)
+    lay = tiled_layout.build(cfg, t.indices, tc, mma=mma, cluster=cluster)
     g = torch.Generator(device=DEV).manual_seed(1)
     junk = torch.randint(-(1 << 31), 1 << 31, lay.entries.shape, generator=g, device=DEV)
     n = lay.entries.shape[2]
@@ -563,13 +614,17 @@ def test_tiled_layout_builds_alike_on_gpu_and_cpu():
         assert torch.equal(on_gpu.tile_start.cpu(), on_cpu.tile_start)
 
 
-@pytest.mark.parametrize("mma", [False, True])
-def test_vquantlinear_sorted_gemv_takes_the_tiled_kernel_for_wide_codebooks(mma, monkeypatch):
+@pytest.mark.parametrize("form", ["scalar", "mma", "cluster"])
+def test_vquantlinear_sorted_gemv_takes_the_tiled_kernel_for_wide_codebooks(form, monkeypatch):
     """A codebook wider than a row on a layer large enough (tiled_layout.pays):
     use_sorted_gemv turns on the tiled kernel (equal to calling it directly), in the mma form
-    with VPTQ_RS_TILED_MMA=1; several tokens keep the other kernels; a small layer keeps them
-    too."""
+    with VPTQ_RS_TILED_MMA=1, in the cluster form with VPTQ_RS_TILED_CLUSTER=1 (on sm_90+);
+    several tokens keep the other kernels; a small layer keeps them too."""
+    if form == "cluster" and not tiled_layout.cluster_supported(DEV):
+        pytest.skip("thread-block clusters need an sm_90+ GPU")
+    mma, cluster = form == "mma", form == "cluster"
     monkeypatch.setenv("VPTQ_RS_TILED_MMA", "1" if mma else "0")
+    monkeypatch.setenv("VPTQ_RS_TILED_CLUSTER", "1" if cluster else "0")
     _, layer, _ = make_hist((4096, 8448, 8, 16384, 0, (0, 0, 0), True), torch.float16, seed=5)
     mod = VQuantLinear.from_quantized(layer, torch.float16).to(DEV)
     cfg = mod.config
@@ -577,8 +632,9 @@ def test_vquantlinear_sorted_gemv_takes_the_tiled_kernel_for_wide_codebooks(mma,
     base = mod(x)
     assert mod.use_sorted_gemv()
     assert tiled_layout.uses_mma(cfg, DEV) == mma  # v = 8 on an sm_80+ GPU
-    tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma)
-    lay = tiled_layout.build(cfg, mod.indices, tc, mma=mma)
+    assert tiled_layout.uses_cluster(cfg, DEV) == cluster
+    tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=cluster)
+    lay = tiled_layout.build(cfg, mod.indices, tc, mma=mma, cluster=cluster)
     y = mod(x)
     assert torch.equal(y[0], cuda_ext.gemv_tiled(x[0], cfg, mod.packed(), lay, mod.bias))
     assert ((y.double() - base.double()).norm() / base.double().norm()).item() < 1e-3

@@ -80,7 +80,10 @@ def test_load_model_turns_on_the_sorted_gemv_where_it_applies(packed: dict[str, 
     layers = [m for m in model.modules() if isinstance(m, VQuantLinear)]
     on = [m.sorted_gemv for m in layers]
     assert any(on) and not all(on)  # group_num 2 and residual layers are left out
-    pays = [sorted_layout.pays(m.config) or tiled_layout.pays(m.config) for m in layers]
+    pays = [
+        sorted_layout.pays(m.config) or tiled_layout.pays(m.config, m.indices.device)
+        for m in layers
+    ]
     assert on == pays
     plain, _ = checkpoint.load_model(packed["packed_dir"])
     assert not any(m.sorted_gemv for m in plain.modules() if isinstance(m, VQuantLinear))

@@ -362,3 +362,47 @@ def test_mma_kernel_choice_and_shared_memory(monkeypatch):
     assert tiled_layout.uses_mma(c, gpu) and not tiled_layout.uses_mma(v4, gpu)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))
     assert not tiled_layout.uses_mma(c, gpu)
+
+
+# ---- the cluster form (gemv_tiled_cluster.cuh) ----------------------------------------------
+
+
+def test_cluster_form_tile_choice_shared_memory_and_opt_in(monkeypatch):
+    """The cluster kernel's block holds xs, one tile and twice the rows of the busiest of
+    132 // 16 clusters: 8192 columns take 8192-row tiles (8 blocks a cluster), 28672 columns
+    4096 (xs alone is 112 KB). It is opt-in (VPTQ_RS_TILED_CLUSTER=1) on sm_90+ only, and
+    its entries are the scalar form's."""
+    wide = LayerConfig(in_features=28672, out_features=8192, vector_len=8, num_centroids=65536)
+    tall = LayerConfig(in_features=8192, out_features=28672, vector_len=8, num_centroids=65536)
+    assert tiled_layout.cluster_rows_cap(tall, 132) == 448  # 3584 rows over 8 clusters
+    # 8196 + 8192 x 16 + 32 x 4 + 2 x 448 x 32 bytes (rounded to 16)
+    assert tiled_layout.cluster_smem_bytes(tall, 8192, 132) == 32784 + 131072 + 128 + 28672
+    assert tiled_layout.tile_codes_for(tall, 227 * 1024, 132, cluster=True) == 8192
+    assert tiled_layout.tile_codes_for(wide, 227 * 1024, 132, cluster=True) == 4096
+    # the tiled kernel's limit of two rows a warp does not apply: one GPU of 16 SMs
+    assert tiled_layout.tile_codes_for(tall, 227 * 1024, 16) is None
+    assert tiled_layout.tile_codes_for(tall, 227 * 1024, 16, cluster=True) is None  # 3584 rows
+    small = LayerConfig(in_features=4096, out_features=4096, vector_len=8, num_centroids=65536)
+    assert tiled_layout.tile_codes_for(small, 227 * 1024, 16, cluster=True) == 8192
+    gpu = torch.device("cuda", 0)
+    assert not tiled_layout.cluster_supported(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    monkeypatch.delenv("VPTQ_RS_TILED_CLUSTER", raising=False)
+    assert tiled_layout.cluster_supported(gpu) and not tiled_layout.uses_cluster(tall, gpu)
+    monkeypatch.setenv("VPTQ_RS_TILED_CLUSTER", "1")
+    assert tiled_layout.uses_cluster(tall, gpu)
+    # the cluster form pays from 32 entries a codebook row (4096x4096 at v8/k65536) where
+    # the tiled kernel needs 2 a row and SM
+    square = LayerConfig(in_features=4096, out_features=4096, vector_len=8, num_centroids=65536)
+    narrow = LayerConfig(in_features=2048, out_features=4096, vector_len=8, num_centroids=65536)
+    assert tiled_layout.pays(square, gpu) and not tiled_layout.pays(narrow, gpu)
+    assert not tiled_layout.pays(square) and not tiled_layout.pays(square, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (8, 0))
+    assert not tiled_layout.uses_cluster(tall, gpu) and not tiled_layout.pays(square, gpu)
+    cfg, words, _, _ = packed_layer(600, 64, 8, 4096)
+    plain = tiled_layout.build(cfg, words, 512)
+    lay = tiled_layout.build(cfg, words, 512, cluster=True)
+    assert lay.cluster and lay.form == 2 and plain.form == 0
+    assert torch.equal(lay.entries, plain.entries) and torch.equal(lay.tile_start, plain.tile_start)
+    with pytest.raises(InvalidValueError, match="not both"):
+        tiled_layout.build(cfg, words, 512, mma=True, cluster=True)

@@ -30,7 +30,8 @@ trace them):
 - ``gemv_tiled(x [1, cols], entries, tile_start, tile_codes, indices, ..., bias?, ...,
   form=0) -> [1, rows]``: one token from the code-tiled layout of
   :mod:`vptq_rs.tiled_layout`, for codebooks too large for shared memory; form 0 is the
-  scalar layout (``gemv_tiled.cuh``), 1 the tensor-core one (v = 8, ``gemv_tiled_mma.cuh``).
+  scalar layout (``gemv_tiled.cuh``), 1 the tensor-core one (v = 8, ``gemv_tiled_mma.cuh``),
+  2 the scalar layout on thread-block clusters (sm_90+, ``gemv_tiled_cluster.cuh``).
   :func:`gemv_tiled` wraps it.
 - ``kmeans_assign(x, centroids, mode, design=0) -> (labels int32 [n], sq_dist float32 [n])``;
   mode 0 fp32 CUDA cores, 1 tensor cores (3xTF32: hi/lo split, about fp32 accuracy), 2 one
@@ -73,6 +74,8 @@ SOURCES = (
     "gemv_sorted_bf16.cu",
     "gemv_tiled_f16.cu",
     "gemv_tiled_bf16.cu",
+    "gemv_tiled_cluster_f16.cu",
+    "gemv_tiled_cluster_bf16.cu",
     "kmeans.cu",
 )
 HEADERS = (
@@ -83,6 +86,7 @@ HEADERS = (
     "gemv_sorted.cuh",
     "gemv_tiled.cuh",
     "gemv_tiled_mma.cuh",
+    "gemv_tiled_cluster.cuh",
     "gemv_launch.cuh",
     "kmeans_common.cuh",
     "kmeans_merged.cuh",
@@ -540,7 +544,7 @@ def gemv_tiled(
     tensors, ints, b = _one_token("tiled", tiled_layout.problem(cfg), x, cfg, t, bias)
     lay = (layout.entries, layout.tile_start, layout.tile_codes)
     y = torch.ops.vptq_rs.gemv_tiled(
-        x.reshape(1, -1).contiguous(), *lay, *tensors, b, *ints, int(layout.mma)
+        x.reshape(1, -1).contiguous(), *lay, *tensors, b, *ints, layout.form
     )
     return y.reshape(*x.shape[:-1], cfg.out_features)
 

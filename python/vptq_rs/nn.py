@@ -225,9 +225,10 @@ class VQuantLinear(nn.Module):
         words (never saved): about 1.9x their bytes at 12-bit codes on rows of 8192
         columns (sorted), 2x at 16-bit codes (tiled). Returns whether it is on: only where
         one of them pays (``sorted_layout.pays``: no residual codebook, or a large layer;
-        ``tiled_layout.pays``); elsewhere forwards keep the other kernels."""
+        ``tiled_layout.pays`` on the layer's device); elsewhere forwards keep the other
+        kernels."""
         cfg = self.config
-        pays = sorted_layout.pays(cfg) or tiled_layout.pays(cfg)
+        pays = sorted_layout.pays(cfg) or tiled_layout.pays(cfg, self.indices.device)
         self._sorted_gemv = bool(enable) and pays
         self._fused = None
         return self._sorted_gemv
@@ -305,7 +306,7 @@ class VQuantLinear(nn.Module):
                 *fused.tensors,
                 cur[8],
                 *fused.ints,
-                int(s.mma),
+                s.form,
             )
         elif s is not None and x2.shape[0] == 1:
             y = torch.ops.vptq_rs.gemv_sorted(
@@ -375,10 +376,11 @@ def _sorted_layout(
         if sorted_layout.fits(cfg, layout, idx.device):
             return layout
     else:
-        mma = tiled_layout.uses_mma(cfg, idx.device)
-        tile_codes = tiled_layout.device_tile_codes(cfg, idx.device, mma=mma)
+        cluster = tiled_layout.uses_cluster(cfg, idx.device)
+        mma = not cluster and tiled_layout.uses_mma(cfg, idx.device)
+        tile_codes = tiled_layout.device_tile_codes(cfg, idx.device, mma=mma, cluster=cluster)
         if tile_codes is not None:
-            return tiled_layout.build(cfg, idx, tile_codes, mma=mma)
+            return tiled_layout.build(cfg, idx, tile_codes, mma=mma, cluster=cluster)
     logger.warning(
         "%s: the sorted GEMV's shared memory does not fit on %s; using the other kernels",
         layer.extra_repr(),

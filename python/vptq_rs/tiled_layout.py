@@ -43,6 +43,13 @@ whose warp step is 32 entries of one run taken as two m16n8k16 tensor-core produ
 - within each 32 entries, word ``l`` holds entry ``l``'s code (high half: lane ``l`` gives
   the address of that codebook row to ``ldmatrix``) and the column of entry
   ``MMA_X_ENTRY[l]`` (low half: lane ``l`` supplies that activation to the A operand).
+
+The cluster form (``build(..., cluster=True)``, sm_90+) keeps the scalar form's entries and
+feeds ``_cuda/gemv_tiled_cluster.cuh``: the blocks of a thread-block cluster split the tiles
+among them (block q holds tile q) instead of each streaming every tile, and add a row's
+partial sums through distributed shared memory. Its block holds one tile, not two, beside
+xs, so :func:`device_tile_codes` (``cluster=True``) picks larger tiles: 8192 rows of v8 on
+8192 columns, one tile for each of a cluster's 8 blocks.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ MMA_STEP = 32  # entries of a warp step of the mma kernel (two products of 16)
 MMA_VECTOR_LEN = 8  # ldmatrix rows are 16 bytes: 8 fp16/bf16 elements
 MMA_REDUCE_BYTES = 32 * 4  # the mma kernel's max |xs| reduction (tiled_mma_smem_bytes)
 ENV_MMA = "VPTQ_RS_TILED_MMA"  # "1" puts v = 8 layers on the mma form (uses_mma)
+ENV_CLUSTER = "VPTQ_RS_TILED_CLUSTER"  # "1" puts layers on the cluster form (uses_cluster)
+CLUSTER_MAX = 16  # blocks a cluster (kTiledClusterMax in gemv_tiled_cluster.cuh)
 
 
 def _mma_x_entry() -> tuple[int, ...]:
@@ -86,12 +95,20 @@ class TiledLayout(NamedTuple):
     tile_start: int32 ``[R, lists, tiles + 1]``
     tile_codes: codebook rows a tile (a power of two)
     mma:        the tensor-core form (module docstring)
+    cluster:    entries as the scalar form's, for the cluster kernel
+                (``_cuda/gemv_tiled_cluster.cuh``: a cluster's blocks split the tiles)
     """
 
     entries: torch.Tensor
     tile_start: torch.Tensor
     tile_codes: int
     mma: bool = False
+    cluster: bool = False
+
+    @property
+    def form(self) -> int:
+        """The op's ``form``: 0 scalar, 1 mma, 2 cluster."""
+        return 2 if self.cluster else 1 if self.mma else 0
 
     @property
     def nbytes(self) -> int:
@@ -115,20 +132,28 @@ def applies(cfg: Any) -> bool:
 # 4096-wide shapes, 7.3M).
 PAYS_ENTRIES_PER_ROW = 2
 PAYS_SMS = 132
+# The cluster kernel reads a cluster's share of the codebook once a block, so it pays on
+# smaller layers: in run 27a (H100, gpu-gemv-tiled-order-run27a_all.json) it beat the L2
+# gather kernel (run 25b, gpu-gemv.json) on all five issue shapes at v8/k65536, down to
+# 4096x4096 (2.1M entries, 32 per codebook row: 23.0 against 34.3 us). Smaller layers were
+# not timed.
+PAYS_CLUSTER_ENTRIES_PER_ROW = 32
 
 
-def pays(cfg: Any) -> bool:
+def pays(cfg: Any, device: torch.device | None = None) -> bool:
     """Whether the tiled GEMV is the one to use: it applies, the codebook is wider than a
     row (where the sorted layout does not apply and the gather kernel reads the codebook
     through L2), and the layer has entries enough to pay for streaming the codebook through
-    every SM (``PAYS_ENTRIES_PER_ROW``)."""
+    every SM (``PAYS_ENTRIES_PER_ROW``), or, where the layout would take the cluster form on
+    ``device`` (:func:`uses_cluster`), a share of it through each block of a cluster
+    (``PAYS_CLUSTER_ENTRIES_PER_ROW``)."""
     widest = max(cfg.num_centroids, cfg.num_res_centroids)
     entries = cfg.num_vectors * cfg.group_size
-    return (
-        applies(cfg)
-        and widest > cfg.group_size
-        and entries >= PAYS_ENTRIES_PER_ROW * widest * PAYS_SMS
-    )
+    if device is not None and uses_cluster(cfg, device):
+        need = PAYS_CLUSTER_ENTRIES_PER_ROW * widest
+    else:
+        need = PAYS_ENTRIES_PER_ROW * widest * PAYS_SMS
+    return applies(cfg) and widest > cfg.group_size and entries >= need
 
 
 def mma_supported(cfg: Any, device: torch.device) -> bool:
@@ -149,6 +174,19 @@ def uses_mma(cfg: Any, device: torch.device) -> bool:
     v8/k65536 shapes), whose sums keep the activations in fp32, so the scalar form stays
     the default."""
     return os.environ.get(ENV_MMA, "0") == "1" and mma_supported(cfg, device)
+
+
+def cluster_supported(device: torch.device) -> bool:
+    """Whether the cluster-tiled kernel runs on ``device``: an sm_90+ GPU (thread-block
+    clusters)."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def uses_cluster(cfg: Any, device: torch.device) -> bool:
+    """Whether the layouts built at load time take the cluster form: only with
+    ``VPTQ_RS_TILED_CLUSTER=1`` where :func:`cluster_supported`."""
+    return os.environ.get(ENV_CLUSTER, "0") == "1" and cluster_supported(device)
 
 
 def threads(cfg: Any) -> int:
@@ -210,26 +248,55 @@ def smem_bytes(cfg: Any, tile_codes: int, sms: int, *, mma: bool = False) -> int
     )
 
 
-def tile_codes_for(cfg: Any, smem_limit: int, sms: int, *, mma: bool = False) -> int | None:
+def cluster_rows_cap(cfg: Any, sms: int) -> int:
+    """Vector rows of a cluster the cluster kernel's shared memory holds partial sums for:
+    those of the busiest of ``sms // CLUSTER_MAX`` clusters (``tiled_cluster_rows_cap``)."""
+    g = max(1, sms // CLUSTER_MAX)
+    return -(-cfg.num_vectors // g)
+
+
+def cluster_smem_bytes(cfg: Any, tile_codes: int, sms: int) -> int:
+    """Shared memory the cluster kernel asks for: xs plus a zero slot (fp32), one codebook
+    tile (16-bit), :func:`sorted_layout.extra_x_bytes`, and twice ``rows_cap x V`` fp32 (the
+    partial sums and the block's added rows; ``tiled_cluster_smem_bytes``)."""
+    rows = cluster_rows_cap(cfg, sms)
+    return (
+        _round16((cfg.group_size + 1) * 4)
+        + _round16(tile_codes * cfg.vector_len * 2)
+        + sorted_layout.extra_x_bytes(cfg)
+        + 2 * _round16(rows * cfg.vector_len * 4)
+    )
+
+
+def tile_codes_for(
+    cfg: Any, smem_limit: int, sms: int, *, mma: bool = False, cluster: bool = False
+) -> int | None:
     """The largest power-of-two tile (at most the widest codebook) whose shared memory fits
-    ``smem_limit`` bytes on ``sms`` SMs; None when none does or the block has more rows
-    than its warps take (``ITEMS_PER_WARP`` each)."""
-    if rows_per_block(cfg, sms) > ITEMS_PER_WARP * threads(cfg) // 32:
+    ``smem_limit`` bytes on ``sms`` SMs; None when none does or (but for the cluster form)
+    the block has more rows than its warps take (``ITEMS_PER_WARP`` each)."""
+    if not cluster and rows_per_block(cfg, sms) > ITEMS_PER_WARP * threads(cfg) // 32:
         return None
     tc = max(cfg.num_centroids, cfg.num_res_centroids)
     while tc >= MIN_TILE_CODES:
-        if smem_bytes(cfg, tc, sms, mma=mma) <= smem_limit:
+        need = cluster_smem_bytes(cfg, tc, sms) if cluster else smem_bytes(cfg, tc, sms, mma=mma)
+        if need <= smem_limit:
             return tc
         tc //= 2
     return None
 
 
-def device_tile_codes(cfg: Any, device: torch.device, *, mma: bool = False) -> int | None:
+def device_tile_codes(
+    cfg: Any, device: torch.device, *, mma: bool = False, cluster: bool = False
+) -> int | None:
     """:func:`tile_codes_for` on a CUDA device (1 KB of its per-block limit left spare, as
     the kernel's own check does)."""
     props = torch.cuda.get_device_properties(device)
     return tile_codes_for(
-        cfg, props.shared_memory_per_block_optin - 1024, props.multi_processor_count, mma=mma
+        cfg,
+        props.shared_memory_per_block_optin - 1024,
+        props.multi_processor_count,
+        mma=mma,
+        cluster=cluster,
     )
 
 
@@ -329,6 +396,7 @@ def build(
     *,
     deal_by_bank: bool = True,
     mma: bool = False,
+    cluster: bool = False,
 ) -> TiledLayout:
     """The tiled layout of a packed layer, on the indices' device.
 
@@ -336,8 +404,13 @@ def build(
     tile_codes: a power of two >= 8 (:func:`device_tile_codes` picks the kernel's);
     deal_by_bank: order each tile's entries for the codebook loads' banks (module
     docstring); False keeps column order (the kernel takes either);
-    mma: the tensor-core form (module docstring; v = 8 only, :func:`uses_mma`).
+    mma: the tensor-core form (module docstring; v = 8 only, :func:`uses_mma`);
+    cluster: mark the layout for the cluster kernel (:func:`uses_cluster`; the entries are
+    the scalar form's, and ``tile_codes`` should come from ``device_tile_codes(...,
+    cluster=True)``).
     """
+    if mma and cluster:
+        raise InvalidValueError("a tiled layout takes the mma or the cluster form, not both")
     why = problem(cfg)
     if why is not None:
         raise InvalidValueError(f"the tiled GEMV layout does not cover this layer: {why}")
@@ -382,7 +455,7 @@ def build(
                 start = _padded_starts(start)
             entries[r0 : r0 + step, b] = _unsigned32(e)  # uint32 bits in an int32 tensor
             tile_start[r0 : r0 + step, b] = start.to(torch.int32)
-    return TiledLayout(entries, tile_start, tile_codes, mma)
+    return TiledLayout(entries, tile_start, tile_codes, mma, cluster)
 
 
 def _from_mma(layout: TiledLayout, group_size: int) -> torch.Tensor:

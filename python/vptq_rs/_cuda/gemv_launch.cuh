@@ -14,6 +14,7 @@
 #include "gemv_hist.cuh"
 #include "gemv_sorted.cuh"
 #include "gemv_tiled.cuh"
+#include "gemv_tiled_cluster.cuh"
 #include "gemv_tiled_mma.cuh"
 
 namespace vptq {
@@ -469,11 +470,22 @@ inline int64_t tiled_block_smem(const LayerArgs& a, const TiledLayout& t) {
                : tiled_smem_bytes(a, t.tile_codes, hi, lo);
 }
 
+// Shared memory of the cluster-tiled kernel's blocks.
+inline int64_t tiled_cluster_block_smem(const LayerArgs& a, const TiledLayout& t) {
+  return tiled_cluster_smem_bytes(a, t.tile_codes,
+                                  tiled_cluster_rows_cap(a.num_vectors, device_info().sms));
+}
+
 // Whether the tiled kernel of the layout's form takes this layer: one group, group_size <=
 // 65534, at most kTiledItemsPerWarp rows a warp, and xs, two tiles and the partial sums in
-// shared memory; the mma form also needs v = 8 and an sm_80+ GPU.
+// shared memory; the mma form also needs v = 8 and an sm_80+ GPU. The cluster form needs an
+// sm_90+ GPU and xs, one tile and its partial sums in shared memory.
 inline bool tiled_applies(const LayerArgs& a, const TiledLayout& t) {
   if (a.groups != 1 || a.group_size > kTiledMaxGroupSize) return false;
+  if (t.cluster) {
+    return device_info().major >= 9 &&
+           tiled_cluster_block_smem(a, t) <= device_info().smem_block_optin - 1024;
+  }
   if (t.mma && (a.v != kTiledMmaV || device_info().major < 8)) return false;
   if (rows_per_block(a) > kTiledItemsPerWarp * tiled_warps(a.v)) return false;
   return tiled_block_smem(a, t) <= device_info().smem_block_optin - 1024;
@@ -496,10 +508,149 @@ cudaError_t launch_tiled(const TiledParams& tp, cudaStream_t st) {
   return launch_tiled_kernel<tiled_kernel<T, V>>(tp, tiled_threads<V>(), st);
 }
 
-// Every vector length for one dtype, or the mma form (explicitly instantiated in
-// gemv_tiled_{f16,bf16}.cu).
+// ---- cluster-tiled kernel (gemv_tiled_cluster.cuh) ----
+
+// Blocks a cluster: one a phase up to kTiledClusterDefault, or VPTQ_RS_TILED_CLUSTER_SIZE
+// (1..16) for tuning (read at every launch). The launch takes the largest size up to that
+// whose clusters the device can hold (a size past 8 needs the non-portable attribute, and a
+// GPC with as many free SMs).
+inline int tiled_cluster_want(int phases) {
+  const char* e = std::getenv("VPTQ_RS_TILED_CLUSTER_SIZE");
+  const int v = e == nullptr ? 0 : std::atoi(e);
+  if (v >= 1 && v <= kTiledClusterMax) return v;
+  return std::max(1, std::min(phases, kTiledClusterDefault));
+}
+
+// Clusters of one size the device holds at once for the kernel Kern, asked once per (device,
+// size, shared memory).
+template <auto Kern>
+struct ClusterOccupancy {
+  static inline std::mutex mu;
+  struct Slot {
+    int dev = -1;
+    int64_t bytes = -1;
+    int clusters = 0;
+  };
+  static inline Slot slots[kTiledClusterMax + 1];
+
+  static cudaError_t max_clusters(int dev, int size, int threads, int64_t bytes, int* out) {
+    std::lock_guard<std::mutex> lock(mu);
+    Slot& s = slots[size];
+    if (s.dev == dev && s.bytes == bytes) {
+      *out = s.clusters;
+      return cudaSuccess;
+    }
+    if (size > kTiledClusterPortable) {
+      const cudaError_t e =
+          cudaFuncSetAttribute(Kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+      if (e != cudaSuccess) return e;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = size;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(size);
+    cfg.blockDim = dim3(threads);
+    cfg.dynamicSmemBytes = static_cast<size_t>(bytes);
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int n = 0;
+    const cudaError_t e = cudaOccupancyMaxActiveClusters(&n, Kern, &cfg);
+    if (e != cudaSuccess) {
+      cudaGetLastError();  // a size the device refuses: not sticky, try a smaller one
+      n = 0;
+    }
+    s = Slot{dev, bytes, n};
+    *out = n;
+    return cudaSuccess;
+  }
+};
+
+// Launches G clusters of C blocks: G the clusters the device holds at once (one wave, each
+// block staging its tile once), at least as many as keep a cluster within the rows its
+// shared memory was sized for (rows_cap), at most one a row.
+template <auto kern>
+cudaError_t launch_tiled_cluster_kernel(TiledClusterParams cp, int threads, cudaStream_t st) {
+  const DeviceInfo dev = device_info();
+  const LayerArgs& a = cp.p.a;
+  if (dev.major < 9) return cudaErrorInvalidDevice;
+  const int64_t bytes = tiled_cluster_block_smem(a, cp.t);
+  if (bytes > dev.smem_block_optin - 1024) return cudaErrorInvalidConfiguration;
+  int bps = 0;
+  cudaError_t e = Launcher<kern>::prepare(dev.id, threads, bytes, &bps);
+  if (e != cudaSuccess) return e;
+  int C = tiled_cluster_want(cp.t.lists * cp.t.tiles);
+  int M = 0;
+  for (;;) {
+    e = ClusterOccupancy<kern>::max_clusters(dev.id, C, threads, bytes, &M);
+    if (e != cudaSuccess) return e;
+    if (M > 0 || C == 1) break;
+    C = C > kTiledClusterPortable ? kTiledClusterPortable : C / 2;
+  }
+  if (M == 0) return cudaErrorInvalidConfiguration;
+  const int R = a.num_vectors;
+  cp.rows_cap = tiled_cluster_rows_cap(R, dev.sms);
+  const int G = std::min(R, std::max(M, (R + cp.rows_cap - 1) / cp.rows_cap));
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = C;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.gridDim = dim3(G * C);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = static_cast<size_t>(bytes);
+  cfg.stream = st;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  e = cudaLaunchKernelEx(&cfg, kern, cp);
+  return e != cudaSuccess ? e : cudaGetLastError();
+}
+
+template <typename T, int V>
+cudaError_t launch_tiled_cluster(const TiledParams& tp, cudaStream_t st) {
+  TiledClusterParams cp;
+  cp.p = tp.p;
+  cp.t = tp.t;
+  cp.rows_cap = 0;
+  return launch_tiled_cluster_kernel<tiled_cluster_kernel<T, V>>(cp, tiled_threads<V>(), st);
+}
+
+// Every vector length of the cluster form for one dtype (explicitly instantiated in
+// gemv_tiled_cluster_{f16,bf16}.cu, which compile beside the other tiled kernels).
+template <typename T>
+cudaError_t run_tiled_cluster(const TiledParams& tp, cudaStream_t st) {
+  switch (tp.p.a.v) {
+    case 1: return launch_tiled_cluster<T, 1>(tp, st);
+    case 2: return launch_tiled_cluster<T, 2>(tp, st);
+    case 3: return launch_tiled_cluster<T, 3>(tp, st);
+    case 4: return launch_tiled_cluster<T, 4>(tp, st);
+    case 5: return launch_tiled_cluster<T, 5>(tp, st);
+    case 6: return launch_tiled_cluster<T, 6>(tp, st);
+    case 7: return launch_tiled_cluster<T, 7>(tp, st);
+    case 8: return launch_tiled_cluster<T, 8>(tp, st);
+    case 9: return launch_tiled_cluster<T, 9>(tp, st);
+    case 10: return launch_tiled_cluster<T, 10>(tp, st);
+    case 11: return launch_tiled_cluster<T, 11>(tp, st);
+    case 12: return launch_tiled_cluster<T, 12>(tp, st);
+    case 13: return launch_tiled_cluster<T, 13>(tp, st);
+    case 14: return launch_tiled_cluster<T, 14>(tp, st);
+    case 15: return launch_tiled_cluster<T, 15>(tp, st);
+    case 16: return launch_tiled_cluster<T, 16>(tp, st);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+extern template cudaError_t run_tiled_cluster<__half>(const TiledParams&, cudaStream_t);
+extern template cudaError_t run_tiled_cluster<__nv_bfloat16>(const TiledParams&, cudaStream_t);
+
+// Every vector length for one dtype, the mma form, or the cluster form (explicitly
+// instantiated in gemv_tiled_{f16,bf16}.cu).
 template <typename T>
 cudaError_t run_tiled(const TiledParams& tp, cudaStream_t st) {
+  if (tp.t.cluster) return run_tiled_cluster<T>(tp, st);
   if (tp.t.mma) {
     if (tp.p.a.v != kTiledMmaV) return cudaErrorInvalidValue;
     return launch_tiled_kernel<tiled_mma_kernel<T>>(tp, kTiledMmaThreads, st);

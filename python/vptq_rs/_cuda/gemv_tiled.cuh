@@ -97,6 +97,33 @@ struct TiledPieces {
   }
 };
 
+// Codebook rows of phase (b, ft) (tc rows a tile). K <= 65536, so 32-bit (64-bit
+// arithmetic took about 20 instructions a phase).
+__device__ __forceinline__ int tiled_codes_of(const LayerArgs& a, int tc, int b, int ft) {
+  const int left = (1 << (b == 0 ? a.index_bits : a.res_bits)) - ft * tc;
+  return left < 0 ? 0 : min(left, tc);
+}
+
+// Starts the cp.async copy of phase (b, ft)'s codebook tile (list b: main, then residual;
+// tc rows a tile) into dst, by the whole block (not committed). Shared by the tiled kernels.
+template <typename T, int V>
+__device__ __forceinline__ void stage_codebook_tile(T* dst, const LayerArgs& a, int tc, int b,
+                                                    int ft) {
+  const int n = tiled_codes_of(a, tc, b, ft);
+  if (n == 0) return;
+  const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
+  // tile starts are multiples of tc * V * 2 >= 16 bytes: 16-byte aligned (ops.cpp aligns
+  // the codebooks)
+  const int bytes = n * V * static_cast<int>(sizeof(T));
+  const T* src = cb + int64_t{ft} * tc * V;
+  if (bytes % 16 == 0) {  // all but codebooks of under 8 rows
+    stage_copy16(dst, src, bytes);
+  } else {
+    stage_copy(reinterpret_cast<uint32_t*>(dst), reinterpret_cast<const uint32_t*>(src),
+               bytes / 4, (bytes / 4 + 3) / 4 * 4, true);
+  }
+}
+
 // A tiled kernel's block: its vector rows [r0, r0 + nrows) and its shared memory (see
 // tiled_smem_bytes): xs, two codebook tiles (buffer i a computed address: an indexed pointer
 // pair would live in local memory), extra_x_bytes, the partial sums. Shared by the tiled
@@ -123,28 +150,14 @@ struct TiledBlock {
   __device__ __forceinline__ T* tile(int i) const {
     return reinterpret_cast<T*>(tiles + i * tile_bytes);
   }
-  // Codebook rows of phase (b, ft) (tc rows a tile). K <= 65536, so 32-bit (64-bit
-  // arithmetic took about 20 instructions a phase).
+  // Codebook rows of phase (b, ft) (tc rows a tile).
   __device__ __forceinline__ static int codes_of(const LayerArgs& a, int tc, int b, int ft) {
-    const int left = (1 << (b == 0 ? a.index_bits : a.res_bits)) - ft * tc;
-    return left < 0 ? 0 : min(left, tc);
+    return tiled_codes_of(a, tc, b, ft);
   }
   // Starts the cp.async copy of phase (b, ft)'s tile into buffer buf (not committed).
   __device__ __forceinline__ void stage_tile(const LayerArgs& a, int tc, int b, int ft,
                                              int buf) const {
-    const int n = codes_of(a, tc, b, ft);
-    if (n == 0) return;
-    const T* cb = static_cast<const T*>(b == 0 ? a.centroids : a.res_centroids);
-    // tile starts are multiples of tc * V * 2 >= 16 bytes: 16-byte aligned (ops.cpp aligns
-    // the codebooks)
-    const int bytes = n * V * static_cast<int>(sizeof(T));
-    const T* src = cb + int64_t{ft} * tc * V;
-    if (bytes % 16 == 0) {  // all but codebooks of under 8 rows
-      stage_copy16(tile(buf), src, bytes);
-    } else {
-      stage_copy(reinterpret_cast<uint32_t*>(tile(buf)), reinterpret_cast<const uint32_t*>(src),
-                 bytes / 4, (bytes / 4 + 3) / 4 * 4, true);
-    }
+    stage_codebook_tile<T, V>(tile(buf), a, tc, b, ft);
   }
   // Zeroes the partial sums and returns the slots a row has (tiled_slots): a row may meet
   // fewer warps than it has slots, and the rest must add nothing.

@@ -69,6 +69,7 @@ struct TiledLayout {
   int lists = 1, tiles = 0, tile_codes = 0;
   int list_len = 0;  // group_size where mma is 0
   int mma = 0;
+  int cluster = 0;  // the cluster form (gemv_tiled_cluster.cuh; sm_90+)
 };
 
 // Whether the tiled GEMV takes this layer: group_num 1, fp16/bf16, group_size <= 65534, at

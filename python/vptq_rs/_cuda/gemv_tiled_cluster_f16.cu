@@ -1,0 +1,8 @@
+// Cluster-tiled GEMV kernels (gemv_tiled_cluster.cuh) for f16 codebooks/activations.
+#include "gemv_launch.cuh"
+
+namespace vptq {
+namespace gemv {
+template cudaError_t run_tiled_cluster<__half>(const TiledParams&, cudaStream_t);
+}  // namespace gemv
+}  // namespace vptq
