@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs 27a and 27b on the device machine (issue 5): the cluster-tiled GEMV
-# (gemv_tiled_cluster.cuh) beside the tiled kernels, in one call.
+# Run 27a, and run 27b to come (no device was lent again in session 27), on the device
+# machine (issue 5): the cluster-tiled GEMV (gemv_tiled_cluster.cuh) beside the tiled
+# kernels, in one call.
 #
 #   LABEL=run27b bash benchmarks/gpu_tiled_cluster.sh      (carry .device/wheels)
 #
@@ -17,7 +18,8 @@
 #    in bf16);
 # 6. PROFILE=1: Nsight Compute on the cluster kernel's first launch in
 #    benchmarks/gpu_profile.py cluster (28672x8192): the speed-of-light, memory, warp-state
-#    and scheduler sections, and the SASS source page (scripts/ncu_source_summary.py).
+#    and scheduler sections, and (SOURCE=1, the default) the SASS source page
+#    (scripts/ncu_source_summary.py).
 # Run 27a: LABEL=run27a SHAPES=all, sizes 16 (then the default) and 8, BF16=1 (its memcheck
 # did not run: a wrong filter). $OUT may hold 8 files: the results come back as one
 # archive, results.tgz.
@@ -68,12 +70,14 @@ if [ "${PROFILE:-1}" = 1 ]; then
     cluster > "$P.txt" 2>&1
   grep -E "Duration|Issue Slots Busy|Executed Ipc A|Memory Throughput|DRAM Throughput|Warp Cycles Per Issued|Eligible Warps|Cluster|Waves|Grid Size" \
     "$P.txt" | head -24 | tee -a "$LOG"
-  timeout 150 ncu --section SourceCounters --section InstructionStats -k regex:tiled_cluster_kernel \
-    -c 1 --page source --csv --print-source sass python3 benchmarks/gpu_profile.py cluster > "$P-source.csv" 2>&1
-  python3 scripts/ncu_source_summary.py "$P-source.csv" --step-ops LDS.128 --top-stalls 12 \
-    > "$P-source-summary.txt" 2>&1
-  head -40 "$P-source-summary.txt" | tee -a "$LOG"
-  gzip -9 "$P-source.csv"
+  if [ "${SOURCE:-1}" = 1 ]; then
+    timeout 150 ncu --section SourceCounters --section InstructionStats -k regex:tiled_cluster_kernel \
+      -c 1 --page source --csv --print-source sass python3 benchmarks/gpu_profile.py cluster > "$P-source.csv" 2>&1
+    python3 scripts/ncu_source_summary.py "$P-source.csv" --step-ops LDS.128 --top-stalls 12 \
+      > "$P-source-summary.txt" 2>&1
+    head -40 "$P-source-summary.txt" | tee -a "$LOG"
+    gzip -9 "$P-source.csv"
+  fi
 fi
 echo "=== done ($(date +%T))" | tee -a "$LOG"
 cp "$LOG" "$OUT/results/gpu-${LABEL}-log.txt"

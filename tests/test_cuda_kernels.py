@@ -113,6 +113,14 @@ def reference_linear(x, layer, bias):
     return x.double() @ w.t() + bias.double()
 
 
+def reference_and_drift(x, layer, bias):
+    """The fp64 reference of one fp16 token, and how far a dense fp16 F.linear drifts from
+    it (relative): the tolerance the one-token kernels are held to."""
+    ref = reference_linear(x, layer, bias)
+    dense = F.linear(x, layer.dequantize(torch.float16).to(DEV), bias)
+    return ref, ((dense.double() - ref).norm() / ref.norm()).item()
+
+
 @pytest.mark.parametrize("cfg_t", CONFIGS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("tokens", [1, 3] if SMALL else [1, 2, 3, 5, 8])
@@ -279,9 +287,7 @@ def test_gemv_sorted_kernel_at_any_chunk_grain(layer_t, grain):
     lay = sorted_layout.build(cfg, t.indices, chunk_groups_target=grain)
     x = torch.randn(1, cfg.in_features, device=DEV).half()
     bias = layer.bias.to(DEV)
-    ref = reference_linear(x, layer, bias)
-    dense = F.linear(x, layer.dequantize(torch.float16).to(DEV), bias)
-    drift = ((dense.double() - ref).norm() / ref.norm()).item()
+    ref, drift = reference_and_drift(x, layer, bias)
     y = cuda_ext.gemv_sorted(x, cfg, t, lay, bias)
     err = ((y.double() - ref).norm() / ref.norm()).item()
     assert err <= max(2 * drift, 1e-3), (err, drift)
@@ -514,9 +520,7 @@ def test_gemv_tiled_cluster_kernel_over_cluster_sizes(size, monkeypatch):
         lay = tiled_layout.build(cfg, t.indices, tc, cluster=True)
         x = torch.randn(1, cfg.in_features, device=DEV).half()
         bias = layer.bias.to(DEV)
-        ref = reference_linear(x, layer, bias)
-        dense = F.linear(x, layer.dequantize(torch.float16).to(DEV), bias)
-        drift = ((dense.double() - ref).norm() / ref.norm()).item()
+        ref, drift = reference_and_drift(x, layer, bias)
         y = cuda_ext.gemv_tiled(x, cfg, t, lay, bias)
         err = ((y.double() - ref).norm() / ref.norm()).item()
         assert err <= max(2 * drift, 1e-3), (size, layer_t, err, drift)

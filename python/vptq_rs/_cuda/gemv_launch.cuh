@@ -521,6 +521,23 @@ inline int tiled_cluster_want(int phases) {
   return std::max(1, std::min(phases, kTiledClusterDefault));
 }
 
+// A launch of `blocks` blocks in clusters of `size` (attr: the one attribute's storage).
+inline cudaLaunchConfig_t cluster_config(int size, int blocks, int threads, int64_t bytes,
+                                         cudaStream_t st, cudaLaunchAttribute (&attr)[1]) {
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = size;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = static_cast<size_t>(bytes);
+  cfg.stream = st;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
 // Clusters of one size the device holds at once for the kernel Kern, asked once per (device,
 // size, shared memory).
 template <auto Kern>
@@ -545,17 +562,8 @@ struct ClusterOccupancy {
           cudaFuncSetAttribute(Kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
       if (e != cudaSuccess) return e;
     }
-    cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = size;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.gridDim = dim3(size);
-    cfg.blockDim = dim3(threads);
-    cfg.dynamicSmemBytes = static_cast<size_t>(bytes);
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    const cudaLaunchConfig_t cfg = cluster_config(size, size, threads, bytes, nullptr, attr);
     int n = 0;
     const cudaError_t e = cudaOccupancyMaxActiveClusters(&n, Kern, &cfg);
     if (e != cudaSuccess) {
@@ -593,18 +601,8 @@ cudaError_t launch_tiled_cluster_kernel(TiledClusterParams cp, int threads, cuda
   const int R = a.num_vectors;
   cp.rows_cap = tiled_cluster_rows_cap(R, dev.sms);
   const int G = std::min(R, std::max(M, (R + cp.rows_cap - 1) / cp.rows_cap));
-  cudaLaunchConfig_t cfg = {};
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = C;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.gridDim = dim3(G * C);
-  cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = static_cast<size_t>(bytes);
-  cfg.stream = st;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  const cudaLaunchConfig_t cfg = cluster_config(C, G * C, threads, bytes, st, attr);
   e = cudaLaunchKernelEx(&cfg, kern, cp);
   return e != cudaSuccess ? e : cudaGetLastError();
 }
