@@ -19,7 +19,9 @@
 //   rows over the cluster's blocks through distributed shared memory, block 0's partial sum
 //   first, so the result is bitwise repeatable, and writes y (sorted_epilogue).
 // Each block stages all of xs, so the block's shared memory is xs + one tile + the partial
-// sums; tiled_layout.cluster_tile_codes picks the largest tile that fits.
+// sums; tiled_layout.device_tile_codes(..., cluster=True) picks the largest tile that fits.
+// Run 27a (H100, v8/k65536): 76.6 us on 28672x8192 against 111.5 for the tiled kernel and
+// 175.4 for cuBLAS fp16; 85.3 against 106.2 and 175.2 on 8192x28672 (README).
 #pragma once
 
 #include <cooperative_groups.h>
