@@ -367,9 +367,7 @@ def sorted_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> d
 def tiled_gemv(timer: Timer, x, cfg, t, ref, moved: int, copy_gbps: float) -> dict[str, Any]:
     """The tiled GEMV on one layer where its layout applies and fits, with its tile
     (:func:`_layout_gemv_row`)."""
-    # the form nn.py builds: cluster or mma where their switches and the GPU allow
-    cluster = tiled_layout.uses_cluster(cfg, DEV)
-    mma = not cluster and tiled_layout.uses_mma(cfg, DEV)
+    mma, cluster = tiled_layout.load_form(cfg, DEV)  # the form nn.py builds
     applies = tiled_layout.applies(cfg)
     tile_codes = (
         tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=cluster) if applies else None

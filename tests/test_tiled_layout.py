@@ -391,6 +391,11 @@ def test_cluster_form_tile_choice_shared_memory_and_opt_in(monkeypatch):
     assert tiled_layout.cluster_supported(gpu) and not tiled_layout.uses_cluster(tall, gpu)
     monkeypatch.setenv("VPTQ_RS_TILED_CLUSTER", "1")
     assert tiled_layout.uses_cluster(tall, gpu)
+    monkeypatch.setenv("VPTQ_RS_TILED_MMA", "1")  # the cluster form wins over the mma form
+    assert tiled_layout.load_form(tall, gpu) == (False, True)
+    monkeypatch.delenv("VPTQ_RS_TILED_CLUSTER")
+    assert tiled_layout.load_form(tall, gpu) == (True, False)
+    monkeypatch.setenv("VPTQ_RS_TILED_CLUSTER", "1")
     # the cluster form pays from 32 entries a codebook row (4096x4096 at v8/k65536) where
     # the tiled kernel needs 2 a row and SM
     square = LayerConfig(in_features=4096, out_features=4096, vector_len=8, num_centroids=65536)

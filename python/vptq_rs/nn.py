@@ -376,8 +376,7 @@ def _sorted_layout(
         if sorted_layout.fits(cfg, layout, idx.device):
             return layout
     else:
-        cluster = tiled_layout.uses_cluster(cfg, idx.device)
-        mma = not cluster and tiled_layout.uses_mma(cfg, idx.device)
+        mma, cluster = tiled_layout.load_form(cfg, idx.device)
         tile_codes = tiled_layout.device_tile_codes(cfg, idx.device, mma=mma, cluster=cluster)
         if tile_codes is not None:
             return tiled_layout.build(cfg, idx, tile_codes, mma=mma, cluster=cluster)

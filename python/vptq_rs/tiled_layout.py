@@ -189,6 +189,14 @@ def uses_cluster(cfg: Any, device: torch.device) -> bool:
     return os.environ.get(ENV_CLUSTER, "0") == "1" and cluster_supported(device)
 
 
+def load_form(cfg: Any, device: torch.device) -> tuple[bool, bool]:
+    """The form, as (mma, cluster), of the layouts built at load time on ``device``: the
+    cluster form where :func:`uses_cluster`, else the mma form where :func:`uses_mma`, else
+    the scalar one."""
+    cluster = uses_cluster(cfg, device)
+    return not cluster and uses_mma(cfg, device), cluster
+
+
 def threads(cfg: Any) -> int:
     """Threads of a tiled kernel block (``tiled_threads`` in gemv_tiled.cuh)."""
     return 1024 if cfg.vector_len <= 8 else 512
