@@ -1,8 +1,9 @@
 """The tiled GEMV over its two entry orders, in one run: entries dealt out by the codebook
 loads' bank keys (``tiled_layout.build``'s default) and column order within each tile
 (``deal_by_bank=False``), at v = 8 the tensor-core form (``mma=True``, dealt), and on
-sm_90+ the cluster kernel (``cluster=True``, dealt), each against cuBLAS timed in the same
-run (issue 5), all in fp16 or, with ``--dtype bf16``, in bf16.
+sm_90+ the cluster kernel (``cluster=True``, dealt; at v = 8 also over mma entries), each
+against cuBLAS timed in the same run (issue 5), all in fp16 or, with ``--dtype bf16``, in
+bf16.
 
 Writes ``<out>/gpu-gemv-tiled-order[-<label>].json``: device and versions, per-repetition
 timings (µs), medians and ratios; ``--label`` names a kernel variant built from another
@@ -24,12 +25,14 @@ from gpu_suite import DEV, GEMV_SHAPES, Timer, med
 from vptq_rs import cuda_ext, tiled_layout
 
 # name -> (deal_by_bank, mma, cluster); "mma" only where tiled_layout.mma_supported,
-# "cluster" (the cluster kernel, dealt entries) where tiled_layout.cluster_supported
+# "cluster" (the cluster kernel, dealt entries) where tiled_layout.cluster_supported,
+# "cluster_mma" (the cluster kernel over mma entries) where both
 ORDERS = {
     "dealt": (True, False, False),
     "columns": (False, False, False),
     "mma": (True, True, False),
     "cluster": (True, False, True),
+    "cluster_mma": (True, True, True),
 }
 
 

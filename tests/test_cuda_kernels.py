@@ -401,12 +401,9 @@ TILED_LAYERS = [
 
 def tiled_forms(cfg) -> list[tuple[bool, bool]]:
     """The tiled layout's forms, as (mma, cluster), that this GPU runs for layers like cfg."""
-    forms = [(False, False)]
-    if tiled_layout.mma_supported(cfg, DEV):
-        forms.append((True, False))
-    if tiled_layout.cluster_supported(DEV):
-        forms.append((False, True))
-    return forms
+    mma = [False, True] if tiled_layout.mma_supported(cfg, DEV) else [False]
+    cluster = [False, True] if tiled_layout.cluster_supported(DEV) else [False]
+    return [(m, c) for c in cluster for m in mma]
 
 
 needs_clusters = pytest.mark.skipif(
@@ -428,7 +425,8 @@ def test_gemv_tiled_kernel_matches_reference(layer_t, dtype):
     drift = ((dense.double() - ref).norm() / ref.norm()).item()
     # the kernel's tile, and a small one (many tiles, most runs a step or less); entries
     # dealt by bank key (the default) and in column order; every form the GPU runs (scalar;
-    # mma at v = 8; cluster on sm_90+, where the small tile gives each block many phases)
+    # mma at v = 8; cluster on sm_90+, where the small tile gives each block many phases,
+    # over either)
     for mma, cluster in tiled_forms(cfg):
         tcm = tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=cluster)
         for tc, deal in ((tcm, True), (64, True), (tcm, False)):
@@ -479,22 +477,29 @@ def test_gemv_tiled_kernel_edge_inputs_and_refusals():
     scale[7] = 4.0
     ts = t._replace(centroids=t.centroids * 0.01, weight_scale=scale)
     want = cuda_ext.gemv_tiled(one, cfg, ts, lay)
-    got = cuda_ext.gemv_tiled(one, cfg, ts, mlay)
-    assert torch.isfinite(want).all() and torch.isfinite(got).all()
-    assert ((got.double() - want.double()).norm() / want.double().norm()).item() < 1e-3
+    mlays = [mlay]
+    if tiled_layout.cluster_supported(DEV):  # the cluster kernel over mma entries: the same
+        tc = tiled_layout.device_tile_codes(cfg, DEV, mma=True, cluster=True)
+        mlays.append(tiled_layout.build(cfg, t.indices, tc, mma=True, cluster=True))
+    for ml in mlays:
+        assert torch.equal(cuda_ext.gemv_tiled(zero, cfg, t, ml, bias), bias[None])
+        got = cuda_ext.gemv_tiled(one, cfg, ts, ml)
+        assert torch.isfinite(want).all() and torch.isfinite(got).all()
+        assert ((got.double() - want.double()).norm() / want.double().norm()).item() < 1e-3
     v4, _, t4 = make_hist(TILED_LAYERS[2], torch.float16)
     lay4 = tiled_layout.build(v4, t4.indices, 64)
-    with pytest.raises(RuntimeError, match="form must be"):
-        torch.ops.vptq_rs.gemv_tiled(
-            torch.zeros(1, v4.in_features, device=DEV).half(),
-            lay4.entries,
-            lay4.tile_start,
-            64,
-            *cuda_ext._layer_args(v4, t4)[0],
-            None,
-            *cuda_ext._layer_args(v4, t4)[1],
-            1,
-        )
+    for form in (1, 3, 4):  # the mma forms take v = 8 only; there is no form 4
+        with pytest.raises(RuntimeError, match="form must be"):
+            torch.ops.vptq_rs.gemv_tiled(
+                torch.zeros(1, v4.in_features, device=DEV).half(),
+                lay4.entries,
+                lay4.tile_start,
+                64,
+                *cuda_ext._layer_args(v4, t4)[0],
+                None,
+                *cuda_ext._layer_args(v4, t4)[1],
+                form,
+            )
     tall, _, tt = make_hist((64, 9000, 1, 16, 0, (0, 0, 0), False), torch.float16)
     assert tiled_layout.device_tile_codes(tall, DEV) is None  # 69 rows a block > 64
     tlay = tiled_layout.build(tall, tt.indices, 16)
@@ -507,23 +512,28 @@ def test_gemv_tiled_kernel_edge_inputs_and_refusals():
 def test_gemv_tiled_cluster_kernel_over_cluster_sizes(size, monkeypatch):
     """The cluster kernel at any cluster size (VPTQ_RS_TILED_CLUSTER_SIZE; 3 does not divide
     the 16 phases, so blocks get unequal phase counts; 16 may fall back to 8 where the
-    device holds no 16-block cluster) matches the reference and repeats bitwise. A layer of
-    9000 vector rows, which the tiled kernel refuses, gives each warp more than 32 rows (its
-    tile starts come in chunks of 32)."""
+    device holds no 16-block cluster), over scalar and (v = 8) mma entries, matches the
+    reference and repeats bitwise. Layers of 9000 vector rows, which the tiled kernel
+    refuses, give each warp more than 32 rows (its tile starts come in chunks of 32)."""
     monkeypatch.setenv("VPTQ_RS_TILED_CLUSTER_SIZE", size)
-    for layer_t in (TILED_LAYERS[1], (64, 9000, 1, 16, 0, (0, 0, 0), False)):
+    for layer_t, mma in (
+        (TILED_LAYERS[1], False),
+        (TILED_LAYERS[1], True),
+        ((64, 9000, 1, 16, 0, (0, 0, 0), False), False),
+        ((64, 72000, 8, 256, 0, (0, 0, 0), False), True),
+    ):
         cfg, layer, t = make_hist(layer_t, torch.float16, seed=3)
-        tc = tiled_layout.device_tile_codes(cfg, DEV, cluster=True)
+        tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=True)
         assert tc is not None
         if cfg.num_centroids > 16:
             tc = min(tc, cfg.num_centroids // 16)  # 16 phases
-        lay = tiled_layout.build(cfg, t.indices, tc, cluster=True)
+        lay = tiled_layout.build(cfg, t.indices, tc, mma=mma, cluster=True)
         x = torch.randn(1, cfg.in_features, device=DEV).half()
         bias = layer.bias.to(DEV)
         ref, drift = reference_and_drift(x, layer, bias)
         y = cuda_ext.gemv_tiled(x, cfg, t, lay, bias)
         err = ((y.double() - ref).norm() / ref.norm()).item()
-        assert err <= max(2 * drift, 1e-3), (size, layer_t, err, drift)
+        assert err <= max(2 * drift, 1e-3), (size, layer_t, mma, err, drift)
         assert torch.equal(cuda_ext.gemv_tiled(x, cfg, t, lay, bias), y)
 
 
@@ -537,6 +547,7 @@ def test_gemv_tiled_cluster_kernel_over_cluster_sizes(size, monkeypatch):
         ("tiled", TILED_LAYERS[2]),
         ("tiled", TILED_LAYERS[4]),
         ("tiled_mma", TILED_LAYERS[0]),  # perm, v = 8
+        ("tiled_cluster_mma", TILED_LAYERS[0]),
     ],
 )
 def test_one_token_kernels_compute_xs_as_the_prologue_kernel_does(kernel, layer_t, monkeypatch):
@@ -546,14 +557,14 @@ def test_one_token_kernels_compute_xs_as_the_prologue_kernel_does(kernel, layer_
     they add the same terms in the same order (bitwise the same result); with one, the bias
     sum's terms are grouped differently (per warp against per 1024 columns), which shows
     which path the default took: fused up to 8192 columns, else the kernel."""
-    if kernel == "tiled_cluster" and not tiled_layout.cluster_supported(DEV):
+    if kernel.startswith("tiled_cluster") and not tiled_layout.cluster_supported(DEV):
         pytest.skip("thread-block clusters need an sm_90+ GPU")
     cfg, layer, t = make_hist(layer_t, torch.float16, seed=layer_t[0])
     if kernel == "sorted":
         lay = sorted_layout.build(cfg, t.indices)
         op = cuda_ext.gemv_sorted
     else:
-        mma, cluster = kernel == "tiled_mma", kernel == "tiled_cluster"
+        mma, cluster = kernel.endswith("mma"), kernel.startswith("tiled_cluster")
         tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=cluster)
         lay = tiled_layout.build(cfg, t.indices, tc, mma=mma, cluster=cluster)
         op = cuda_ext.gemv_tiled
@@ -587,14 +598,14 @@ def test_one_token_kernels_compute_xs_as_the_prologue_kernel_does(kernel, layer_
         assert gap <= 1e-3, gap
 
 
-@pytest.mark.parametrize("form", ["scalar", "mma", "cluster"])
+@pytest.mark.parametrize("form", ["scalar", "mma", "cluster", "cluster_mma"])
 def test_gemv_tiled_kernel_survives_a_garbage_layout(form):
     """Random entries and tile starts (codes outside the tile, columns past the group, runs
     that end before they start or past the row, starts off the mma form's steps): the kernel
     clamps every index and returns."""
-    if form == "cluster" and not tiled_layout.cluster_supported(DEV):
+    if form.startswith("cluster") and not tiled_layout.cluster_supported(DEV):
         pytest.skip("thread-block clusters need an sm_90+ GPU")
-    mma, cluster = form == "mma", form == "cluster"
+    mma, cluster = form.endswith("mma"), form.startswith("cluster")
     cfg, _, t = make_hist(TILED_LAYERS[1], torch.float16)
     tc = tiled_layout.device_tile_codes(cfg, DEV, mma=mma, cluster=cluster)
     lay = tiled_layout.build(cfg, t.indices, tc, mma=mma, cluster=cluster)
@@ -618,15 +629,15 @@ def test_tiled_layout_builds_alike_on_gpu_and_cpu():
         assert torch.equal(on_gpu.tile_start.cpu(), on_cpu.tile_start)
 
 
-@pytest.mark.parametrize("form", ["scalar", "mma", "cluster"])
+@pytest.mark.parametrize("form", ["scalar", "mma", "cluster", "cluster_mma"])
 def test_vquantlinear_sorted_gemv_takes_the_tiled_kernel_for_wide_codebooks(form, monkeypatch):
     """A codebook wider than a row on a layer large enough (tiled_layout.pays):
-    use_sorted_gemv turns on the tiled kernel (equal to calling it directly), in the mma form
-    with VPTQ_RS_TILED_MMA=1, in the cluster form with VPTQ_RS_TILED_CLUSTER=1 (on sm_90+);
+    use_sorted_gemv turns on the tiled kernel (equal to calling it directly), over mma entries
+    with VPTQ_RS_TILED_MMA=1, in the cluster form unless VPTQ_RS_TILED_CLUSTER=0 (on sm_90+);
     several tokens keep the other kernels; a small layer keeps them too."""
-    if form == "cluster" and not tiled_layout.cluster_supported(DEV):
+    if form.startswith("cluster") and not tiled_layout.cluster_supported(DEV):
         pytest.skip("thread-block clusters need an sm_90+ GPU")
-    mma, cluster = form == "mma", form == "cluster"
+    mma, cluster = form.endswith("mma"), form.startswith("cluster")
     monkeypatch.setenv("VPTQ_RS_TILED_MMA", "1" if mma else "0")
     monkeypatch.setenv("VPTQ_RS_TILED_CLUSTER", "1" if cluster else "0")
     _, layer, _ = make_hist((4096, 8448, 8, 16384, 0, (0, 0, 0), True), torch.float16, seed=5)

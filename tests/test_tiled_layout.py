@@ -367,11 +367,11 @@ def test_mma_kernel_choice_and_shared_memory(monkeypatch):
 # ---- the cluster form (gemv_tiled_cluster.cuh) ----------------------------------------------
 
 
-def test_cluster_form_tile_choice_shared_memory_and_opt_in(monkeypatch):
+def test_cluster_form_tile_choice_shared_memory_and_default(monkeypatch):
     """The cluster kernel's block holds xs, one tile and twice the rows of the busiest of
     132 // 16 clusters: 8192 columns take 8192-row tiles (8 blocks a cluster), 28672 columns
-    4096 (xs alone is 112 KB). It is opt-in (VPTQ_RS_TILED_CLUSTER=1) on sm_90+ only, and
-    its entries are the scalar form's."""
+    4096 (xs alone is 112 KB). It is the default on sm_90+ only (VPTQ_RS_TILED_CLUSTER=0
+    turns it off), and its entries are the scalar form's."""
     wide = LayerConfig(in_features=28672, out_features=8192, vector_len=8, num_centroids=65536)
     tall = LayerConfig(in_features=8192, out_features=28672, vector_len=8, num_centroids=65536)
     assert tiled_layout.cluster_rows_cap(tall, 132) == 448  # 3584 rows over 8 clusters
@@ -388,14 +388,18 @@ def test_cluster_form_tile_choice_shared_memory_and_opt_in(monkeypatch):
     assert not tiled_layout.cluster_supported(torch.device("cpu"))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
     monkeypatch.delenv("VPTQ_RS_TILED_CLUSTER", raising=False)
-    assert tiled_layout.cluster_supported(gpu) and not tiled_layout.uses_cluster(tall, gpu)
-    monkeypatch.setenv("VPTQ_RS_TILED_CLUSTER", "1")
-    assert tiled_layout.uses_cluster(tall, gpu)
-    monkeypatch.setenv("VPTQ_RS_TILED_MMA", "1")  # the cluster form wins over the mma form
-    assert tiled_layout.load_form(tall, gpu) == (False, True)
-    monkeypatch.delenv("VPTQ_RS_TILED_CLUSTER")
+    assert tiled_layout.cluster_supported(gpu) and tiled_layout.uses_cluster(tall, gpu)
+    monkeypatch.setenv("VPTQ_RS_TILED_CLUSTER", "0")
+    assert not tiled_layout.uses_cluster(tall, gpu)
+    monkeypatch.setenv("VPTQ_RS_TILED_MMA", "1")
     assert tiled_layout.load_form(tall, gpu) == (True, False)
-    monkeypatch.setenv("VPTQ_RS_TILED_CLUSTER", "1")
+    monkeypatch.delenv("VPTQ_RS_TILED_CLUSTER")  # the cluster kernel over mma entries
+    assert tiled_layout.load_form(tall, gpu) == (True, True)
+    # its block needs the max |xs| reduction's 128 bytes more
+    assert (
+        tiled_layout.cluster_smem_bytes(tall, 8192, 132, mma=True)
+        == tiled_layout.cluster_smem_bytes(tall, 8192, 132) + 128
+    )
     # the cluster form pays from 32 entries a codebook row (4096x4096 at v8/k65536) where
     # the tiled kernel needs 2 a row and SM
     square = LayerConfig(in_features=4096, out_features=4096, vector_len=8, num_centroids=65536)
@@ -409,5 +413,6 @@ def test_cluster_form_tile_choice_shared_memory_and_opt_in(monkeypatch):
     lay = tiled_layout.build(cfg, words, 512, cluster=True)
     assert lay.cluster and lay.form == 2 and plain.form == 0
     assert torch.equal(lay.entries, plain.entries) and torch.equal(lay.tile_start, plain.tile_start)
-    with pytest.raises(InvalidValueError, match="not both"):
-        tiled_layout.build(cfg, words, 512, mma=True, cluster=True)
+    both = tiled_layout.build(cfg, words, 512, mma=True, cluster=True)
+    mma = tiled_layout.build(cfg, words, 512, mma=True)
+    assert both.form == 3 and mma.form == 1 and torch.equal(both.entries, mma.entries)

@@ -49,7 +49,8 @@ feeds ``_cuda/gemv_tiled_cluster.cuh``: the blocks of a thread-block cluster spl
 among them (block q holds tile q) instead of each streaming every tile, and add a row's
 partial sums through distributed shared memory. Its block holds one tile, not two, beside
 xs, so :func:`device_tile_codes` (``cluster=True``) picks larger tiles: 8192 rows of v8 on
-8192 columns, one tile for each of a cluster's 8 blocks.
+8192 columns, one tile for each of a cluster's 8 blocks. With ``mma=True`` as well (form 3)
+the cluster kernel takes the mma form's entries and sums them on tensor cores.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ MMA_STEP = 32  # entries of a warp step of the mma kernel (two products of 16)
 MMA_VECTOR_LEN = 8  # ldmatrix rows are 16 bytes: 8 fp16/bf16 elements
 MMA_REDUCE_BYTES = 32 * 4  # the mma kernel's max |xs| reduction (tiled_mma_smem_bytes)
 ENV_MMA = "VPTQ_RS_TILED_MMA"  # "1" puts v = 8 layers on the mma form (uses_mma)
-ENV_CLUSTER = "VPTQ_RS_TILED_CLUSTER"  # "1" puts layers on the cluster form (uses_cluster)
+ENV_CLUSTER = "VPTQ_RS_TILED_CLUSTER"  # "0" keeps layers off the cluster form (uses_cluster)
 CLUSTER_MAX = 16  # blocks a cluster (kTiledClusterMax in gemv_tiled_cluster.cuh)
 
 
@@ -95,8 +96,9 @@ class TiledLayout(NamedTuple):
     tile_start: int32 ``[R, lists, tiles + 1]``
     tile_codes: codebook rows a tile (a power of two)
     mma:        the tensor-core form (module docstring)
-    cluster:    entries as the scalar form's, for the cluster kernel
-                (``_cuda/gemv_tiled_cluster.cuh``: a cluster's blocks split the tiles)
+    cluster:    for the cluster kernel (``_cuda/gemv_tiled_cluster.cuh``: a cluster's
+                blocks split the tiles), over the scalar form's entries or with ``mma``
+                the mma form's
     """
 
     entries: torch.Tensor
@@ -107,8 +109,8 @@ class TiledLayout(NamedTuple):
 
     @property
     def form(self) -> int:
-        """The op's ``form``: 0 scalar, 1 mma, 2 cluster."""
-        return 2 if self.cluster else 1 if self.mma else 0
+        """The op's ``form``: 0 scalar, 1 mma, 2 cluster, 3 cluster over mma entries."""
+        return 2 * self.cluster + self.mma
 
     @property
     def nbytes(self) -> int:
@@ -172,7 +174,8 @@ def uses_mma(cfg: Any, device: torch.device) -> bool:
     ``VPTQ_RS_TILED_MMA=1`` where :func:`mma_supported`. On an H100 the mma kernel ties the
     scalar one (run 24c: 116.4 and 114.4 us against 116.5 and 114.0 on the two largest
     v8/k65536 shapes), whose sums keep the activations in fp32, so the scalar form stays
-    the default."""
+    the default. Under the cluster kernel it is slower (run 28b: 75.6 and 86.0 us against
+    71.8 and 79.7)."""
     return os.environ.get(ENV_MMA, "0") == "1" and mma_supported(cfg, device)
 
 
@@ -184,17 +187,18 @@ def cluster_supported(device: torch.device) -> bool:
 
 
 def uses_cluster(cfg: Any, device: torch.device) -> bool:
-    """Whether the layouts built at load time take the cluster form: only with
-    ``VPTQ_RS_TILED_CLUSTER=1`` where :func:`cluster_supported`."""
-    return os.environ.get(ENV_CLUSTER, "0") == "1" and cluster_supported(device)
+    """Whether the layouts built at load time take the cluster form: wherever
+    :func:`cluster_supported`, unless ``VPTQ_RS_TILED_CLUSTER=0``. Run 27b (H100,
+    v8/k65536): 75.9 and 84.8 us on the two largest shapes against 111.0 and 107.6 for the
+    scalar tiled kernel, and 23.1 us on 4096x4096 against 34.3 for the gather kernel (run
+    25b)."""
+    return os.environ.get(ENV_CLUSTER, "1") != "0" and cluster_supported(device)
 
 
 def load_form(cfg: Any, device: torch.device) -> tuple[bool, bool]:
-    """The form, as (mma, cluster), of the layouts built at load time on ``device``: the
-    cluster form where :func:`uses_cluster`, else the mma form where :func:`uses_mma`, else
-    the scalar one."""
-    cluster = uses_cluster(cfg, device)
-    return not cluster and uses_mma(cfg, device), cluster
+    """The form, as (mma, cluster), of the layouts built at load time on ``device``: mma
+    entries where :func:`uses_mma`, for the cluster kernel where :func:`uses_cluster`."""
+    return uses_mma(cfg, device), uses_cluster(cfg, device)
 
 
 def threads(cfg: Any) -> int:
@@ -263,16 +267,18 @@ def cluster_rows_cap(cfg: Any, sms: int) -> int:
     return -(-cfg.num_vectors // g)
 
 
-def cluster_smem_bytes(cfg: Any, tile_codes: int, sms: int) -> int:
+def cluster_smem_bytes(cfg: Any, tile_codes: int, sms: int, *, mma: bool = False) -> int:
     """Shared memory the cluster kernel asks for: xs plus a zero slot (fp32), one codebook
-    tile (16-bit), :func:`sorted_layout.extra_x_bytes`, and twice ``rows_cap x V`` fp32 (the
-    partial sums and the block's added rows; ``tiled_cluster_smem_bytes``)."""
+    tile (16-bit), :func:`sorted_layout.extra_x_bytes`, twice ``rows_cap x V`` fp32 (the
+    partial sums and the block's added rows) and over mma entries the max |xs| reduction
+    (``tiled_cluster_smem_bytes``)."""
     rows = cluster_rows_cap(cfg, sms)
     return (
         _round16((cfg.group_size + 1) * 4)
         + _round16(tile_codes * cfg.vector_len * 2)
         + sorted_layout.extra_x_bytes(cfg)
         + 2 * _round16(rows * cfg.vector_len * 4)
+        + (MMA_REDUCE_BYTES if mma else 0)
     )
 
 
@@ -286,7 +292,11 @@ def tile_codes_for(
         return None
     tc = max(cfg.num_centroids, cfg.num_res_centroids)
     while tc >= MIN_TILE_CODES:
-        need = cluster_smem_bytes(cfg, tc, sms) if cluster else smem_bytes(cfg, tc, sms, mma=mma)
+        need = (
+            cluster_smem_bytes(cfg, tc, sms, mma=mma)
+            if cluster
+            else smem_bytes(cfg, tc, sms, mma=mma)
+        )
         if need <= smem_limit:
             return tc
         tc //= 2
@@ -414,11 +424,9 @@ def build(
     docstring); False keeps column order (the kernel takes either);
     mma: the tensor-core form (module docstring; v = 8 only, :func:`uses_mma`);
     cluster: mark the layout for the cluster kernel (:func:`uses_cluster`; the entries are
-    the scalar form's, and ``tile_codes`` should come from ``device_tile_codes(...,
-    cluster=True)``).
+    the scalar form's, or with ``mma`` the mma form's, and ``tile_codes`` should come from
+    ``device_tile_codes(..., cluster=True)``).
     """
-    if mma and cluster:
-        raise InvalidValueError("a tiled layout takes the mma or the cluster form, not both")
     why = problem(cfg)
     if why is not None:
         raise InvalidValueError(f"the tiled GEMV layout does not cover this layer: {why}")

@@ -101,6 +101,51 @@ __device__ __forceinline__ void stage_copy16(void* dst, const void* src, int byt
   }
 }
 
+// Sum over the 32 lanes of a[0..2H) by exchanging halves: afterwards a[i] for i < H holds
+// the sum of one of the 2H values, which one set by this lane's bit `o` and the earlier steps.
+template <int H>
+__device__ __forceinline__ void halve(float* a, int lane, int o) {
+  const bool up = (lane & o) != 0;
+#pragma unroll
+  for (int i = 0; i < H; ++i) {
+    const float send = up ? a[i] : a[i + H];
+    const float keep = up ? a[i + H] : a[i];
+    a[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+  }
+}
+
+// The rest of warp_spread_sum: N values left at lane bit O, whose index gets N / 2 added on
+// lanes that keep the upper half.
+template <int N, int O>
+__device__ __forceinline__ void spread_steps(float* a, int lane, int& index) {
+  if constexpr (N > 1) {
+    halve<N / 2>(a, lane, O);
+    if (lane & O) index += N / 2;
+    spread_steps<N / 2, O / 2>(a, lane, index);
+  } else {
+#pragma unroll
+    for (int o = O; o > 0; o >>= 1) a[0] += __shfl_xor_sync(0xffffffffu, a[0], o);
+  }
+}
+
+// Sum over the 32 lanes of each of v[0..V) (V <= 16) by halving exchanges: P - 1 + 5 - log2 P
+// shuffles for P = V rounded up to a power of two, where a butterfly a value takes 5 V (9
+// against 40 at V = 8), and the adds go down as much. Returns this lane's sum; slot is the
+// index of that value on the lowest of the 32 / P lanes that hold it, -1 elsewhere (and on
+// lanes that hold a padding slot), so one lane a value writes it.
+template <int V>
+__device__ __forceinline__ float warp_spread_sum(const float (&v)[V], int lane, int& slot) {
+  static_assert(V >= 1 && V <= 16, "warp_spread_sum takes 1 to 16 values");
+  constexpr int P = V <= 1 ? 1 : V <= 2 ? 2 : V <= 4 ? 4 : V <= 8 ? 8 : 16;
+  float a[P];
+#pragma unroll
+  for (int i = 0; i < P; ++i) a[i] = i < V ? v[i] : 0.f;
+  int index = 0;
+  spread_steps<P, 16>(a, lane, index);
+  slot = (lane & (32 / P - 1)) == 0 && index < V ? index : -1;
+  return a[0];
+}
+
 // xs[t, p] = x[t, perm[p]] * scale[perm[p]]; xbias[t, chunk] = sum bias_w[j] * x[t, j];
 // xabs[t, chunk] = sum |xs[t, p]|.
 template <typename T>

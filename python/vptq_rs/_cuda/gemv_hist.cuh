@@ -55,19 +55,6 @@ __host__ __device__ inline int64_t hist_smem_bytes(const LayerArgs& a, int rows,
          int64_t{kHistWarps} * kHistAcc * 4;
 }
 
-// Sum over the 32 lanes of a[0..2H) by exchanging halves: afterwards a[i] for i < H holds
-// the sum of one of the 2H values, which one set by this lane's bit `o` and the earlier steps.
-template <int H>
-__device__ __forceinline__ void halve(float* a, int lane, int o) {
-  const bool up = (lane & o) != 0;
-#pragma unroll
-  for (int i = 0; i < H; ++i) {
-    const float send = up ? a[i] : a[i + H];
-    const float keep = up ? a[i + H] : a[i];
-    a[i] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-  }
-}
-
 // Lane L ends with the warp sums of a[2L] and a[2L + 1] in a[0] and a[1].
 __device__ __forceinline__ void warp_reduce_64(float (&a)[kHistAcc], int lane) {
   halve<32>(a, lane, 16);

@@ -473,17 +473,19 @@ inline int64_t tiled_block_smem(const LayerArgs& a, const TiledLayout& t) {
 // Shared memory of the cluster-tiled kernel's blocks.
 inline int64_t tiled_cluster_block_smem(const LayerArgs& a, const TiledLayout& t) {
   return tiled_cluster_smem_bytes(a, t.tile_codes,
-                                  tiled_cluster_rows_cap(a.num_vectors, device_info().sms));
+                                  tiled_cluster_rows_cap(a.num_vectors, device_info().sms),
+                                  t.mma != 0);
 }
 
 // Whether the tiled kernel of the layout's form takes this layer: one group, group_size <=
 // 65534, at most kTiledItemsPerWarp rows a warp, and xs, two tiles and the partial sums in
 // shared memory; the mma form also needs v = 8 and an sm_80+ GPU. The cluster form needs an
-// sm_90+ GPU and xs, one tile and its partial sums in shared memory.
+// sm_90+ GPU and xs, one tile and its partial sums in shared memory (and v = 8 with mma
+// entries).
 inline bool tiled_applies(const LayerArgs& a, const TiledLayout& t) {
   if (a.groups != 1 || a.group_size > kTiledMaxGroupSize) return false;
   if (t.cluster) {
-    return device_info().major >= 9 &&
+    return device_info().major >= 9 && (!t.mma || a.v == kTiledMmaV) &&
            tiled_cluster_block_smem(a, t) <= device_info().smem_block_optin - 1024;
   }
   if (t.mma && (a.v != kTiledMmaV || device_info().major < 8)) return false;
@@ -607,19 +609,25 @@ cudaError_t launch_tiled_cluster_kernel(TiledClusterParams cp, int threads, cuda
   return e != cudaSuccess ? e : cudaGetLastError();
 }
 
-template <typename T, int V>
+template <typename T, int V, bool kMma = false>
 cudaError_t launch_tiled_cluster(const TiledParams& tp, cudaStream_t st) {
   TiledClusterParams cp;
   cp.p = tp.p;
   cp.t = tp.t;
   cp.rows_cap = 0;
-  return launch_tiled_cluster_kernel<tiled_cluster_kernel<T, V>>(cp, tiled_threads<V>(), st);
+  return launch_tiled_cluster_kernel<tiled_cluster_kernel<T, V, kMma>>(cp, tiled_threads<V>(),
+                                                                       st);
 }
 
-// Every vector length of the cluster form for one dtype (explicitly instantiated in
+// Every vector length of the cluster form for one dtype, and the cluster form over mma entries
+// (v = 8; explicitly instantiated in
 // gemv_tiled_cluster_{f16,bf16}.cu, which compile beside the other tiled kernels).
 template <typename T>
 cudaError_t run_tiled_cluster(const TiledParams& tp, cudaStream_t st) {
+  if (tp.t.mma) {
+    if (tp.p.a.v != kTiledMmaV) return cudaErrorInvalidValue;
+    return launch_tiled_cluster<T, kTiledMmaV, true>(tp, st);
+  }
   switch (tp.p.a.v) {
     case 1: return launch_tiled_cluster<T, 1>(tp, st);
     case 2: return launch_tiled_cluster<T, 2>(tp, st);

@@ -20,13 +20,17 @@
 //   first, so the result is bitwise repeatable, and writes y (sorted_epilogue).
 // Each block stages all of xs, so the block's shared memory is xs + one tile + the partial
 // sums; tiled_layout.device_tile_codes(..., cluster=True) picks the largest tile that fits.
-// Run 27a (H100, v8/k65536): 76.6 us on 28672x8192 against 111.5 for the tiled kernel and
-// 175.4 for cuBLAS fp16; 85.3 against 106.2 and 175.2 on 8192x28672 (README).
+// Over the mma form's entries (kMma, v = 8) a step's 32 entries are two m16n8k16 products,
+// as in gemv_tiled_mma.cuh; it was slower than the scalar step (run 28b: 75.6 against 71.8
+// us on 28672x8192), so it is opt-in (VPTQ_RS_TILED_MMA=1).
+// Run 28b (H100, v8/k65536): 71.8 us on 28672x8192 against 111.6 for the tiled kernel and
+// 175.7 for cuBLAS fp16; 79.7 against 106.9 and 176.8 on 8192x28672 (README, which also has
+// the variants measured and not kept).
 #pragma once
 
 #include <cooperative_groups.h>
 
-#include "gemv_tiled.cuh"
+#include "gemv_tiled_mma.cuh"
 
 namespace vptq {
 namespace gemv {
@@ -52,17 +56,21 @@ __host__ __device__ inline int tiled_cluster_rows_cap(int R, int sms) {
 }
 
 // Shared memory: [xs of the group + the zero slot, fp32] [one codebook tile, 16-bit]
-// [extra_x_bytes] [partial sums, rows_cap x V fp32] [the block's added rows, as many].
+// [extra_x_bytes] [partial sums, rows_cap x V fp32] [the block's added rows, as many], and in
+// the mma form [32 floats: the block's max |xs| reduction].
 __host__ __device__ inline int64_t tiled_cluster_smem_bytes(const LayerArgs& a, int tile_codes,
-                                                           int rows_cap) {
+                                                           int rows_cap, bool mma) {
   return sorted_round16(int64_t{a.group_size + 1} * 4) +
          sorted_round16(int64_t{tile_codes} * a.v * 2) + extra_x_bytes(a) +
-         2 * sorted_round16(int64_t{rows_cap} * a.v * 4);
+         2 * sorted_round16(int64_t{rows_cap} * a.v * 4) + (mma ? 32 * 4 : 0);
 }
 
-template <typename T, int V>
+// kMma: the mma form's entries (whole steps of 32, gemv_tiled_mma.cuh), summed by two
+// m16n8k16 products a step (V = 8 only), the activations rounded as that kernel does.
+template <typename T, int V, bool kMma>
 __global__ void __launch_bounds__(tiled_threads<V>(), 1)
     tiled_cluster_kernel(TiledClusterParams cp) {
+  static_assert(!kMma || V == kTiledMmaV, "the mma form takes v = 8 only");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   namespace cg = cooperative_groups;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -76,6 +84,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1)
   const int warp = threadIdx.x >> 5;
   const int gs = a.group_size;
   const int tc = t.tile_codes;
+  const int len = t.list_len;  // gs in the scalar form
   const cg::cluster_group cluster = cg::this_cluster();
   const int C = static_cast<int>(cluster.num_blocks());
   const int q = static_cast<int>(cluster.block_rank());
@@ -91,6 +100,7 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1)
                                          sorted_round16(int64_t{tc} * V * 2));
   float* s_part = s_xo + extra_x_bytes(a) / 4;
   float* s_sum = s_part + sorted_round16(int64_t{cp.rows_cap} * V * 4) / 4;
+  float* s_red = s_sum + sorted_round16(int64_t{cp.rows_cap} * V * 4) / 4;  // kMma only
   for (int i = threadIdx.x; i < nrows * V; i += blockDim.x) s_part[i] = 0.f;
 
   const uint32_t* ents = reinterpret_cast<const uint32_t*>(t.entries);
@@ -100,6 +110,20 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1)
 #pragma unroll
     for (int k = 0; k < kUnroll; ++k) ev[k] = e + 32 * k < e1 ? load_stream32(ptr + 32 * k) : pad;
   };
+
+  // mma form: lane l = 4g + t supplies the activation of one entry of a step's two products
+  // (gemv_tiled_mma.cuh); the masks keep its half of A register 0 or 2 of product g / 4
+  uint32_t mask[2][2] = {{0u, 0u}, {0u, 0u}};
+  if constexpr (kMma) {
+    const int g = lane >> 2;
+    const uint32_t half = (g & 1) ? 0xffff0000u : 0x0000ffffu;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      mask[j][0] = (g >> 2) == j && (g & 2) == 0 ? half : 0u;
+      mask[j][1] = (g >> 2) == j && (g & 2) != 0 ? half : 0u;
+    }
+  }
+  float up = 1.f;  // mma form: the sums' scale back from the activations' (2^e)
 
   const int phases = t.lists * t.tiles;
   if (q >= phases) {  // no tile here, but the epilogue of its share of rows needs xs
@@ -115,15 +139,19 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1)
     cp_commit();
     // A list's entries and run of the warp's row k. Lane k holds the runs of the warp's rows
     // kc + k (a chunk of 32 rows, one memory round trip), handed out by shuffles; runs are
-    // clamped to the list so that a malformed layout cannot leave it.
+    // clamped to the list so that a malformed layout cannot leave it (in the mma form, and
+    // cut to whole steps).
     auto list_of = [&](int k) { return int64_t{r0 + warp + k * kWarps} * t.lists + b; };
     int lane_s0 = 0, lane_s1 = 0;
     auto load_runs = [&](int kc) {
       lane_s0 = lane_s1 = 0;
       if (kc + lane < my_rows) {
         const int32_t* ts = t.tile_start + list_of(kc + lane) * (t.tiles + 1) + ft;
-        lane_s0 = min(max(ts[0], 0), gs);
-        lane_s1 = min(max(ts[1], lane_s0), gs);
+        lane_s0 = min(max(ts[0], 0), len);
+        lane_s1 = min(max(ts[1], lane_s0), len);
+        if constexpr (kMma) {
+          lane_s1 = lane_s0 + (lane_s1 - lane_s0) / kTiledMmaStep * kTiledMmaStep;
+        }
       }
     };
     load_runs(0);
@@ -139,9 +167,13 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1)
     int e0 = __shfl_sync(0xffffffffu, lane_s0, 0);
     int e1 = __shfl_sync(0xffffffffu, lane_s1, 0);
     uint32_t cur[kUnroll];
-    if (my_rows > 0) fetch(ents + list_of(0) * gs + e0 + lane, e0 + lane, e1, pad, cur);
+    if (my_rows > 0) fetch(ents + list_of(0) * len + e0 + lane, e0 + lane, e1, pad, cur);
     cp_wait<0>();
     __syncthreads();
+    if constexpr (kMma) {
+      if (f == q) up = scale_xs_for_mma(s_x, gs, s_red);  // the same 2^e in every block
+    }
+    const uint32_t tile_addr = static_cast<uint32_t>(__cvta_generic_to_shared(tile));
 
     for (int k = 0; k < my_rows; ++k) {
       // the next row's run and first batch, in flight while this row is summed
@@ -152,23 +184,34 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1)
         if ((kn & 31) == 0) load_runs(kn);
         n0 = __shfl_sync(0xffffffffu, lane_s0, kn & 31);
         n1 = __shfl_sync(0xffffffffu, lane_s1, kn & 31);
-        fetch(ents + list_of(kn) * gs + n0 + lane, n0 + lane, n1, pad, nxt);
+        fetch(ents + list_of(kn) * len + n0 + lane, n0 + lane, n1, pad, nxt);
       }
-      float acc[V];
+      // scalar: the row's V sums; mma: the D fragment of slots x elements (lane 4g + t holds
+      // slot g's elements 2t and 2t + 1 in acc[0..1]; slots 8-15 stay zero)
+      constexpr int kAcc = kMma ? 4 : V;
+      float acc[kAcc];
 #pragma unroll
-      for (int l = 0; l < V; ++l) acc[l] = 0.f;
+      for (int l = 0; l < kAcc; ++l) acc[l] = 0.f;
       auto sum = [&](const uint32_t(&ev)[kUnroll], int part) {
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           if (u > 0 && u >= part) break;
           const float xv = s_x[min(ev[u] & 0xffffu, static_cast<uint32_t>(gs))];
           const uint32_t c = min((ev[u] >> 16) - code0, cmax);
-          Entry<T, V> ent;
-          ent.load(tile + c * V);
-          float cv[V];
-          ent.get(cv);
+          if constexpr (kMma) {
+            const uint32_t xa = to_pair_bits<T>(xv);
+            uint32_t rows[4];
+            ldmatrix_x4_trans(tile_addr + (c << 4), rows);
+            mma_slots<T>(acc, xa & mask[0][0], xa & mask[0][1], rows[0], rows[1]);
+            mma_slots<T>(acc, xa & mask[1][0], xa & mask[1][1], rows[2], rows[3]);
+          } else {
+            Entry<T, V> ent;
+            ent.load(tile + c * V);
+            float cv[V];
+            ent.get(cv);
 #pragma unroll
-          for (int l = 0; l < V; ++l) acc[l] = fmaf(xv, cv[l], acc[l]);
+            for (int l = 0; l < V; ++l) acc[l] = fmaf(xv, cv[l], acc[l]);
+          }
         }
       };
       // a full batch without a check per load, a run's last one with them (warp-uniform)
@@ -179,30 +222,46 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1)
           sum(ev, (e1 - eb + 31) >> 5);
         }
       };
+      // the batch from entry bs: no bound checks (nor pads) where all of it is in the run
+      auto fetch_next = [&](const uint32_t* bp, int bs, uint32_t(&ev)[kUnroll]) {
+        if (bs + kBatch <= e1) {
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) ev[u] = load_stream32(bp + 32 * u);
+        } else {
+          fetch(bp, bs + lane, e1, pad, ev);
+        }
+      };
       // two batches a turn, each loading the other's successor while it is summed
-      const uint32_t* ptr = ents + list_of(k) * gs + e0 + lane;
+      const uint32_t* ptr = ents + list_of(k) * len + e0 + lane;
       int eb = e0;
       uint32_t other[kUnroll];
       while (eb < e1) {
-        fetch(ptr + kBatch, eb + kBatch + lane, e1, pad, other);
+        fetch_next(ptr + kBatch, eb + kBatch, other);
         sum_batch(cur, eb);
         eb += kBatch;
         ptr += kBatch;
         if (eb >= e1) break;
-        fetch(ptr + kBatch, eb + kBatch + lane, e1, pad, cur);
+        fetch_next(ptr + kBatch, eb + kBatch, cur);
         sum_batch(other, eb);
         eb += kBatch;
         ptr += kBatch;
       }
+      float* dst = s_part + (warp + k * kWarps) * V;
+      if constexpr (kMma) {  // add the slots: lanes t (< 4) end with elements 2t, 2t + 1
+        float s0 = acc[0], s1 = acc[1];
 #pragma unroll
-      for (int l = 0; l < V; ++l) {
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc[l] += __shfl_xor_sync(0xffffffffu, acc[l], o);
-      }
-      if (lane == 0) {
-        float* dst = s_part + (warp + k * kWarps) * V;
-#pragma unroll
-        for (int l = 0; l < V; ++l) dst[l] += acc[l];
+        for (int o = 4; o < 32; o <<= 1) {
+          s0 += __shfl_xor_sync(0xffffffffu, s0, o);
+          s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        }
+        if (lane < 4) {
+          dst[2 * lane] += s0 * up;
+          dst[2 * lane + 1] += s1 * up;
+        }
+      } else {
+        int slot;
+        const float rsum = warp_spread_sum<V>(acc, lane, slot);
+        if (slot >= 0) dst[slot] += rsum;
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) cur[u] = nxt[u];

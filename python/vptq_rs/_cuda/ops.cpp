@@ -396,8 +396,10 @@ Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_sta
                        weight_scale, weight_bias, rows, cols, vector_len, index_bits, res_bits,
                        group_num, outlier_size, outlier_vector_len);
   check_one_token(L, x, indices, centroids, cols, group_num, "gemv_tiled");
-  VPTQ_CHECK(form == 0 || (form == 1 && vector_len == 8) || form == 2,
-             "form must be 0 (scalar), 1 (mma, vector_len 8 only) or 2 (cluster), got ", form);
+  VPTQ_CHECK(form == 0 || form == 2 || ((form == 1 || form == 3) && vector_len == 8),
+             "form must be 0 (scalar), 1 (mma, vector_len 8 only), 2 (cluster) or 3 (cluster "
+             "over mma entries, vector_len 8 only), got ", form);
+  const bool mma_entries = form == 1 || form == 3;
   VPTQ_CHECK(tile_codes >= 8 && tile_codes <= 65536 && (tile_codes & (tile_codes - 1)) == 0,
              "tile_codes must be a power of two in [8, 65536], got ", tile_codes);
   const int64_t lists = res_bits > 0 ? 2 : 1;
@@ -405,7 +407,7 @@ Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_sta
   const int64_t tiles = (widest + tile_codes - 1) / tile_codes;
   const int64_t gs = L.a.group_size;
   check_on(entries, indices, "entries");
-  if (form != 1) {
+  if (!mma_entries) {
     VPTQ_CHECK(entries.scalar_type() == at::kInt && entries.dim() == 3 &&
                    entries.size(0) == L.a.num_vectors && entries.size(1) == lists &&
                    entries.size(2) == gs,
@@ -437,8 +439,8 @@ Tensor gemv_tiled(const Tensor& x, const Tensor& entries, const Tensor& tile_sta
   tl.tiles = static_cast<int>(tiles);
   tl.tile_codes = static_cast<int>(tile_codes);
   tl.list_len = static_cast<int>(ent.size(2));
-  tl.mma = form == 1 ? 1 : 0;
-  tl.cluster = form == 2 ? 1 : 0;
+  tl.mma = mma_entries ? 1 : 0;
+  tl.cluster = form >= 2 ? 1 : 0;
   VPTQ_CHECK(vptq::gemv_tiled_applies(L.a, tl),
              "gemv_tiled: this layer does not fit the kernel (group_size <= 65534, at most "
              "two vector rows a warp, and xs plus two tiles of ", tile_codes,
