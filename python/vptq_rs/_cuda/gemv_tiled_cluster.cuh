@@ -111,18 +111,9 @@ __global__ void __launch_bounds__(tiled_threads<V>(), 1)
     for (int k = 0; k < kUnroll; ++k) ev[k] = e + 32 * k < e1 ? load_stream32(ptr + 32 * k) : pad;
   };
 
-  // mma form: lane l = 4g + t supplies the activation of one entry of a step's two products
-  // (gemv_tiled_mma.cuh); the masks keep its half of A register 0 or 2 of product g / 4
+  // mma form: which half of a step's A registers this lane's activation fills
   uint32_t mask[2][2] = {{0u, 0u}, {0u, 0u}};
-  if constexpr (kMma) {
-    const int g = lane >> 2;
-    const uint32_t half = (g & 1) ? 0xffff0000u : 0x0000ffffu;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      mask[j][0] = (g >> 2) == j && (g & 2) == 0 ? half : 0u;
-      mask[j][1] = (g >> 2) == j && (g & 2) != 0 ? half : 0u;
-    }
-  }
+  if constexpr (kMma) mma_x_masks(lane, mask);
   float up = 1.f;  // mma form: the sums' scale back from the activations' (2^e)
 
   const int phases = t.lists * t.tiles;

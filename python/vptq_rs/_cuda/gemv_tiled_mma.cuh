@@ -92,6 +92,19 @@ __device__ __forceinline__ uint32_t to_pair_bits(float x) {
   return r;
 }
 
+// Lane l = 4g + t supplies entry 16 (g / 4) + (2t, 2t+1, 2t+8, 2t+9)[g % 4] of a step: the
+// low or high half of A register 0 or 2 of product g / 4. mask[j][r] keeps that half of
+// product j's register 2r and zeroes the rest (all of it for the other product).
+__device__ __forceinline__ void mma_x_masks(int lane, uint32_t (&mask)[2][2]) {
+  const int g = lane >> 2;
+  const uint32_t half = (g & 1) ? 0xffff0000u : 0x0000ffffu;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    mask[j][0] = (g >> 2) == j && (g & 2) == 0 ? half : 0u;
+    mask[j][1] = (g >> 2) == j && (g & 2) != 0 ? half : 0u;
+  }
+}
+
 // max |s_x[0, n)| over the block (NaNs ignored), then s_x scaled by 2^-e in place; returns 2^e.
 // s_red: 32 floats. Ends with a barrier.
 __device__ __forceinline__ float scale_xs_for_mma(float* s_x, int n, float* s_red) {
@@ -204,18 +217,8 @@ __global__ void __launch_bounds__(kTiledMmaThreads, 1) tiled_mma_kernel(TiledPar
   __syncthreads();
   const float up = scale_xs_for_mma(blk.s_x, gs, s_red);
 
-  // lane l = 4g + t supplies entry 16 (g / 4) + (2t, 2t+1, 2t+8, 2t+9)[g % 4]: the low or
-  // high half of A register 0 or 2 of product g / 4 (the masks keep that half, zero the rest)
   uint32_t mask[2][2];
-  {
-    const int g = lane >> 2;
-    const uint32_t half = (g & 1) ? 0xffff0000u : 0x0000ffffu;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      mask[j][0] = (g >> 2) == j && (g & 2) == 0 ? half : 0u;
-      mask[j][1] = (g >> 2) == j && (g & 2) != 0 ? half : 0u;
-    }
-  }
+  mma_x_masks(lane, mask);
 
   float acc[kTiledItemsPerWarp][4];
 #pragma unroll
