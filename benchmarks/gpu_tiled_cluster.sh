@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs 27a, 27b and 28a on the device machine (issue 5): the cluster-tiled GEMV
+# Runs 27a to 28b on the device machine (issue 5): the cluster-tiled GEMV
 # (gemv_tiled_cluster.cuh) beside the tiled kernels, in one call.
 #
-#   LABEL=run28a bash benchmarks/gpu_tiled_cluster.sh      (carry .device/wheels, and PROBES' dirs)
+#   LABEL=run29a bash benchmarks/gpu_tiled_cluster.sh      (carry .device/wheels, and PROBES' dirs)
 #
 # 1. install the wheel, build the kernels (and, at the same time, each of PROBES: a list of
 #    name:dir, dir a copy of python/vptq_rs/_cuda with a benchmarks/variants probe applied,
@@ -34,7 +34,7 @@
 set -u
 OUT=${OUT:-/tmp/vptq_out}
 export OUT
-LABEL=${LABEL:-run27b}
+LABEL=${LABEL:-run29a}
 source benchmarks/device_setup.sh
 echo "=== build ($(date +%T))" | tee -a "$LOG"
 for probe in ${PROBES:-}; do
