@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs 27a to 28b on the device machine (issue 5): the cluster-tiled GEMV
+# Runs 27a to 29a on the device machine (issue 5): the cluster-tiled GEMV
 # (gemv_tiled_cluster.cuh) beside the tiled kernels, in one call.
 #
-#   LABEL=run29a bash benchmarks/gpu_tiled_cluster.sh      (carry .device/wheels, and PROBES' dirs)
+#   LABEL=run30a bash benchmarks/gpu_tiled_cluster.sh      (carry .device/wheels, and PROBES' dirs)
 #
 # 1. install the wheel, build the kernels (and, at the same time, each of PROBES: a list of
 #    name:dir, dir a copy of python/vptq_rs/_cuda with a benchmarks/variants probe applied,
@@ -30,11 +30,14 @@
 # copies of python/vptq_rs/_cuda). Run 28b (an H100, though labelled _h200): LABEL=run28b_h200
 # SHAPES= SIZES= PROLOGUE=0 PROFILE=0 SAN=0 TEST_K="tiled and cluster"
 # PROBES="u8:.device/var_u8 l2:.device/var_l2" (tiled-cluster-{unroll8,l2-prefetch}.patch).
+# Run 29a (an H100): tiled-cluster-split-rows.patch applied to the tree, the tree before it as
+# the probe: LABEL=run29a SHAPES=all SIZES= PROLOGUE=0 SOURCE=0 SUITE=1
+# PROBES="old:.device/old_cuda".
 # $OUT may hold 8 files: the results come back as one archive, results.tgz.
 set -u
 OUT=${OUT:-/tmp/vptq_out}
 export OUT
-LABEL=${LABEL:-run29a}
+LABEL=${LABEL:-run30a}
 source benchmarks/device_setup.sh
 echo "=== build ($(date +%T))" | tee -a "$LOG"
 for probe in ${PROBES:-}; do

@@ -215,6 +215,38 @@ def gpu(tag: str = "") -> str | None:
     return "\n".join(lines)
 
 
+def gpu_goal(share: float = 0.6) -> str | None:
+    """Issue 5's bandwidth goal against the bytes each layout kernel reads, on the two largest
+    GEMV shapes of results/gpu-gemv.json: the goal's time (the issue's bytes at ``share`` of
+    the copy bandwidth) beside the time the bytes of the layout a load picks (sorted where it
+    applies, else tiled) take at the full copy rate."""
+    gemv = _load("gpu-gemv")
+    if gemv is None:
+        return None
+    copy = gemv["copy_GBps"] * 1e3  # bytes per us
+    big = sorted({x["out"] * x["in"] for x in gemv["rows"]})[-1]
+    head = (
+        "| out x in | config | issue's bytes (MB) | goal: at most (us) | cuBLAS fp16 / 3 (us) "
+        "| kernel | its time (us) | bytes it reads (MB) | those bytes at the copy rate (us) |"
+    )
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for x in gemv["rows"]:
+        if x["out"] * x["in"] != big:
+            continue
+        # the layout kernel a load picks: sorted where it applies, else tiled
+        name = "sorted" if x.get("ours_sorted_us") is not None else "tiled"
+        us = x.get(f"ours_{name}_us")
+        if us is None:
+            continue
+        read = x[f"{name}_bytes_read"]
+        lines.append(
+            f"| {x['out']}x{x['in']} | {x['config']} | {x['bytes_moved'] / 1e6:.1f} | "
+            f"{x['bytes_moved'] / (share * copy):.1f} | {x['cublas_fp16_us'] / 3:.1f} | "
+            f"{name} | {us:.1f} | {read / 1e6:.1f} | {read / copy:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def _runs(xs: list[float]) -> str:
     return ", ".join(f"{x:.1f}" for x in xs)
 
@@ -682,6 +714,7 @@ SECTIONS: dict[str, Callable[[], str | None]] = {
     "runtime-cpu": runtime_cpu,
     "gpu": gpu,
     "gpu-h200": lambda: gpu("h200"),
+    "gpu-goal": gpu_goal,
     "sass": sass,
     "quantize": quantize,
     "quality": quality,
