@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Bf16 timings on the device machine (issue 5; written in session 25, not run yet: sessions
-# 25 and 26 had no device time left for it): the sorted and tiled GEMVs with
-# bf16 activations, codebooks and norms, against cuBLAS bf16 in the same process (the other
-# timings are fp16): benchmarks/gpu_sorted_grain.py (v6/k4096 and v12/k4096+res4096, chunks
-# of 4 groups) and benchmarks/gpu_tiled_order.py (v8/k65536) on the two largest shapes,
-# --dtype bf16.
+# Bf16 timings on the device machine (issue 5; first run in run 27a, through
+# benchmarks/gpu_tiled_cluster.sh BF16=1: results/gpu-gemv-*-run27a_bf16.json): the sorted
+# and tiled GEMVs with bf16 activations, codebooks and norms, against cuBLAS bf16 in the same
+# process (the other timings are fp16): benchmarks/gpu_sorted_grain.py (v6/k4096 and
+# v12/k4096+res4096, chunks of 4 groups) and benchmarks/gpu_tiled_order.py (v8/k65536) on
+# the two largest shapes, --dtype bf16.
 #
 #   LABEL=run27a_bf16 bash benchmarks/gpu_bf16.sh      (carry .device/wheels)
 # (VPTQ_RS_CUDA_SRC=<a copy of HEAD's _cuda> times HEAD's kernels beside a patched tree.)
