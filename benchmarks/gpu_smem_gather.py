@@ -29,7 +29,6 @@ Writes ``<out>/gpu-smem-gather-<label>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -230,11 +229,7 @@ def main() -> None:
             f"us, {k['kernel']} {k['kernel_us'] or float('nan'):.1f} us",
             flush=True,
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"gpu-smem-gather{'-' + args.label if args.label else ''}.json"
     payload = {
-        "env": gpu_suite.env_info(),
         "copy_GBps": copy_gbps,
         "shape": list(SHAPE),
         "threads": threads,
@@ -243,10 +238,7 @@ def main() -> None:
         "patterns": patterns,
         "kernels": kernels,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
-    print(f"wrote {path}", flush=True)
+    gpu_suite.write(Path(args.out), "smem-gather", payload, args.label)  # adds env, atomic
 
 
 if __name__ == "__main__":
