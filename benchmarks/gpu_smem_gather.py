@@ -14,6 +14,8 @@ random number and an XOR, on every SM at once:
 - ``w3``: 12-byte rows as three 4-byte loads (a v6 fp16 codebook row, 4096 rows, 48 KB),
 - ``w4``: 16-byte rows as one 16-byte load (a v8 fp16 codebook row, 8192 rows, 128 KB: the
   cluster kernel's tile),
+- ``none``: the same loop with no load (the row number goes into the XOR), so the loop's own
+  instructions can be told apart from the lookups,
 
 each at random rows (a hash per lane and step) and at consecutive rows (a warp's 32 lanes
 read 32 adjacent rows: no bank conflicts). From each rate it derives how long the lookups of
@@ -49,7 +51,8 @@ CUDA_SRC = r"""
 
 // Each of the block's threads looks up `iters` rows of a table staged in shared memory and
 // XORs their words (so no load can be dropped). S: 4-byte words a row (1, 3 or 4; 4 is one
-// 16-byte load). kRandom: a per-lane LCG picks the row; else a warp reads 32 adjacent rows.
+// 16-byte load; 0 loads nothing and XORs the row number: the loop's own cost).
+// kRandom: a per-lane LCG picks the row; else a warp reads 32 adjacent rows.
 template <int S, bool kRandom>
 __global__ void __launch_bounds__(1024, 1)
     smem_gather(const uint32_t* __restrict__ table, int rows, int iters, uint32_t* out,
@@ -78,8 +81,10 @@ __global__ void __launch_bounds__(1024, 1)
       acc ^= v.x ^ v.y ^ v.z ^ v.w;
     } else if constexpr (S == 3) {
       acc ^= p[0] ^ p[1] ^ p[2];
-    } else {
+    } else if constexpr (S == 1) {
       acc ^= p[0];
+    } else {
+      acc ^= r;
     }
   }
   out[blockIdx.x * blockDim.x + threadIdx.x] = acc;
@@ -103,13 +108,15 @@ torch::Tensor gather(torch::Tensor table, int64_t rows, int64_t words, bool rand
   TORCH_CHECK(table.is_cuda() && table.scalar_type() == torch::kInt32, "table: CUDA int32");
   TORCH_CHECK(table.numel() >= rows * words && (rows & (rows - 1)) == 0, "table: rows");
   auto out = torch::empty({blocks * threads}, table.options());
-  if (words == 1) random ? launch<1, true>(table, rows, iters, out, blocks, threads)
+  if (words == 0) random ? launch<0, true>(table, rows, iters, out, blocks, threads)
+                         : launch<0, false>(table, rows, iters, out, blocks, threads);
+  else if (words == 1) random ? launch<1, true>(table, rows, iters, out, blocks, threads)
                          : launch<1, false>(table, rows, iters, out, blocks, threads);
   else if (words == 3) random ? launch<3, true>(table, rows, iters, out, blocks, threads)
                               : launch<3, false>(table, rows, iters, out, blocks, threads);
   else if (words == 4) random ? launch<4, true>(table, rows, iters, out, blocks, threads)
                               : launch<4, false>(table, rows, iters, out, blocks, threads);
-  else TORCH_CHECK(false, "words: 1, 3 or 4");
+  else TORCH_CHECK(false, "words: 0, 1, 3 or 4");
   return out;
 }
 """
@@ -117,8 +124,8 @@ CPP_DECL = (
     "torch::Tensor gather(torch::Tensor table, int64_t rows, int64_t words, bool random, "
     "int64_t iters, int64_t blocks, int64_t threads);"
 )
-# name -> (4-byte words a row, rows in the table)
-TABLES = {"w1": (1, 8192), "w3": (3, 4096), "w4": (4, 8192)}
+# name -> (4-byte words a row, rows in the table); "none" times the loop without a load
+TABLES = {"none": (0, 8192), "w1": (1, 8192), "w3": (3, 4096), "w4": (4, 8192)}
 SHAPE = (28672, 8192)
 CODES = {  # config -> (codes of SHAPE: vector rows x columns, the kernel that takes it)
     "v6_k4096": (-(-SHAPE[0] // 6) * SHAPE[1], "sorted"),
