@@ -1,7 +1,7 @@
 """How fast can any kernel look codes up in shared memory? A measured floor for issue 5's goal.
 
-Written in session 30 and not run yet: every device call after run 30a got no machine, and
-the session's device time ran out. Its CUDA source compiled for sm_90 on the CPU machine
+Written in session 30 and not run yet: no device call after run 30a got a machine (none of
+session 31's ~15 calls did either). Its CUDA source compiled for sm_90 on the CPU machine
 (nvcc from PyPI's nvidia-cuda-nvcc, torch 2.15's headers), but no kernel of it has run.
 
 The GEMV goal (60% of the copy bandwidth over the packed bytes) leaves about 33 us for the
@@ -23,9 +23,11 @@ read 32 adjacent rows: no bank conflicts). From each rate it derives how long th
 goal's time, cuBLAS fp16 / 3, and the sorted and tiled kernels, all timed in the same process
 (``--no-kernels`` leaves the two kernels out, and with them the extension's build).
 
-    python benchmarks/gpu_smem_gather.py --out benchmarks/results --label run30b [--no-kernels]
+    python benchmarks/gpu_smem_gather.py --out benchmarks/results --label run32a [--no-kernels]
 
-Writes ``<out>/gpu-smem-gather-<label>.json``.
+Writes ``<out>/gpu-smem-gather-<label>.json``; ``python benchmarks/report.py smem-gather``
+turns the last of those files (by name) into the README table between
+``<!-- results:smem-gather -->`` markers.
 """
 
 from __future__ import annotations

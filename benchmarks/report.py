@@ -247,6 +247,43 @@ def gpu_goal(share: float = 0.6) -> str | None:
     return "\n".join(lines)
 
 
+def smem_gather() -> str | None:
+    """Shared-memory lookups alone (benchmarks/gpu_smem_gather.py, its last file by name): each
+    pattern's rate and the time the codes of the largest shape would take at that rate,
+    then, per config, the goal's time, cuBLAS fp16 / 3 and the kernel timed beside them."""
+    files = sorted(RESULTS.glob("gpu-smem-gather-*.json"))
+    if not files:
+        return None
+    r = json.loads(files[-1].read_text())
+    configs = [k["config"] for k in r["kernels"]]
+    head = (
+        "| rows | bytes a row | order | lookups a us (M) | "
+        + " | ".join(f"{c}: its codes (us)" for c in configs)
+        + " |"
+    )
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for x in r["patterns"]:
+        name = "none (no load)" if x["bytes_a_row"] == 0 else f"{x['rows']}"
+        lines.append(
+            f"| {name} | {x['bytes_a_row']} | {x['order']} | {x['lookups_per_us'] / 1e6:.2f} | "
+            + " | ".join(f"{x['us_for_codes'][c]:.1f}" for c in configs)
+            + " |"
+        )
+    lines.append("")
+    head = (
+        "| config | codes (M) | goal: at most (us) | cuBLAS fp16 / 3 (us) | kernel "
+        "| its time (us) |"
+    )
+    lines += [head, "|---" * (head.count("|") - 1) + "|"]
+    for k in r["kernels"]:
+        us = "-" if k["kernel_us"] is None else f"{k['kernel_us']:.1f}"
+        lines.append(
+            f"| {k['config']} | {k['codes'] / 1e6:.1f} | {k['goal_us']:.1f} | "
+            f"{k['cublas_over_3_us']:.1f} | {k['kernel']} | {us} |"
+        )
+    return "\n".join(lines)
+
+
 def _runs(xs: list[float]) -> str:
     return ", ".join(f"{x:.1f}" for x in xs)
 
@@ -715,6 +752,7 @@ SECTIONS: dict[str, Callable[[], str | None]] = {
     "gpu": gpu,
     "gpu-h200": lambda: gpu("h200"),
     "gpu-goal": gpu_goal,
+    "smem-gather": smem_gather,
     "sass": sass,
     "quantize": quantize,
     "quality": quality,

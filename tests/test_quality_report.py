@@ -85,3 +85,47 @@ def test_gpu_tables_of_another_card_come_from_their_tagged_files() -> None:
     body = report.gpu("h200")
     assert body is not None and body.startswith("NVIDIA H200")
     assert "gpu-*-h200.json" in body
+
+
+def test_smem_gather_table_reads_the_newest_file_and_marks_untimed_kernels(
+    tmp_path, monkeypatch
+) -> None:
+    """The shared-memory lookup table: one row a pattern, one a config, a dash where the
+    kernel was not timed (``--no-kernels``), and the last file by name wins."""
+    import json
+
+    def pattern(words: int, order: str, per_us: float) -> dict:
+        codes = {"v6_k4096": 39.1e6 / per_us, "v8_k65536": 29.4e6 / per_us}
+        return {
+            "table": f"w{words}",
+            "bytes_a_row": 4 * words,
+            "rows": 4096,
+            "order": order,
+            "lookups_per_us": per_us,
+            "us_for_codes": codes,
+        }
+
+    def kernel(config: str, us: float | None) -> dict:
+        return {
+            "config": config,
+            "codes": 39.1e6,
+            "goal_us": 32.7,
+            "cublas_over_3_us": 59.1,
+            "kernel": "sorted",
+            "kernel_us": us,
+        }
+
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    assert report.smem_gather() is None
+    old = {"patterns": [pattern(1, "random", 1e6)], "kernels": [kernel("v6_k4096", 1.0)]}
+    new = {
+        "patterns": [pattern(0, "random", 2e6), pattern(3, "consecutive", 1e6)],
+        "kernels": [kernel("v6_k4096", 59.0), kernel("v8_k65536", None)],
+    }
+    (tmp_path / "gpu-smem-gather-run31a.json").write_text(json.dumps(old))
+    (tmp_path / "gpu-smem-gather-run32a.json").write_text(json.dumps(new))
+    lines = report.smem_gather().splitlines()
+    assert lines[2] == "| none (no load) | 0 | random | 2.00 | 19.6 | 14.7 |"
+    assert lines[3] == "| 4096 | 12 | consecutive | 1.00 | 39.1 | 29.4 |"
+    assert lines[-2] == "| v6_k4096 | 39.1 | 32.7 | 59.1 | sorted | 59.0 |"
+    assert lines[-1] == "| v8_k65536 | 39.1 | 32.7 | 59.1 | sorted | - |"
