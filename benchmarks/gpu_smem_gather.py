@@ -113,7 +113,7 @@ torch::Tensor gather(torch::Tensor table, int64_t rows, int64_t words, bool rand
   if (words == 0) random ? launch<0, true>(table, rows, iters, out, blocks, threads)
                          : launch<0, false>(table, rows, iters, out, blocks, threads);
   else if (words == 1) random ? launch<1, true>(table, rows, iters, out, blocks, threads)
-                         : launch<1, false>(table, rows, iters, out, blocks, threads);
+                              : launch<1, false>(table, rows, iters, out, blocks, threads);
   else if (words == 3) random ? launch<3, true>(table, rows, iters, out, blocks, threads)
                               : launch<3, false>(table, rows, iters, out, blocks, threads);
   else if (words == 4) random ? launch<4, true>(table, rows, iters, out, blocks, threads)
