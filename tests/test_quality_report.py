@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -92,8 +93,6 @@ def test_smem_gather_table_reads_the_newest_file_and_marks_untimed_kernels(
 ) -> None:
     """The shared-memory lookup table: one row a pattern, one a config, a dash where the
     kernel was not timed (``--no-kernels``), and the last file by name wins."""
-    import json
-
     def pattern(words: int, order: str, per_us: float) -> dict:
         codes = {"v6_k4096": 39.1e6 / per_us, "v8_k65536": 29.4e6 / per_us}
         return {
