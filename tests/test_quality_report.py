@@ -93,6 +93,7 @@ def test_smem_gather_table_reads_the_newest_file_and_marks_untimed_kernels(
 ) -> None:
     """The shared-memory lookup table: one row a pattern, one a config, a dash where the
     kernel was not timed (``--no-kernels``), and the last file by name wins."""
+
     def pattern(words: int, order: str, per_us: float) -> dict:
         codes = {"v6_k4096": 39.1e6 / per_us, "v8_k65536": 29.4e6 / per_us}
         return {
