@@ -1,7 +1,7 @@
 """How fast can any kernel look codes up in shared memory? A measured floor for issue 5's goal.
 
-Written in session 30 and not run yet: no device call after run 30a got a machine (none of
-session 31's ~15 calls did either). Its CUDA source compiled for sm_90 on the CPU machine
+Written in session 30 and not run yet: no device call after run 30a got a machine (none in
+sessions 31 and 32 either). Its CUDA source compiled for sm_90 on the CPU machine
 (nvcc from PyPI's nvidia-cuda-nvcc, torch 2.15's headers), but no kernel of it has run.
 
 The GEMV goal (60% of the copy bandwidth over the packed bytes) leaves about 33 us for the
